@@ -1,0 +1,173 @@
+// Package natsconn connects kreabus programs to NATS with the standard
+// connection settings (NATS_URL, NATS_CREDS, NATS_NKEY, NATS_CA, NATS_CERT,
+// NATS_KEY), reconnecting forever, and ensures the kreabus streams.
+package natsconn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kreabus/kreabus/pkg/events"
+)
+
+// Connection defaults.
+const (
+	DefaultURL = nats.DefaultURL
+	// ReconnectWait and ReconnectJitter space reconnection attempts so a
+	// fleet of replicas does not hammer a restarting server in lockstep.
+	ReconnectWait      = 500 * time.Millisecond
+	ReconnectJitter    = 250 * time.Millisecond
+	ReconnectJitterTLS = time.Second
+	// ReconnectBufSize is what the client buffers while disconnected; the
+	// services never rely on it (they wait for acks), so keep it modest.
+	ReconnectBufSize = 8 << 20
+)
+
+// Config holds the NATS connection settings.
+type Config struct {
+	URL   string `env:"NATS_URL" flag:"nats-url" default:"nats://127.0.0.1:4222" usage:"NATS server URLs, comma separated"`
+	Creds string `env:"NATS_CREDS" flag:"nats-creds" usage:"NATS credentials (JWT) file"`
+	NKey  string `env:"NATS_NKEY" flag:"nats-nkey" usage:"NATS nkey seed file"`
+	CA    string `env:"NATS_CA" flag:"nats-ca" usage:"CA certificate file to verify the NATS server"`
+	Cert  string `env:"NATS_CERT" flag:"nats-cert" usage:"client certificate file for NATS mutual TLS"`
+	Key   string `env:"NATS_KEY" flag:"nats-key" usage:"client key file for NATS mutual TLS"`
+}
+
+// Validate checks the settings for consistency.
+func (c *Config) Validate() error {
+	if c.URL == "" {
+		return errors.New("NATS_URL is empty")
+	}
+	if (c.Cert == "") != (c.Key == "") {
+		return errors.New("NATS_CERT and NATS_KEY go together")
+	}
+	if c.Creds != "" && c.NKey != "" {
+		return errors.New("NATS_CREDS and NATS_NKEY are exclusive")
+	}
+	return nil
+}
+
+// StreamsConfig holds the settings of the kreabus streams.
+type StreamsConfig struct {
+	Replicas        int           `env:"KREABUS_STREAM_REPLICAS" flag:"stream-replicas" default:"1" usage:"replicas of created streams (3 on a JetStream cluster)"`
+	JobsMaxAge      time.Duration `env:"KREABUS_JOBS_MAX_AGE" flag:"jobs-max-age" default:"168h" usage:"how long KREA_JOBS keeps events"`
+	DuplicateWindow time.Duration `env:"KREABUS_DUPLICATE_WINDOW" flag:"duplicate-window" default:"1h" usage:"KREA_JOBS de-duplication window"`
+	CreateStreams   bool          `env:"KREABUS_CREATE_STREAMS" flag:"create-streams" default:"true" usage:"create missing streams and buckets at start-up (off for locked-down accounts)"`
+}
+
+// Options converts the settings for package events.
+func (c *StreamsConfig) Options() events.StreamOptions {
+	return events.StreamOptions{Replicas: c.Replicas, JobsMaxAge: c.JobsMaxAge, DuplicateWindow: c.DuplicateWindow}
+}
+
+// Connect dials NATS. It returns once connected, or at once with a live but
+// disconnected *nats.Conn when the server is down (RetryOnFailedConnect):
+// the programs start, report not ready, and recover by themselves. name is
+// the connection name shown by the server. reg, when not nil, gets the
+// kreabus_nats_connected gauge.
+func Connect(cfg Config, name string, log *slog.Logger, reg prometheus.Registerer, extra ...nats.Option) (*nats.Conn, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.RetryOnFailedConnect(true),
+		nats.ReconnectWait(ReconnectWait),
+		nats.ReconnectJitter(ReconnectJitter, ReconnectJitterTLS),
+		nats.ReconnectBufSize(ReconnectBufSize),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn("nats disconnected", "err", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("nats reconnected", "server", nc.ConnectedUrlRedacted())
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			log.Warn("nats async error", "err", err)
+		}),
+	}
+	if cfg.Creds != "" {
+		opts = append(opts, nats.UserCredentials(cfg.Creds))
+	}
+	if cfg.NKey != "" {
+		o, err := nats.NkeyOptionFromSeed(cfg.NKey)
+		if err != nil {
+			return nil, fmt.Errorf("NATS_NKEY: %w", err)
+		}
+		opts = append(opts, o)
+	}
+	if cfg.CA != "" {
+		opts = append(opts, nats.RootCAs(cfg.CA))
+	}
+	if cfg.Cert != "" {
+		opts = append(opts, nats.ClientCert(cfg.Cert, cfg.Key))
+	}
+	opts = append(opts, extra...)
+	nc, err := nats.Connect(cfg.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nats connect: %w", err)
+	}
+	if reg != nil {
+		g := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kreabus_nats_connected",
+			Help: "1 while the NATS connection is up.",
+		}, func() float64 {
+			if nc.IsConnected() {
+				return 1
+			}
+			return 0
+		})
+		if err := reg.Register(g); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				nc.Close()
+				return nil, err
+			}
+		}
+	}
+	return nc, nil
+}
+
+// EnsureStreams creates or checks the given streams, retrying until ctx ends
+// so a program can start before its NATS server does.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream, log *slog.Logger, cfgs ...jetstream.StreamConfig) error {
+	backoff := 200 * time.Millisecond
+	for {
+		var err error
+		for _, c := range cfgs {
+			if _, err = events.EnsureStream(ctx, js, c); err != nil {
+				break
+			}
+		}
+		if err == nil || errors.Is(err, events.ErrIncompatibleStream) {
+			return err
+		}
+		log.Warn("waiting for JetStream to ensure streams", "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("ensure streams: %w (last error: %v)", ctx.Err(), err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// CheckStreams reports whether every named stream exists, for readiness.
+func CheckStreams(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, names ...string) error {
+	if !nc.IsConnected() {
+		return errors.New("nats not connected")
+	}
+	for _, n := range names {
+		if _, err := js.Stream(ctx, n); err != nil {
+			return fmt.Errorf("stream %s: %w", n, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,138 @@
+package events
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/kreabus/kreabus/pkg/krea"
+)
+
+// EventHeaders describes a job event to publish. Build the message with
+// NewJobMsg so every producer sets the same headers.
+type EventHeaders struct {
+	JobID     string      // empty only for rejected events
+	Status    krea.Status // must be Valid
+	RequestID string      // when known
+	Source    Source
+	// Metadata is the request's metadata as compact JSON, when it had any.
+	Metadata json.RawMessage
+	// Reason explains a rejected event or a failure kreabus decided.
+	Reason string
+	// TraceParent is a W3C traceparent to carry on, when one came in.
+	TraceParent string
+	// Time is the ce-time; zero means now.
+	Time time.Time
+	// CESource overrides the default ce-source.
+	CESource string
+}
+
+// MsgID is the event's JetStream de-duplication ID.
+func (h *EventHeaders) MsgID() string {
+	if h.Status == StatusRejected {
+		return RejectedMsgID(h.RequestID)
+	}
+	return JobMsgID(h.JobID, h.Status)
+}
+
+// NewJobMsg returns the message of a job event with body as its data and
+// every contract header set. The ce-id equals the Nats-Msg-Id, so a
+// CloudEvents consumer de-duplicates the same way JetStream does.
+func NewJobMsg(h EventHeaders, body []byte) *nats.Msg {
+	m := &nats.Msg{
+		Subject: JobSubject(h.Status),
+		Data:    body,
+		Header:  make(nats.Header, 12),
+	}
+	id := h.MsgID()
+	t := h.Time
+	if t.IsZero() {
+		t = time.Now()
+	}
+	src := h.CESource
+	if src == "" {
+		src = CESource
+	}
+	// NATS headers are case-sensitive: names are written exactly as the
+	// contract spells them.
+	m.Header[HeaderMsgID] = []string{id}
+	if h.JobID != "" {
+		m.Header[HeaderJobID] = []string{h.JobID}
+	}
+	m.Header[HeaderStatus] = []string{string(h.Status)}
+	if h.RequestID != "" {
+		m.Header[HeaderRequestID] = []string{h.RequestID}
+	}
+	m.Header[HeaderSource] = []string{string(h.Source)}
+	if len(h.Metadata) > 0 && string(h.Metadata) != "null" {
+		m.Header[HeaderMetadata] = []string{string(h.Metadata)}
+	}
+	if h.Reason != "" {
+		m.Header[HeaderReason] = []string{sanitizeHeader(h.Reason)}
+	}
+	if h.TraceParent != "" {
+		m.Header[HeaderTraceParent] = []string{h.TraceParent}
+	}
+	m.Header[HeaderCESpecVersion] = []string{CESpecVersion}
+	m.Header[HeaderCEID] = []string{id}
+	m.Header[HeaderCEType] = []string{CETypePrefix + string(h.Status)}
+	m.Header[HeaderCESource] = []string{src}
+	m.Header[HeaderCETime] = []string{t.UTC().Format(time.RFC3339Nano)}
+	return m
+}
+
+// sanitizeHeader keeps a free-text value on one header line.
+func sanitizeHeader(s string) string {
+	if len(s) > 1024 {
+		s = s[:1024]
+	}
+	return strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+// Event is a job event as a consumer receives it.
+type Event struct {
+	Subject   string
+	Status    krea.Status
+	JobID     string
+	RequestID string
+	Source    Source
+	Reason    string
+	Metadata  json.RawMessage
+	// Job is the decoded body; Raw the body as stored.
+	Job  krea.Job
+	Raw  []byte
+	Time time.Time
+}
+
+// DecodeEvent decodes a job event from its subject, headers and body.
+func DecodeEvent(subject string, h nats.Header, data []byte) (*Event, error) {
+	e := &Event{
+		Subject:   subject,
+		Status:    krea.Status(strings.TrimPrefix(subject, JobsPrefix)),
+		JobID:     h.Get(HeaderJobID),
+		RequestID: h.Get(HeaderRequestID),
+		Source:    Source(h.Get(HeaderSource)),
+		Reason:    h.Get(HeaderReason),
+		Raw:       data,
+	}
+	if md := h.Get(HeaderMetadata); md != "" {
+		e.Metadata = json.RawMessage(md)
+	}
+	if t, err := time.Parse(time.RFC3339Nano, h.Get(HeaderCETime)); err == nil {
+		e.Time = t
+	}
+	if len(data) > 0 {
+		if err := json.Unmarshal(data, &e.Job); err != nil {
+			return e, fmt.Errorf("events: decode %s event body: %w", subject, err)
+		}
+	}
+	return e, nil
+}

@@ -1,0 +1,39 @@
+package events
+
+// Header names on job events. Nats-Msg-Id is JetStream's own.
+const (
+	HeaderMsgID     = "Nats-Msg-Id"
+	HeaderJobID     = "Krea-Job-Id"
+	HeaderStatus    = "Krea-Status"
+	HeaderRequestID = "Kreabus-Request-Id"
+	HeaderSource    = "Kreabus-Source"
+	HeaderMetadata  = "Kreabus-Metadata"
+	// HeaderReason carries the reason on krea.jobs.rejected events and on
+	// failed events that kreabus itself decided.
+	HeaderReason      = "Kreabus-Reason"
+	HeaderTraceParent = "traceparent"
+
+	// CloudEvents NATS binary-mode headers.
+	HeaderCESpecVersion = "ce-specversion"
+	HeaderCEID          = "ce-id"
+	HeaderCEType        = "ce-type"
+	HeaderCESource      = "ce-source"
+	HeaderCETime        = "ce-time"
+
+	// CESpecVersion is the CloudEvents version kreabus emits.
+	CESpecVersion = "1.0"
+	// CETypePrefix prefixes the status in ce-type.
+	CETypePrefix = "ai.krea.job."
+	// CESource is the default ce-source of kreabus events.
+	CESource = "kreabus"
+)
+
+// Source is the value of the Kreabus-Source header: who produced the event.
+type Source string
+
+// Event sources.
+const (
+	SourceWebhook   Source = "webhook"
+	SourcePoll      Source = "poll"
+	SourceSubmitter Source = "submitter"
+)

@@ -1,0 +1,49 @@
+// Package events is the kreabus bus contract in Go: subjects, stream
+// configurations, header names, the generation request and job event types,
+// webhook tokens, and helpers for publishers and consumers.
+package events
+
+import "github.com/kreabus/kreabus/pkg/krea"
+
+// Stream names and subjects, as pinned by the design contract.
+const (
+	StreamRequests = "KREA_REQUESTS"
+	StreamJobs     = "KREA_JOBS"
+
+	// RequestsPrefix is the prefix of every generation request subject,
+	// e.g. "krea.requests.image".
+	RequestsPrefix = "krea.requests."
+	// RequestsSubjects is the filter of the KREA_REQUESTS stream.
+	RequestsSubjects = "krea.requests.>"
+
+	// JobsPrefix is the prefix of every job event subject.
+	JobsPrefix = "krea.jobs."
+	// JobsSubjects is the filter of the KREA_JOBS stream.
+	JobsSubjects = "krea.jobs.>"
+
+	// StatusSubmitted and StatusRejected are the two event statuses kreabus
+	// adds to Krea's own: the API accepted a request, or it never became a job.
+	StatusSubmitted krea.Status = "submitted"
+	StatusRejected  krea.Status = "rejected"
+)
+
+// JobSubject is the subject of a job event with the given status. The status
+// must be Valid; callers validate untrusted input first.
+func JobSubject(status krea.Status) string {
+	return JobsPrefix + string(status)
+}
+
+// JobMsgID is the JetStream de-duplication ID of a job event: the bare job ID
+// for terminal statuses, so a job lands in a terminal subject at most once
+// whatever its status and source, and "<job_id>:<status>" otherwise.
+func JobMsgID(jobID string, status krea.Status) string {
+	if status.IsTerminal() {
+		return jobID
+	}
+	return jobID + ":" + string(status)
+}
+
+// RejectedMsgID is the de-duplication ID of a krea.jobs.rejected event.
+func RejectedMsgID(requestID string) string {
+	return "rejected:" + requestID
+}

@@ -1,0 +1,104 @@
+// Package krea is a client for the Krea AI generation API and the types it
+// speaks: jobs, statuses, webhooks and typed API errors.
+package krea
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Status is a Krea job status such as "queued" or "completed".
+type Status string
+
+// Job statuses documented by Krea. Only completed, failed and cancelled are
+// terminal; Krea may add others, so code must not assume this list is closed.
+const (
+	StatusBacklogged           Status = "backlogged"
+	StatusQueued               Status = "queued"
+	StatusScheduled            Status = "scheduled"
+	StatusProcessing           Status = "processing"
+	StatusSampling             Status = "sampling"
+	StatusIntermediateComplete Status = "intermediate-complete"
+	StatusCompleted            Status = "completed"
+	StatusFailed               Status = "failed"
+	StatusCancelled            Status = "cancelled"
+)
+
+// MaxStatusLen bounds a status so it can be used as one subject token.
+const MaxStatusLen = 32
+
+// IsTerminal reports whether a job in this status will never change again.
+func (s Status) IsTerminal() bool {
+	return s == StatusCompleted || s == StatusFailed || s == StatusCancelled
+}
+
+// Valid reports whether s is well formed: 1 to MaxStatusLen characters of
+// [a-z0-9-], starting with a letter. That is what makes it safe as a NATS
+// subject token: no '.', '*', '>' or white space can get through.
+func (s Status) Valid() bool {
+	if len(s) == 0 || len(s) > MaxStatusLen || s[0] < 'a' || s[0] > 'z' {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		c := s[i]
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+// Job is a Krea job as returned by the API and posted to webhooks. Unknown
+// fields are dropped when decoding into Job; keep the raw bytes where they
+// must survive (the bridge stores webhook bodies byte for byte).
+type Job struct {
+	JobID       string     `json:"job_id"`
+	Status      Status     `json:"status"`
+	CreatedAt   *time.Time `json:"created_at,omitempty"`
+	CompletedAt *time.Time `json:"completed_at"`
+	Result      *Result    `json:"result"`
+	// Error is the failure detail as newer Krea examples show it
+	// (top-level {code, message}); older docs put it in Result.Error.
+	Error *JobError `json:"error,omitempty"`
+}
+
+// Result is what a job produced.
+type Result struct {
+	URLs    []string `json:"urls,omitempty"`
+	StyleID string   `json:"style_id,omitempty"`
+	// Error may be a string or an object depending on the docs page; it is
+	// kept raw so decoding never fails on either.
+	Error json.RawMessage `json:"error,omitempty"`
+}
+
+// JobError is a structured failure detail.
+type JobError struct {
+	Code    string `json:"code,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+// FailureReason returns the best human-readable failure detail of a job, from
+// either place Krea documents it, or "" when there is none.
+func (j *Job) FailureReason() string {
+	if j.Error != nil {
+		if j.Error.Message != "" {
+			return j.Error.Message
+		}
+		return j.Error.Code
+	}
+	if j.Result != nil && len(j.Result.Error) > 0 {
+		var s string
+		if json.Unmarshal(j.Result.Error, &s) == nil {
+			return s
+		}
+		var e JobError
+		if json.Unmarshal(j.Result.Error, &e) == nil {
+			if e.Message != "" {
+				return e.Message
+			}
+			return e.Code
+		}
+		return string(j.Result.Error)
+	}
+	return ""
+}
