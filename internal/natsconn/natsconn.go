@@ -84,7 +84,9 @@ func Connect(cfg Config, name string, log *slog.Logger, reg prometheus.Registere
 		nats.ReconnectJitter(ReconnectJitter, ReconnectJitterTLS),
 		nats.ReconnectBufSize(ReconnectBufSize),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			log.Warn("nats disconnected", "err", err)
+			if err != nil { // nil: we closed the connection ourselves
+				log.Warn("nats disconnected", "err", err)
+			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("nats reconnected", "server", nc.ConnectedUrlRedacted())

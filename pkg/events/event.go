@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 
 	"github.com/kreabus/kreabus/pkg/krea"
@@ -30,9 +31,13 @@ type EventHeaders struct {
 	CESource string
 }
 
-// MsgID is the event's JetStream de-duplication ID.
+// MsgID is the event's JetStream de-duplication ID; "" for a rejected
+// event without a request ID, which then cannot be de-duplicated.
 func (h *EventHeaders) MsgID() string {
 	if h.Status == StatusRejected {
+		if h.RequestID == "" {
+			return ""
+		}
 		return RejectedMsgID(h.RequestID)
 	}
 	return JobMsgID(h.JobID, h.Status)
@@ -58,7 +63,11 @@ func NewJobMsg(h EventHeaders, body []byte) *nats.Msg {
 	}
 	// NATS headers are case-sensitive: names are written exactly as the
 	// contract spells them.
-	m.Header[HeaderMsgID] = []string{id}
+	if id != "" {
+		m.Header[HeaderMsgID] = []string{id}
+	} else {
+		id = uuid.NewString() // ce-id must be unique all the same
+	}
 	if h.JobID != "" {
 		m.Header[HeaderJobID] = []string{h.JobID}
 	}
@@ -130,7 +139,12 @@ func DecodeEvent(subject string, h nats.Header, data []byte) (*Event, error) {
 		e.Time = t
 	}
 	if len(data) > 0 {
-		if err := json.Unmarshal(data, &e.Job); err != nil {
+		if e.Status == StatusRejected {
+			// The body is the submitter's rejection, not a job object.
+			if !json.Valid(data) {
+				return e, fmt.Errorf("events: decode %s event body: not JSON", subject)
+			}
+		} else if err := json.Unmarshal(data, &e.Job); err != nil {
 			return e, fmt.Errorf("events: decode %s event body: %w", subject, err)
 		}
 	}

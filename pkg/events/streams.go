@@ -105,6 +105,9 @@ func CheckStream(have, want jetstream.StreamConfig) error {
 	if have.Retention != want.Retention {
 		return fmt.Errorf("%w: %s has retention %s, want %s", ErrIncompatibleStream, have.Name, have.Retention, want.Retention)
 	}
+	if len(want.Subjects) == 0 {
+		return nil
+	}
 	covered := false
 	for _, s := range have.Subjects {
 		if s == want.Subjects[0] {

@@ -11,12 +11,13 @@ import (
 // tokenContext separates kreabus tokens from any other use of the secret.
 const tokenContext = "kreabus/v1/"
 
-// macLen is the length of an HMAC-SHA256 in base64url without padding.
-var macLen = base64.RawURLEncoding.EncodedLen(sha256.Size)
+// macLen is the length of an HMAC-SHA256 in base64url without padding:
+// base64.RawURLEncoding.EncodedLen(sha256.Size).
+const macLen = 43
 
 // MaxTokenLen is the longest well-formed token: a 64-byte request ID, a dot
 // and the MAC.
-var MaxTokenLen = MaxRequestIDLen + 1 + macLen
+const MaxTokenLen = MaxRequestIDLen + 1 + macLen
 
 // ErrInvalidToken is returned for a token that is malformed or whose MAC does
 // not match any configured secret. It deliberately says nothing more.

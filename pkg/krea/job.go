@@ -3,6 +3,7 @@
 package krea
 
 import (
+	"bytes"
 	"encoding/json"
 	"time"
 )
@@ -101,4 +102,31 @@ func (j *Job) FailureReason() string {
 		return string(j.Result.Error)
 	}
 	return ""
+}
+
+// UnmarshalJSON accepts the object {code, message} and, because error
+// bodies elsewhere in the API are plain strings, also a bare string (taken
+// as the message). Any other shape is kept as text in Message. A failed job
+// must never become undecodable because Krea changed the shape of its
+// failure detail.
+func (e *JobError) UnmarshalJSON(data []byte) error {
+	data = bytes.TrimSpace(data)
+	if bytes.Equal(data, []byte("null")) {
+		return nil
+	}
+	if len(data) > 0 && data[0] == '"' {
+		var s string
+		if err := json.Unmarshal(data, &s); err == nil {
+			*e = JobError{Message: s}
+			return nil
+		}
+	}
+	type plain JobError // no methods: no recursion
+	var p plain
+	if len(data) > 0 && data[0] == '{' && json.Unmarshal(data, &p) == nil {
+		*e = JobError(p)
+		return nil
+	}
+	*e = JobError{Message: string(data)}
+	return nil
 }

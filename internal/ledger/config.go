@@ -1,0 +1,93 @@
+package ledger
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Defaults.
+const (
+	// DefaultBucket is the name of the ledger's key-value bucket.
+	DefaultBucket = "KREABUS_LEDGER"
+	// DefaultTTL bounds the ledger: a key not written for this long is
+	// removed. It must outlive the reconciler's maximum job age and the
+	// KREA_JOBS duplicate window for the guarantees to hold.
+	DefaultTTL = 7 * 24 * time.Hour
+	// DefaultReplicas is the replica count of a created bucket.
+	DefaultReplicas = 1
+	// DefaultWorkers is how many events the Recorder applies at once.
+	DefaultWorkers = 8
+	// DefaultAckWait is how long the server waits for the Recorder to
+	// acknowledge an event before it redelivers it.
+	DefaultAckWait = 30 * time.Second
+	// MinTTL is the shortest TTL accepted (JetStream's limit markers need
+	// at least a second).
+	MinTTL = time.Second
+	// ConsumerName is the Recorder's durable consumer on KREA_JOBS. Every
+	// replica uses the same one, so they share the work.
+	ConsumerName = "kreabus-ledger"
+)
+
+// Config holds the ledger settings. Create is not a setting of its own: the
+// program sets it from natsconn.StreamsConfig.CreateStreams
+// (KREABUS_CREATE_STREAMS), which covers buckets and consumers too.
+type Config struct {
+	Bucket   string        `env:"KREABUS_LEDGER_BUCKET" flag:"ledger-bucket" default:"KREABUS_LEDGER" usage:"JetStream key-value bucket of the job ledger"`
+	Replicas int           `env:"KREABUS_LEDGER_REPLICAS" flag:"ledger-replicas" default:"1" usage:"replicas of the ledger bucket when created (3 on a JetStream cluster)"`
+	TTL      time.Duration `env:"KREABUS_LEDGER_TTL" flag:"ledger-ttl" default:"168h" usage:"how long a ledger entry is kept after its last write (bounds the ledger; must exceed KREABUS_JOB_MAX_AGE)"`
+	Workers  int           `env:"KREABUS_LEDGER_WORKERS" flag:"ledger-workers" default:"8" usage:"job events the ledger recorder applies concurrently"`
+
+	// Create lets Open create the bucket and the Recorder create its
+	// durable consumer when missing.
+	Create bool
+	// AckWait is the Recorder consumer's ack wait (default DefaultAckWait).
+	AckWait time.Duration
+}
+
+func (c *Config) setDefaults() {
+	if c.Bucket == "" {
+		c.Bucket = DefaultBucket
+	}
+	if c.Replicas <= 0 {
+		c.Replicas = DefaultReplicas
+	}
+	if c.TTL == 0 {
+		c.TTL = DefaultTTL
+	}
+	if c.Workers <= 0 {
+		c.Workers = DefaultWorkers
+	}
+	if c.AckWait <= 0 {
+		c.AckWait = DefaultAckWait
+	}
+}
+
+// Validate checks the settings after defaults are applied.
+func (c *Config) Validate() error {
+	cc := *c
+	cc.setDefaults()
+	if !validBucket(cc.Bucket) {
+		return fmt.Errorf("KREABUS_LEDGER_BUCKET: %q is not a valid bucket name ([A-Za-z0-9_-]+)", cc.Bucket)
+	}
+	if cc.TTL < MinTTL {
+		return fmt.Errorf("KREABUS_LEDGER_TTL: %v is shorter than %v", cc.TTL, MinTTL)
+	}
+	if cc.Replicas > 5 {
+		return errors.New("KREABUS_LEDGER_REPLICAS: at most 5")
+	}
+	return nil
+}
+
+func validBucket(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '_' && c != '-' {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,358 @@
+package ledger
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kreabus/kreabus/pkg/events"
+)
+
+// Recorder applies every job event on KREA_JOBS to the ledger through the
+// durable consumer ConsumerName: a submitted event creates the job record
+// (request ID, metadata, submission time), a terminal event settles it, any
+// other status updates it. Each event is acknowledged after its KV write.
+//
+// Several Recorders (one per submitter replica) share the durable, so each
+// event is applied by one of them; writes are revision-checked
+// read-modify-write, idempotent, and never turn a terminal record back, so
+// redeliveries and out-of-order events are harmless.
+type Recorder struct {
+	l      *Ledger
+	events *prometheus.CounterVec
+	synced atomic.Bool
+	live   atomic.Bool
+}
+
+// Recorder outcomes, the values of kreabus_ledger_events_total{outcome}.
+const (
+	outcomeApplied   = "applied"
+	outcomeUnchanged = "unchanged"
+	outcomeIgnored   = "ignored"
+	outcomeError     = "error"
+)
+
+// NewRecorder returns a Recorder for l. reg, when not nil, gets the
+// kreabus_ledger_events_total{outcome} counter.
+func NewRecorder(l *Ledger, reg prometheus.Registerer) (*Recorder, error) {
+	cv := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kreabus_ledger_events_total",
+		Help: "Job events the ledger recorder handled, by outcome (applied, unchanged, ignored, error).",
+	}, []string{"outcome"})
+	cv, err := register(reg, cv)
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range []string{outcomeApplied, outcomeUnchanged, outcomeIgnored, outcomeError} {
+		cv.WithLabelValues(o)
+	}
+	return &Recorder{l: l, events: cv}, nil
+}
+
+// register registers c on reg, reusing an identical collector already there.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	if reg == nil {
+		return c, nil
+	}
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing, nil
+			}
+		}
+		return c, err
+	}
+	return c, nil
+}
+
+// Ready reports whether the Recorder is consuming.
+func (r *Recorder) Ready() bool { return r.live.Load() }
+
+// Synced reports whether the durable consumer has been seen caught up with
+// the stream at least once since Run started: only then does the ledger
+// reflect every event already stored. The reconciler waits for it, so it
+// does not poll jobs whose terminal events are merely not applied yet.
+func (r *Recorder) Synced() bool { return r.synced.Load() }
+
+// Run consumes until ctx ends, recreating the consumption when the
+// consumer disappears or NATS fails. It returns nil when ctx ends, or an
+// error when the consumer is missing and may not be created.
+func (r *Recorder) Run(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for {
+		cons, err := r.consumer(ctx)
+		if err == nil {
+			backoff = 100 * time.Millisecond
+			err = r.consume(ctx, cons)
+		}
+		r.live.Store(false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, jetstream.ErrConsumerNotFound) && !r.l.cfg.Create {
+			return fmt.Errorf("ledger recorder: consumer %s on %s: %w", ConsumerName, events.StreamJobs, err)
+		}
+		r.l.log.Warn("ledger recorder restarting", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// ConsumerConfig is the Recorder's durable consumer configuration.
+func (r *Recorder) ConsumerConfig() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       ConsumerName,
+		Description:   "kreabus job ledger recorder",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       r.l.cfg.AckWait,
+		MaxDeliver:    -1,
+		FilterSubject: events.JobsSubjects,
+		MaxAckPending: 64 * r.l.cfg.Workers,
+	}
+}
+
+func (r *Recorder) consumer(ctx context.Context) (jetstream.Consumer, error) {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if !r.l.cfg.Create {
+		return r.l.js.Consumer(cctx, events.StreamJobs, ConsumerName)
+	}
+	c, err := r.l.js.CreateConsumer(cctx, events.StreamJobs, r.ConsumerConfig())
+	if errors.Is(err, jetstream.ErrConsumerExists) {
+		// Present with another configuration (an operator's, or an older
+		// release's): use it as it is.
+		c, err = r.l.js.Consumer(cctx, events.StreamJobs, ConsumerName)
+	}
+	return c, err
+}
+
+// consume runs one consumption of cons until ctx ends or it fails.
+func (r *Recorder) consume(ctx context.Context, cons jetstream.Consumer) error {
+	workers := r.l.cfg.Workers
+	stop := make(chan struct{})
+	failed := make(chan error, 1)
+	queues := make([]chan jetstream.Msg, workers)
+	var wg sync.WaitGroup
+	for i := range queues {
+		q := make(chan jetstream.Msg, 16)
+		queues[i] = q
+		wg.Go(func() {
+			for m := range q {
+				r.handle(ctx, m)
+			}
+		})
+	}
+	defer func() {
+		for _, q := range queues {
+			close(q)
+		}
+		wg.Wait()
+	}()
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		// Events of one job go to one worker, in order.
+		h := fnv.New32a()
+		h.Write([]byte(m.Headers().Get(events.HeaderJobID)))
+		select {
+		case queues[h.Sum32()%uint32(workers)] <- m:
+		case <-stop:
+		}
+	}, jetstream.PullMaxMessages(4*workers), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+			select {
+			case failed <- err:
+			default:
+			}
+			return
+		}
+		r.l.log.Debug("ledger recorder consume", "err", err)
+	}))
+	if err != nil {
+		close(stop)
+		return err
+	}
+	r.live.Store(true)
+	defer func() {
+		cc.Stop()
+		close(stop) // unblocks a callback waiting on a full queue
+		<-cc.Closed()
+	}()
+
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	r.checkSynced(ctx, cons)
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-failed:
+			return err
+		case <-cc.Closed():
+			return errors.New("consumption closed")
+		case <-tick.C:
+			if !r.synced.Load() {
+				r.checkSynced(ctx, cons)
+			}
+		}
+	}
+}
+
+func (r *Recorder) checkSynced(ctx context.Context, cons jetstream.Consumer) {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	info, err := cons.Info(cctx)
+	if err == nil && info.NumPending == 0 && info.NumAckPending == 0 {
+		r.synced.Store(true)
+	}
+}
+
+// handle applies one event and acknowledges it, or asks for redelivery.
+func (r *Recorder) handle(ctx context.Context, m jetstream.Msg) {
+	ev, derr := events.DecodeEvent(m.Subject(), m.Headers(), m.Data())
+	if ev.JobID == "" {
+		ev.JobID = ev.Job.JobID
+	}
+	if ev.Status == events.StatusRejected || !ev.Status.Valid() || !validID(ev.JobID) {
+		// Not a job event the ledger can hold: a rejected request, or a
+		// malformed event (which producers validate against, so this is
+		// someone else's message on our subjects).
+		if ev.Status != events.StatusRejected {
+			r.l.log.Warn("ledger recorder ignores a malformed job event", "subject", m.Subject(), "job_id", ev.JobID, "decode_err", derr)
+		}
+		_ = m.Ack()
+		r.events.WithLabelValues(outcomeIgnored).Inc()
+		return
+	}
+	changed, err := r.Apply(ctx, ev)
+	if err != nil {
+		if ctx.Err() != nil {
+			return // shutting down: the server redelivers after AckWait
+		}
+		delay := time.Second
+		if md, merr := m.Metadata(); merr == nil {
+			delay = min(time.Duration(md.NumDelivered)*time.Second, 30*time.Second)
+		}
+		r.l.log.Warn("ledger recorder could not apply an event; will retry", "job_id", ev.JobID, "status", ev.Status, "err", err, "retry_in", delay)
+		_ = m.NakWithDelay(delay)
+		r.events.WithLabelValues(outcomeError).Inc()
+		return
+	}
+	if err := m.Ack(); err != nil {
+		// Redelivered later and applied again: harmless.
+		r.l.log.Debug("ledger recorder ack", "err", err)
+	}
+	if changed {
+		r.events.WithLabelValues(outcomeApplied).Inc()
+	} else {
+		r.events.WithLabelValues(outcomeUnchanged).Inc()
+	}
+}
+
+// maxCASAttempts bounds the read-modify-write retries of one update.
+const maxCASAttempts = 16
+
+// Apply writes one job event into the ledger, as the Recorder does for
+// every event it consumes, and reports whether the job record changed. It
+// is idempotent. ev.JobID must be set.
+func (r *Recorder) Apply(ctx context.Context, ev *events.Event) (bool, error) {
+	l := r.l
+	if !validID(ev.JobID) {
+		return false, fmt.Errorf("%w: job_id %q", ErrInvalidRecord, ev.JobID)
+	}
+	var req *Record
+	if ev.Status == events.StatusSubmitted && validID(ev.RequestID) {
+		var err error
+		if req, err = r.ensureRequest(ctx, ev); err != nil {
+			return false, err
+		}
+	}
+	key := JobKey(ev.JobID)
+	for range maxCASAttempts {
+		cur, rev, err := l.get(ctx, key)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return false, err
+		}
+		next, changed := applyEvent(cur, ev, time.Now())
+		if req != nil && req.JobID == ev.JobID && next.RequestID == req.RequestID {
+			// The submitter's record knows what the event does not.
+			if next.Path == "" && req.Path != "" {
+				next.Path, changed = req.Path, true
+			}
+			if !hasMetadata(next.Metadata) && hasMetadata(req.Metadata) {
+				next.Metadata, changed = req.Metadata, true
+			}
+		}
+		if !changed {
+			return false, nil
+		}
+		next.UpdatedAt = time.Now().UTC()
+		data, err := json.Marshal(next)
+		if err != nil {
+			return false, err
+		}
+		if rev == 0 {
+			_, err = l.kv.Create(ctx, key, data)
+		} else {
+			_, err = l.kv.Update(ctx, key, data, rev)
+		}
+		if err == nil {
+			return true, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return false, fmt.Errorf("ledger: write %s: %w", key, err)
+		}
+		// Lost a race with another writer: read again.
+	}
+	return false, fmt.Errorf("ledger: write %s: too many concurrent updates", key)
+}
+
+// ensureRequest returns the request record of a submitted event, creating
+// it when the submitter did not (a program that calls Krea itself and only
+// publishes the event).
+func (r *Recorder) ensureRequest(ctx context.Context, ev *events.Event) (*Record, error) {
+	l := r.l
+	rec, err := l.Request(ctx, ev.RequestID)
+	if err == nil {
+		return rec, nil
+	}
+	if !errors.Is(err, ErrNotFound) {
+		return nil, err
+	}
+	now := time.Now().UTC()
+	nr := Record{
+		RequestID:   ev.RequestID,
+		JobID:       ev.JobID,
+		Status:      events.StatusSubmitted,
+		SubmittedAt: eventSubmittedAt(ev, now),
+		UpdatedAt:   now,
+		Source:      ev.Source,
+	}
+	if hasMetadata(ev.Metadata) {
+		nr.Metadata = ev.Metadata
+	}
+	err = l.PutRequest(ctx, nr)
+	switch {
+	case err == nil:
+		return &nr, nil
+	case errors.Is(err, ErrConflict):
+		var ce *ConflictError
+		errors.As(err, &ce)
+		l.log.Warn("submitted event names a job the ledger does not map its request to",
+			"request_id", ev.RequestID, "job_id", ev.JobID, "ledger_job_id", ce.Existing.JobID)
+		return &ce.Existing, nil
+	}
+	return nil, err
+}

@@ -1,0 +1,432 @@
+// Package reconciler makes every submitted job end in exactly one terminal
+// event even when its webhook never comes: it polls GET /jobs/{id} for jobs
+// the ledger holds as not terminal after KREABUS_WEBHOOK_GRACE, and
+// publishes what it finds with Kreabus-Source: poll and the same
+// Nats-Msg-Id a webhook would have had, so the two never both land. A job
+// Krea no longer knows, or one still not terminal after KREABUS_JOB_MAX_AGE,
+// ends in one krea.jobs.failed event saying why.
+//
+// Several replicas may run it at once: JetStream drops the second event
+// with the same Nats-Msg-Id within the duplicate window, and each replica
+// checks the ledger's terminal flag (in memory, then in the bucket) before
+// it publishes, which covers later repeats.
+package reconciler
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+
+	"github.com/kreabus/kreabus/internal/ledger"
+	"github.com/kreabus/kreabus/pkg/events"
+	"github.com/kreabus/kreabus/pkg/krea"
+)
+
+// JobGetter reads one job from the Krea API; *krea.Client implements it.
+// The raw answer body is published as the event body.
+type JobGetter interface {
+	GetJob(ctx context.Context, id string) (*krea.Job, json.RawMessage, error)
+}
+
+// View is what the reconciler needs from the in-memory ledger view;
+// *ledger.View implements it.
+type View interface {
+	ledger.Index
+	Pending(now time.Time, grace time.Duration) []ledger.Record
+}
+
+// Store reads a job record from the ledger bucket itself; *ledger.Ledger
+// implements it.
+type Store interface {
+	Job(ctx context.Context, jobID string) (*ledger.Record, error)
+}
+
+// Deps are the reconciler's collaborators.
+type Deps struct {
+	// JetStream publishes the events (required).
+	JetStream jetstream.JetStream
+	// Krea polls jobs (required): a *krea.Client.
+	Krea JobGetter
+	// View lists pending jobs and answers Lookup (required): the
+	// *ledger.View of the process.
+	View View
+	// Store, when set (the *ledger.Ledger), is read right before
+	// publishing, so a job another replica or a webhook settled moments
+	// ago is not published again even beyond the duplicate window.
+	Store Store
+	// Ready, when set, gates every scan: the submitter passes
+	// recorder.Synced && view.Ready, so nothing is polled before the
+	// ledger has caught up with the stream.
+	Ready func() bool
+	// Log defaults to discarding.
+	Log *slog.Logger
+	// Registerer, when set, gets the reconciler's metrics.
+	Registerer prometheus.Registerer
+}
+
+// Poll outcomes, the values of kreabus_reconciler_polls_total{outcome}.
+const (
+	OutcomeTerminal       = "terminal"        // Krea said terminal: event published
+	OutcomeNonTerminal    = "non_terminal"    // still running: polled again later
+	OutcomeNotFound       = "not_found"       // 404: failed event published
+	OutcomeExpired        = "expired"         // past the maximum age: failed event published
+	OutcomeRetryableError = "retryable_error" // 429, 5xx, network: backing off
+	OutcomeAccountError   = "account_error"   // 401, 402, 403: polling paused
+	OutcomeError          = "error"           // anything else: backing off
+)
+
+// Failure codes of the failed events kreabus itself decides, in the
+// synthesised body's error.code.
+const (
+	CodeNotFound = "kreabus_job_not_found"
+	CodeMaxAge   = "kreabus_max_age_exceeded"
+)
+
+// Reconciler polls jobs whose terminal webhook is overdue. Create it with
+// New and call Run.
+type Reconciler struct {
+	cfg     Config
+	d       Deps
+	log     *slog.Logger
+	limiter *rate.Limiter
+	polls   *prometheus.CounterVec
+	pending prometheus.Gauge
+
+	mu          sync.Mutex
+	jobs        map[string]*jobState
+	pausedUntil time.Time
+}
+
+// jobState is the polling schedule of one job.
+type jobState struct {
+	next     time.Time
+	backoff  time.Duration
+	inFlight bool
+}
+
+// New returns a Reconciler. It fails on invalid settings, missing
+// dependencies, or metrics that cannot be registered.
+func New(cfg Config, d Deps) (*Reconciler, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	if d.JetStream == nil || d.Krea == nil || d.View == nil {
+		return nil, errors.New("reconciler: JetStream, Krea and View are required")
+	}
+	if v, ok := d.View.(interface{ TTL() time.Duration }); ok && v.TTL() <= cfg.JobMaxAge {
+		// The ledger would forget jobs before they could expire here.
+		return nil, fmt.Errorf("reconciler: KREABUS_LEDGER_TTL (%v) must exceed KREABUS_JOB_MAX_AGE (%v)", v.TTL(), cfg.JobMaxAge)
+	}
+	log := d.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	r := &Reconciler{
+		cfg:     cfg,
+		d:       d,
+		log:     log.With("component", "reconciler"),
+		limiter: rate.NewLimiter(rate.Limit(cfg.Rate), max(1, int(cfg.Rate))),
+		jobs:    map[string]*jobState{},
+	}
+	polls := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kreabus_reconciler_polls_total",
+		Help: "GET /jobs/{id} polls of jobs whose terminal webhook is overdue, by outcome.",
+	}, []string{"outcome"})
+	pending := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "kreabus_reconciler_pending_jobs",
+		Help: "Jobs past the webhook grace without a terminal event, at the last scan.",
+	})
+	var err error
+	if r.polls, err = register(d.Registerer, polls); err != nil {
+		return nil, err
+	}
+	if r.pending, err = register(d.Registerer, pending); err != nil {
+		return nil, err
+	}
+	for _, o := range []string{OutcomeTerminal, OutcomeNonTerminal, OutcomeNotFound, OutcomeExpired,
+		OutcomeRetryableError, OutcomeAccountError, OutcomeError} {
+		r.polls.WithLabelValues(o)
+	}
+	return r, nil
+}
+
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	if reg == nil {
+		return c, nil
+	}
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing, nil
+			}
+		}
+		return c, err
+	}
+	return c, nil
+}
+
+// Run scans and polls until ctx ends, then waits for the polls in flight
+// and returns nil.
+func (r *Reconciler) Run(ctx context.Context) error {
+	work := make(chan ledger.Record)
+	var wg sync.WaitGroup
+	for range r.cfg.Concurrency {
+		wg.Go(func() {
+			for rec := range work {
+				r.poll(ctx, rec)
+			}
+		})
+	}
+	defer func() {
+		close(work)
+		wg.Wait()
+	}()
+	tick := time.NewTicker(r.cfg.Interval)
+	defer tick.Stop()
+	for {
+		r.scan(ctx, work)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// scan hands every job due for a poll to the workers. It blocks while they
+// are busy, so the rate limit paces it.
+func (r *Reconciler) scan(ctx context.Context, work chan<- ledger.Record) {
+	if r.d.Ready != nil && !r.d.Ready() {
+		return
+	}
+	now := time.Now()
+	pending := r.d.View.Pending(now, r.cfg.WebhookGrace)
+	r.pending.Set(float64(len(pending)))
+
+	r.mu.Lock()
+	if now.Before(r.pausedUntil) {
+		r.mu.Unlock()
+		return
+	}
+	live := make(map[string]bool, len(pending))
+	due := pending[:0]
+	for _, rec := range pending {
+		live[rec.JobID] = true
+		st := r.jobs[rec.JobID]
+		if st == nil {
+			st = &jobState{next: now, backoff: max(min(r.cfg.WebhookGrace, r.cfg.MaxBackoff), MinBackoff)}
+			r.jobs[rec.JobID] = st
+		}
+		if st.inFlight || now.Before(st.next) {
+			continue
+		}
+		st.inFlight = true
+		due = append(due, rec)
+	}
+	for id, st := range r.jobs {
+		if !live[id] && !st.inFlight {
+			delete(r.jobs, id)
+		}
+	}
+	r.mu.Unlock()
+
+	for i, rec := range due {
+		select {
+		case work <- rec:
+		case <-ctx.Done():
+			r.mu.Lock()
+			for _, rec := range due[i:] {
+				if st := r.jobs[rec.JobID]; st != nil {
+					st.inFlight = false
+				}
+			}
+			r.mu.Unlock()
+			return
+		}
+	}
+}
+
+// poll polls one job and publishes what it finds.
+func (r *Reconciler) poll(ctx context.Context, rec ledger.Record) {
+	if own := r.d.View.Lookup(rec.RequestID, rec.JobID); own.Terminal {
+		r.forget(rec.JobID)
+		return
+	}
+	if wait := r.pause(); wait > 0 {
+		r.reschedule(rec.JobID, wait, false)
+		return
+	}
+	if err := r.limiter.Wait(ctx); err != nil {
+		r.reschedule(rec.JobID, 0, false)
+		return
+	}
+	job, raw, err := r.d.Krea.GetJob(ctx, rec.JobID)
+	if ctx.Err() != nil {
+		r.reschedule(rec.JobID, 0, false)
+		return
+	}
+	log := r.log.With("job_id", rec.JobID, "request_id", rec.RequestID)
+	now := time.Now()
+	age := now.Sub(rec.SubmittedAt)
+	switch {
+	case err == nil && job.Status.IsTerminal():
+		r.outcome(OutcomeTerminal)
+		log.Info("poll found a terminal job whose webhook did not come", "status", job.Status, "age", age.Round(time.Second))
+		r.publish(ctx, rec, job.Status, raw, "")
+	case err == nil:
+		if age > r.cfg.JobMaxAge {
+			r.outcome(OutcomeExpired)
+			msg := fmt.Sprintf("job still %s %v after submission, past KREABUS_JOB_MAX_AGE (%v); kreabus declared it failed",
+				job.Status, age.Round(time.Second), r.cfg.JobMaxAge)
+			log.Warn("job exceeded the maximum age", "status", job.Status, "age", age.Round(time.Second))
+			r.publish(ctx, rec, krea.StatusFailed, failedBody(rec, job, CodeMaxAge, msg, now), msg)
+			return
+		}
+		r.outcome(OutcomeNonTerminal)
+		r.reschedule(rec.JobID, 0, true)
+	case errors.Is(err, krea.ErrNotFound):
+		r.outcome(OutcomeNotFound)
+		msg := fmt.Sprintf("Krea no longer knows job %s (GET /jobs/%s answered 404); kreabus declared it failed", rec.JobID, rec.JobID)
+		log.Warn("job unknown to Krea", "age", age.Round(time.Second))
+		r.publish(ctx, rec, krea.StatusFailed, failedBody(rec, nil, CodeNotFound, msg, now), msg)
+	case errors.Is(err, krea.ErrAccount):
+		r.outcome(OutcomeAccountError)
+		log.Error("Krea refuses the account; polling paused", "err", err, "pause", r.cfg.AccountPause)
+		r.setPause(now.Add(r.cfg.AccountPause))
+		r.reschedule(rec.JobID, r.cfg.AccountPause, false)
+	case errors.Is(err, krea.ErrRetryable):
+		r.outcome(OutcomeRetryableError)
+		if d, ok := krea.RetryAfter(err); ok && d > 0 {
+			r.setPause(now.Add(d))
+		}
+		log.Warn("poll failed; backing off", "err", err)
+		r.reschedule(rec.JobID, 0, true)
+	default:
+		r.outcome(OutcomeError)
+		log.Warn("poll failed; backing off", "err", err)
+		r.reschedule(rec.JobID, 0, true)
+	}
+}
+
+// publish stores the job's terminal event, unless the ledger already holds
+// the job as terminal.
+func (r *Reconciler) publish(ctx context.Context, rec ledger.Record, status krea.Status, body []byte, reason string) {
+	log := r.log.With("job_id", rec.JobID, "request_id", rec.RequestID, "status", status)
+	own := r.d.View.Lookup(rec.RequestID, rec.JobID)
+	if !own.Terminal && r.d.Store != nil {
+		if jr, err := r.d.Store.Job(ctx, rec.JobID); err == nil && jr.Terminal {
+			own.Terminal = true
+			r.d.View.Stored(rec.RequestID, rec.JobID, jr.Status)
+		}
+	}
+	if own.Terminal {
+		log.Debug("job settled meanwhile; not publishing")
+		r.forget(rec.JobID)
+		return
+	}
+	md := rec.Metadata
+	if len(md) == 0 {
+		md = own.Metadata
+	}
+	msg := events.NewJobMsg(events.EventHeaders{
+		JobID:     rec.JobID,
+		Status:    status,
+		RequestID: rec.RequestID,
+		Source:    events.SourcePoll,
+		Metadata:  md,
+		Reason:    reason,
+	}, body)
+	pctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
+	defer cancel()
+	ack, err := r.d.JetStream.PublishMsg(pctx, msg, jetstream.WithExpectStream(events.StreamJobs))
+	if err != nil {
+		log.Warn("cannot publish the polled event; retrying later", "err", err)
+		r.reschedule(rec.JobID, 0, true)
+		return
+	}
+	r.d.View.Stored(rec.RequestID, rec.JobID, status)
+	r.forget(rec.JobID)
+	log.Info("published polled event", "duplicate", ack.Duplicate, "seq", ack.Sequence)
+}
+
+// failedBody is the job object of a failure kreabus decided.
+func failedBody(rec ledger.Record, last *krea.Job, code, msg string, now time.Time) []byte {
+	const layout = "2006-01-02T15:04:05.000Z"
+	b := struct {
+		JobID       string        `json:"job_id"`
+		Status      krea.Status   `json:"status"`
+		CreatedAt   string        `json:"created_at,omitempty"`
+		CompletedAt string        `json:"completed_at"`
+		Result      *struct{}     `json:"result"`
+		Error       krea.JobError `json:"error"`
+	}{
+		JobID:       rec.JobID,
+		Status:      krea.StatusFailed,
+		CompletedAt: now.UTC().Format(layout),
+		Error:       krea.JobError{Code: code, Message: msg},
+	}
+	switch {
+	case last != nil && last.CreatedAt != nil:
+		b.CreatedAt = last.CreatedAt.UTC().Format(layout)
+	case !rec.SubmittedAt.IsZero():
+		b.CreatedAt = rec.SubmittedAt.UTC().Format(layout)
+	}
+	out, _ := json.Marshal(b)
+	return out
+}
+
+func (r *Reconciler) outcome(o string) { r.polls.WithLabelValues(o).Inc() }
+
+// reschedule plans the job's next poll: after wait when positive, else
+// after its backoff (doubled afterwards when grow is set), with ±10%
+// jitter so replicas drift apart.
+func (r *Reconciler) reschedule(jobID string, wait time.Duration, grow bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.jobs[jobID]
+	if st == nil {
+		return
+	}
+	st.inFlight = false
+	d := wait
+	if d <= 0 {
+		d = st.backoff
+		if grow {
+			st.backoff = min(2*st.backoff, r.cfg.MaxBackoff)
+		}
+	}
+	d += time.Duration((rand.Float64()*0.2 - 0.1) * float64(d))
+	st.next = time.Now().Add(d)
+}
+
+func (r *Reconciler) forget(jobID string) {
+	r.mu.Lock()
+	delete(r.jobs, jobID)
+	r.mu.Unlock()
+}
+
+func (r *Reconciler) setPause(until time.Time) {
+	r.mu.Lock()
+	if until.After(r.pausedUntil) {
+		r.pausedUntil = until
+	}
+	r.mu.Unlock()
+}
+
+// pause returns how long polling is still paused.
+func (r *Reconciler) pause() time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return time.Until(r.pausedUntil)
+}

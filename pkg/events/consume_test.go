@@ -1,0 +1,714 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kreabus/kreabus/internal/natstest"
+	"github.com/kreabus/kreabus/pkg/krea"
+)
+
+// publishEvent stores a job event on KREA_JOBS as a producer would.
+func publishEvent(t *testing.T, js jetstream.JetStream, jobID string, status krea.Status) {
+	t.Helper()
+	body := fmt.Sprintf(`{"job_id":%q,"status":%q,"result":{"urls":["https://example.com/%s.png"]}}`, jobID, status, jobID)
+	h := EventHeaders{JobID: jobID, Status: status, RequestID: "req-" + jobID, Source: SourceWebhook, Metadata: []byte(`{"user":"42"}`)}
+	if status == StatusRejected {
+		h.JobID = ""
+		body = `{"reason":"refused"}`
+	}
+	if _, err := js.PublishMsg(testCtx(t), NewJobMsg(h, []byte(body))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// errorLog collects what a consumer reports.
+type errorLog struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (l *errorLog) add(err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.errs = append(l.errs, err)
+}
+
+func (l *errorLog) messageErrors() []*MessageError {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []*MessageError
+	for _, err := range l.errs {
+		var me *MessageError
+		if errors.As(err, &me) {
+			out = append(out, me)
+		}
+	}
+	return out
+}
+
+// recorder is a JobHandler keeping the events it saw.
+type recorder struct {
+	mu     sync.Mutex
+	events []*Event
+	mds    []*jetstream.MsgMetadata
+	times  []time.Time
+	fail   func(ev *Event, md *jetstream.MsgMetadata) error
+}
+
+func (r *recorder) handle(ctx context.Context, ev *Event) error {
+	md, ok := MsgMetadata(ctx)
+	if !ok {
+		return errors.New("no metadata in handler context")
+	}
+	r.mu.Lock()
+	r.events = append(r.events, ev)
+	r.mds = append(r.mds, md)
+	r.times = append(r.times, time.Now())
+	fail := r.fail
+	r.mu.Unlock()
+	if fail != nil {
+		return fail(ev, md)
+	}
+	return nil
+}
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.events)
+}
+
+func (r *recorder) waitFor(t *testing.T, n int) {
+	t.Helper()
+	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if got := r.count(); got < n {
+			return fmt.Errorf("handled %d events, want %d", got, n)
+		}
+		return nil
+	})
+}
+
+func consumerInfo(t *testing.T, c *JobConsumer) *jetstream.ConsumerInfo {
+	t.Helper()
+	info, err := c.Consumer().Info(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
+// waitSettled waits until the consumer has nothing pending or unacked.
+func waitSettled(t *testing.T, c *JobConsumer) {
+	t.Helper()
+	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		info := consumerInfo(t, c)
+		if info.NumAckPending != 0 || info.NumPending != 0 {
+			return fmt.Errorf("ack pending %d, pending %d", info.NumAckPending, info.NumPending)
+		}
+		return nil
+	})
+}
+
+func consume(t *testing.T, js jetstream.JetStream, durable string, h JobHandler, opts ...ConsumeOpt) *JobConsumer {
+	t.Helper()
+	c, err := ConsumeJobs(testCtx(t), js, durable, h, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Stop)
+	return c
+}
+
+func TestConsumeJobsFilteredByStatus(t *testing.T) {
+	js := startStreams(t)
+	publishEvent(t, js, "j1", StatusSubmitted)
+	publishEvent(t, js, "j1", krea.StatusProcessing)
+	publishEvent(t, js, "j1", krea.StatusCompleted)
+	publishEvent(t, js, "j2", krea.StatusFailed)
+	publishEvent(t, js, "j3", krea.StatusCancelled)
+	publishEvent(t, js, "r4", StatusRejected)
+
+	var rec recorder
+	var log errorLog
+	c := consume(t, js, "svc", rec.handle,
+		WithStatuses(krea.StatusCompleted, krea.StatusFailed, StatusRejected, krea.StatusCompleted),
+		WithErrorHandler(log.add))
+	rec.waitFor(t, 3)
+	waitSettled(t, c)
+	time.Sleep(50 * time.Millisecond) // nothing else arrives
+	if rec.count() != 3 {
+		t.Fatalf("handled %d events, want 3", rec.count())
+	}
+
+	cfg := consumerInfo(t, c).Config
+	if want := []string{"krea.jobs.completed", "krea.jobs.failed", "krea.jobs.rejected"}; !slices.Equal(cfg.FilterSubjects, want) {
+		t.Errorf("FilterSubjects = %v, want %v", cfg.FilterSubjects, want)
+	}
+	if cfg.Durable != "svc" || cfg.AckPolicy != jetstream.AckExplicitPolicy || cfg.DeliverPolicy != jetstream.DeliverAllPolicy {
+		t.Errorf("consumer config %+v", cfg)
+	}
+
+	ev := rec.events[0]
+	if ev.Subject != "krea.jobs.completed" || ev.Status != krea.StatusCompleted || ev.JobID != "j1" || ev.RequestID != "req-j1" ||
+		ev.Source != SourceWebhook || string(ev.Metadata) != `{"user":"42"}` || ev.Time.IsZero() {
+		t.Errorf("event = %+v", ev)
+	}
+	if ev.Job.JobID != "j1" || ev.Job.Result == nil || len(ev.Job.Result.URLs) != 1 {
+		t.Errorf("decoded job = %+v", ev.Job)
+	}
+	if rec.events[1].Status != krea.StatusFailed || rec.events[2].Status != StatusRejected || rec.events[2].RequestID != "req-r4" {
+		t.Errorf("events 2, 3 = %+v %+v", rec.events[1], rec.events[2])
+	}
+	if len(log.errs) != 0 {
+		t.Errorf("errors reported: %v", log.errs)
+	}
+}
+
+func TestConsumeJobsSingleStatusAndAll(t *testing.T) {
+	js := startStreams(t)
+	publishEvent(t, js, "j1", StatusSubmitted)
+	publishEvent(t, js, "j1", krea.StatusCompleted)
+
+	var one, all recorder
+	c1 := consume(t, js, "one", one.handle, WithStatuses(krea.StatusCompleted))
+	c2 := consume(t, js, "all", all.handle)
+	all.waitFor(t, 2)
+	one.waitFor(t, 1)
+	waitSettled(t, c1)
+	waitSettled(t, c2)
+	if one.count() != 1 || one.events[0].Status != krea.StatusCompleted {
+		t.Errorf("filtered consumer got %d events", one.count())
+	}
+	if f := consumerInfo(t, c1).Config.FilterSubject; f != "krea.jobs.completed" {
+		t.Errorf("FilterSubject = %q", f)
+	}
+	if all.count() != 2 || all.events[0].Status != StatusSubmitted {
+		t.Errorf("unfiltered consumer got %d events", all.count())
+	}
+}
+
+func TestConsumeJobsRedeliversWithBackoff(t *testing.T) {
+	js := startStreams(t)
+	publishEvent(t, js, "j1", krea.StatusCompleted)
+
+	rec := recorder{fail: func(ev *Event, md *jetstream.MsgMetadata) error {
+		if md.NumDelivered < 4 {
+			return errors.New("downstream unavailable")
+		}
+		return nil
+	}}
+	var log errorLog
+	const min = 100 * time.Millisecond
+	c := consume(t, js, "retry", rec.handle, WithBackoff(min, 2*min), WithErrorHandler(log.add))
+	rec.waitFor(t, 4)
+	waitSettled(t, c)
+
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for i, md := range rec.mds {
+		if md.NumDelivered != uint64(i+1) {
+			t.Errorf("call %d: NumDelivered = %d", i, md.NumDelivered)
+		}
+		if md.Sequence.Stream != 1 {
+			t.Errorf("call %d: stream seq = %d", i, md.Sequence.Stream)
+		}
+	}
+	// Delays: min, 2*min, then capped at 2*min.
+	for i, want := range []time.Duration{min, 2 * min, 2 * min} {
+		if gap := rec.times[i+1].Sub(rec.times[i]); gap < want {
+			t.Errorf("redelivery %d after %v, want at least %v", i+1, gap, want)
+		}
+	}
+	mes := log.messageErrors()
+	if len(mes) != 3 {
+		t.Fatalf("reported %d message errors, want 3: %v", len(mes), log.errs)
+	}
+	for i, want := range []time.Duration{min, 2 * min, 2 * min} {
+		me := mes[i]
+		if me.Retry != want || me.Terminated || me.NumDelivered != uint64(i+1) || me.JobID != "j1" || me.RequestID != "req-j1" || me.Err.Error() != "downstream unavailable" {
+			t.Errorf("message error %d = %+v", i, me)
+		}
+	}
+	if info := consumerInfo(t, c); info.NumRedelivered != 0 || info.AckFloor.Stream != 1 {
+		t.Errorf("consumer after success: %+v", info)
+	}
+}
+
+func TestConsumeJobsMaxDeliver(t *testing.T) {
+	js := startStreams(t)
+	publishEvent(t, js, "j1", krea.StatusCompleted)
+	publishEvent(t, js, "j2", krea.StatusCompleted)
+
+	rec := recorder{fail: func(ev *Event, _ *jetstream.MsgMetadata) error {
+		if ev.JobID == "j1" {
+			return errors.New("always")
+		}
+		return nil
+	}}
+	var log errorLog
+	c := consume(t, js, "max", rec.handle, WithBackoff(10*time.Millisecond, 10*time.Millisecond), WithMaxDeliver(3), WithErrorHandler(log.add))
+	rec.waitFor(t, 4) // j1 three times, j2 once
+	waitSettled(t, c)
+	time.Sleep(100 * time.Millisecond)
+	if n := rec.count(); n != 4 {
+		t.Fatalf("handled %d times, want 4", n)
+	}
+	mes := log.messageErrors()
+	if len(mes) != 3 || !mes[2].Terminated || mes[2].NumDelivered != 3 || mes[1].Terminated {
+		t.Fatalf("message errors %v", mes)
+	}
+	if cfg := consumerInfo(t, c).Config; cfg.MaxDeliver != 3 {
+		t.Errorf("MaxDeliver = %d", cfg.MaxDeliver)
+	}
+}
+
+func TestConsumeJobsTerminate(t *testing.T) {
+	js := startStreams(t)
+	publishEvent(t, js, "j1", krea.StatusCompleted)
+	errBad := errors.New("not for us")
+	rec := recorder{fail: func(*Event, *jetstream.MsgMetadata) error { return Terminate(errBad) }}
+	var log errorLog
+	c := consume(t, js, "term", rec.handle, WithBackoff(10*time.Millisecond, 10*time.Millisecond), WithErrorHandler(log.add))
+	rec.waitFor(t, 1)
+	waitSettled(t, c)
+	time.Sleep(100 * time.Millisecond)
+	if rec.count() != 1 {
+		t.Fatalf("terminated event handled %d times", rec.count())
+	}
+	mes := log.messageErrors()
+	if len(mes) != 1 || !mes[0].Terminated || !errors.Is(mes[0], errBad) {
+		t.Fatalf("message errors %v", mes)
+	}
+	if Terminate(nil) != nil {
+		t.Error("Terminate(nil) != nil")
+	}
+}
+
+func TestConsumeJobsPanicIsRedelivered(t *testing.T) {
+	js := startStreams(t)
+	publishEvent(t, js, "j1", krea.StatusCompleted)
+	rec := recorder{fail: func(_ *Event, md *jetstream.MsgMetadata) error {
+		if md.NumDelivered == 1 {
+			panic("boom")
+		}
+		return nil
+	}}
+	var log errorLog
+	c := consume(t, js, "panic", rec.handle, WithBackoff(10*time.Millisecond, 10*time.Millisecond), WithErrorHandler(log.add))
+	rec.waitFor(t, 2)
+	waitSettled(t, c)
+	if mes := log.messageErrors(); len(mes) != 1 || mes[0].Terminated {
+		t.Fatalf("message errors %v", mes)
+	}
+}
+
+func TestConsumeJobsTerminatesMalformed(t *testing.T) {
+	js := startStreams(t)
+	ctx := testCtx(t)
+	bad := NewJobMsg(EventHeaders{JobID: "bad", Status: krea.StatusCompleted, Source: SourceWebhook, RequestID: "req-bad"}, []byte(`{"job_id": `))
+	if _, err := js.PublishMsg(ctx, bad); err != nil {
+		t.Fatal(err)
+	}
+	notObject := NewJobMsg(EventHeaders{JobID: "arr", Status: krea.StatusCompleted, Source: SourceWebhook}, []byte(`[1,2]`))
+	if _, err := js.PublishMsg(ctx, notObject); err != nil {
+		t.Fatal(err)
+	}
+	publishEvent(t, js, "good", krea.StatusCompleted)
+
+	var rec recorder
+	var log errorLog
+	c := consume(t, js, "malformed", rec.handle, WithBackoff(10*time.Millisecond, 10*time.Millisecond), WithErrorHandler(log.add))
+	rec.waitFor(t, 1)
+	waitSettled(t, c)
+	time.Sleep(100 * time.Millisecond)
+	if rec.count() != 1 || rec.events[0].JobID != "good" {
+		t.Fatalf("handler saw %d events", rec.count())
+	}
+	mes := log.messageErrors()
+	if len(mes) != 2 {
+		t.Fatalf("message errors %v", log.errs)
+	}
+	for _, me := range mes {
+		if !errors.Is(me, ErrMalformedEvent) || !me.Terminated || me.NumDelivered != 1 {
+			t.Errorf("message error %+v", me)
+		}
+	}
+	if mes[0].JobID != "bad" || mes[0].RequestID != "req-bad" || mes[0].Sequence != 1 {
+		t.Errorf("first message error %+v", mes[0])
+	}
+	if info := consumerInfo(t, c); info.NumRedelivered != 0 || info.AckFloor.Stream != 3 {
+		t.Errorf("consumer %+v", info)
+	}
+}
+
+func TestConsumeJobsInOrderByDefault(t *testing.T) {
+	js := startStreams(t)
+	const n = 30
+	for i := range n {
+		publishEvent(t, js, fmt.Sprintf("j%02d", i), krea.StatusCompleted)
+	}
+	var inFlight, maxInFlight atomic.Int32
+	rec := recorder{fail: func(*Event, *jetstream.MsgMetadata) error {
+		cur := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		if cur > maxInFlight.Load() {
+			maxInFlight.Store(cur)
+		}
+		time.Sleep(time.Millisecond)
+		return nil
+	}}
+	c := consume(t, js, "ordered", rec.handle)
+	rec.waitFor(t, n)
+	waitSettled(t, c)
+	for i, ev := range rec.events {
+		if want := fmt.Sprintf("j%02d", i); ev.JobID != want {
+			t.Fatalf("event %d is %s, want %s", i, ev.JobID, want)
+		}
+	}
+	if m := maxInFlight.Load(); m != 1 {
+		t.Errorf("%d handlers ran at once, want 1", m)
+	}
+}
+
+func TestConsumeJobsConcurrency(t *testing.T) {
+	js := startStreams(t)
+	const workers = 4
+	for i := range 2 * workers {
+		publishEvent(t, js, fmt.Sprintf("j%d", i), krea.StatusCompleted)
+	}
+	var inFlight, maxInFlight atomic.Int32
+	release := make(chan struct{})
+	rec := recorder{fail: func(*Event, *jetstream.MsgMetadata) error {
+		cur := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for {
+			m := maxInFlight.Load()
+			if cur <= m || maxInFlight.CompareAndSwap(m, cur) {
+				break
+			}
+		}
+		<-release
+		return nil
+	}}
+	c := consume(t, js, "parallel", rec.handle, WithConcurrency(workers))
+	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if m := inFlight.Load(); m != workers {
+			return fmt.Errorf("%d handlers in flight, want %d", m, workers)
+		}
+		return nil
+	})
+	close(release)
+	rec.waitFor(t, 2*workers)
+	waitSettled(t, c)
+	if m := maxInFlight.Load(); m != workers {
+		t.Errorf("at most %d handlers ran at once, want %d", m, workers)
+	}
+}
+
+func TestConsumeJobsStopWaitsForHandlers(t *testing.T) {
+	for _, workers := range []int{1, 3} {
+		t.Run(fmt.Sprint("concurrency ", workers), func(t *testing.T) {
+			js := startStreams(t)
+			publishEvent(t, js, "j1", krea.StatusCompleted)
+			started := make(chan struct{})
+			release := make(chan struct{})
+			var handled atomic.Bool
+			c, err := ConsumeJobs(testCtx(t), js, "stop", func(ctx context.Context, ev *Event) error {
+				close(started)
+				<-release
+				handled.Store(true)
+				return ctx.Err()
+			}, WithConcurrency(workers))
+			if err != nil {
+				t.Fatal(err)
+			}
+			<-started
+			stopped := make(chan struct{})
+			go func() { c.Stop(); close(stopped) }()
+			select {
+			case <-stopped:
+				t.Fatal("Stop returned while a handler was running")
+			case <-time.After(100 * time.Millisecond):
+			}
+			publishEvent(t, js, "j2", krea.StatusCompleted) // not handled: stopping
+			close(release)
+			select {
+			case <-stopped:
+			case <-time.After(10 * time.Second):
+				t.Fatal("Stop did not return")
+			}
+			<-c.Closed()
+			if !handled.Load() {
+				t.Fatal("handler did not finish")
+			}
+			c.Stop() // again: no-op
+
+			// The event in flight was acked; j2 is still there for the next run.
+			cons, err := js.Consumer(testCtx(t), StreamJobs, "stop")
+			if err != nil {
+				t.Fatal(err)
+			}
+			natstest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+				info, err := cons.Info(testCtx(t))
+				if err != nil {
+					return err
+				}
+				if info.AckFloor.Stream != 1 {
+					return fmt.Errorf("ack floor %d, want 1", info.AckFloor.Stream)
+				}
+				return nil
+			})
+			var rec recorder
+			c2 := consume(t, js, "stop", rec.handle)
+			rec.waitFor(t, 1)
+			waitSettled(t, c2)
+			if rec.count() != 1 || rec.events[0].JobID != "j2" {
+				t.Errorf("resumed consumer got %d events", rec.count())
+			}
+		})
+	}
+}
+
+func TestConsumeJobsShutdownGivesUp(t *testing.T) {
+	js := startStreams(t)
+	publishEvent(t, js, "j1", krea.StatusCompleted)
+	started := make(chan struct{})
+	cancelled := make(chan error, 1)
+	c, err := ConsumeJobs(testCtx(t), js, "shutdown", func(ctx context.Context, ev *Event) error {
+		close(started)
+		<-ctx.Done()
+		cancelled <- ctx.Err()
+		return ctx.Err()
+	}, WithErrorHandler(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := c.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v, want deadline exceeded", err)
+	}
+	select {
+	case err := <-cancelled:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("handler context ended with %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("handler context not cancelled")
+	}
+	select {
+	case <-c.Closed():
+	case <-time.After(5 * time.Second):
+		t.Fatal("consumer not closed")
+	}
+}
+
+func TestConsumeJobsHandlerContext(t *testing.T) {
+	js := startStreams(t)
+	publishEvent(t, js, "j1", krea.StatusCompleted)
+	type key struct{}
+	setupCtx, cancel := context.WithCancel(context.WithValue(context.Background(), key{}, "v"))
+	got := make(chan context.Context, 1)
+	c, err := ConsumeJobs(setupCtx, js, "ctx", func(ctx context.Context, ev *Event) error {
+		got <- ctx
+		return nil
+	}, WithAckWait(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	cancel() // only bounded the set-up
+	ctx := <-got
+	if ctx.Value(key{}) != "v" {
+		t.Error("handler context lost the set-up context's values")
+	}
+	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > 2*time.Second {
+		t.Errorf("handler deadline %v, want within the 2s ack wait", dl)
+	}
+	if cfg := consumerInfo(t, c).Config; cfg.AckWait != 2*time.Second {
+		t.Errorf("AckWait = %v", cfg.AckWait)
+	}
+	if _, ok := MsgMetadata(context.Background()); ok {
+		t.Error("MsgMetadata outside a handler")
+	}
+}
+
+func TestConsumeJobsDeliverNew(t *testing.T) {
+	js := startStreams(t)
+	publishEvent(t, js, "old", krea.StatusCompleted)
+	var rec recorder
+	c := consume(t, js, "new", rec.handle, WithDeliverPolicy(jetstream.DeliverNewPolicy))
+	publishEvent(t, js, "fresh", krea.StatusCompleted)
+	rec.waitFor(t, 1)
+	waitSettled(t, c)
+	if rec.count() != 1 || rec.events[0].JobID != "fresh" {
+		t.Fatalf("got %d events, first %+v", rec.count(), rec.events[0])
+	}
+}
+
+func TestConsumeJobsEphemeral(t *testing.T) {
+	js := startStreams(t)
+	publishEvent(t, js, "j1", krea.StatusFailed)
+	var rec recorder
+	c := consume(t, js, "", rec.handle)
+	rec.waitFor(t, 1)
+	if cfg := consumerInfo(t, c).Config; cfg.Durable != "" {
+		t.Errorf("ephemeral consumer has durable %q", cfg.Durable)
+	}
+}
+
+func TestConsumeJobsUpdatesFilter(t *testing.T) {
+	js := startStreams(t)
+	publishEvent(t, js, "j1", krea.StatusCompleted)
+	var rec recorder
+	c := consume(t, js, "upd", rec.handle, WithStatuses(krea.StatusCompleted))
+	rec.waitFor(t, 1)
+	waitSettled(t, c)
+	c.Stop()
+
+	publishEvent(t, js, "j2", krea.StatusFailed)
+	var rec2 recorder
+	c2 := consume(t, js, "upd", rec2.handle, WithStatuses(krea.StatusCompleted, krea.StatusFailed))
+	rec2.waitFor(t, 1)
+	waitSettled(t, c2)
+	if rec2.events[0].JobID != "j2" {
+		t.Errorf("after widening the filter got %+v", rec2.events[0])
+	}
+}
+
+func TestConsumeJobsConnectionClosed(t *testing.T) {
+	s := natstest.RunServer(t)
+	nc := natstest.Connect(t, s.ClientURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := EnsureStreams(testCtx(t), js, StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ConsumeJobs(testCtx(t), js, "closing", func(context.Context, *Event) error { return nil }, WithErrorHandler(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
+	select {
+	case <-c.Closed():
+	case <-time.After(10 * time.Second):
+		t.Fatal("consumer not closed with its connection")
+	}
+	c.Stop()
+}
+
+func TestConsumeJobsInvalidOptions(t *testing.T) {
+	js := startStreams(t)
+	h := func(context.Context, *Event) error { return nil }
+	for name, opt := range map[string]ConsumeOpt{
+		"no statuses":          WithStatuses(),
+		"bad status":           WithStatuses("completed.x"),
+		"wildcard status":      WithStatuses(">"),
+		"deliver by start seq": WithDeliverPolicy(jetstream.DeliverByStartSequencePolicy),
+		"backoff zero":         WithBackoff(0, time.Second),
+		"backoff inverted":     WithBackoff(time.Second, time.Millisecond),
+		"max deliver 0":        WithMaxDeliver(0),
+		"concurrency 0":        WithConcurrency(0),
+		"ack wait 0":           WithAckWait(0),
+	} {
+		if _, err := ConsumeJobs(testCtx(t), js, "x", h, opt); !errors.Is(err, ErrInvalidOption) {
+			t.Errorf("%s: err = %v, want ErrInvalidOption", name, err)
+		}
+	}
+	if _, err := ConsumeJobs(testCtx(t), js, "x", nil); !errors.Is(err, ErrInvalidOption) {
+		t.Errorf("nil handler: err = %v", err)
+	}
+	if _, err := ConsumeJobs(testCtx(t), js, "a.b", h); err == nil {
+		t.Error("durable with a dot accepted")
+	}
+	names, err := js.Stream(testCtx(t), StreamJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := names.Info(testCtx(t)); info.State.Consumers != 0 {
+		t.Errorf("%d consumers created by failed calls", info.State.Consumers)
+	}
+}
+
+func TestConsumeJobsWithoutStream(t *testing.T) {
+	js := startJS(t)
+	_, err := ConsumeJobs(testCtx(t), js, "x", func(context.Context, *Event) error { return nil })
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Fatalf("err = %v, want ErrStreamNotFound", err)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	const s = time.Second
+	for _, tc := range []struct {
+		min, max time.Duration
+		n        uint64
+		want     time.Duration
+	}{
+		{s, time.Minute, 0, s},
+		{s, time.Minute, 1, s},
+		{s, time.Minute, 2, 2 * s},
+		{s, time.Minute, 6, 32 * s},
+		{s, time.Minute, 7, time.Minute},
+		{s, time.Minute, 1 << 62, time.Minute},
+		{s, 1<<63 - 1, 200, 1<<63 - 1},
+		{s, s, 5, s},
+		{3 * s, 5 * s, 2, 5 * s},
+	} {
+		if got := backoff(tc.min, tc.max, tc.n); got != tc.want {
+			t.Errorf("backoff(%v, %v, %d) = %v, want %v", tc.min, tc.max, tc.n, got, tc.want)
+		}
+	}
+}
+
+func TestMessageErrorText(t *testing.T) {
+	e := &MessageError{Subject: "krea.jobs.completed", Sequence: 7, NumDelivered: 2, JobID: "j", Retry: time.Second, Err: errors.New("x")}
+	if got := e.Error(); got != `events: krea.jobs.completed seq 7 (job "j", delivery 2): x; redelivery in 1s` {
+		t.Errorf("Error() = %q", got)
+	}
+	e.Terminated = true
+	if got := e.Error(); got != `events: krea.jobs.completed seq 7 (job "j", delivery 2): x; terminated` {
+		t.Errorf("Error() = %q", got)
+	}
+}
+
+// The submitter's rejection body has an HTTP "status" number and maybe an
+// "error" string: not a job object, yet the handler must get the event.
+func TestConsumeJobsRejectedBodyIsNotAJob(t *testing.T) {
+	js := startStreams(t)
+	ctx := testCtx(t)
+	body := `{"request_id":"req-9","path":"/generate/image/bfl/flux-1-dev","reason":"refused by the API","kind":"api_refused","status":402,"error":"Payment required"}`
+	m := NewJobMsg(EventHeaders{Status: StatusRejected, RequestID: "req-9", Source: SourceSubmitter, Reason: "refused by the API"}, []byte(body))
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	// A rejected event whose body is not JSON at all is still malformed.
+	m = NewJobMsg(EventHeaders{Status: StatusRejected, RequestID: "req-10", Source: SourceSubmitter}, []byte(`not json`))
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	var rec recorder
+	var log errorLog
+	c := consume(t, js, "rejections", rec.handle, WithStatuses(StatusRejected), WithErrorHandler(log.add))
+	rec.waitFor(t, 1)
+	waitSettled(t, c)
+	ev := rec.events[0]
+	if ev.Status != StatusRejected || ev.RequestID != "req-9" || ev.Reason != "refused by the API" || string(ev.Raw) != body || ev.Job.Status != "" {
+		t.Errorf("event %+v", ev)
+	}
+	if mes := log.messageErrors(); len(mes) != 1 || mes[0].RequestID != "req-10" || !errors.Is(mes[0], ErrMalformedEvent) {
+		t.Errorf("message errors %v", log.errs)
+	}
+}

@@ -1,0 +1,197 @@
+package events
+
+import (
+	"encoding/json"
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/kreabus/kreabus/pkg/krea"
+)
+
+const testJobID = "6c2b3c3a-9f0e-4d7c-8a52-1f6f0e2b7d11"
+
+func TestJobMsgIDs(t *testing.T) {
+	for _, tc := range []struct {
+		status krea.Status
+		want   string
+	}{
+		{krea.StatusCompleted, testJobID},
+		{krea.StatusFailed, testJobID},
+		{krea.StatusCancelled, testJobID},
+		{StatusSubmitted, testJobID + ":submitted"},
+		{krea.StatusProcessing, testJobID + ":processing"},
+		{krea.StatusIntermediateComplete, testJobID + ":intermediate-complete"},
+		{"some-new-status", testJobID + ":some-new-status"},
+	} {
+		if got := JobMsgID(testJobID, tc.status); got != tc.want {
+			t.Errorf("JobMsgID(%s) = %q, want %q", tc.status, got, tc.want)
+		}
+		h := EventHeaders{JobID: testJobID, Status: tc.status, RequestID: "req-1"}
+		if got := h.MsgID(); got != tc.want {
+			t.Errorf("EventHeaders.MsgID(%s) = %q, want %q", tc.status, got, tc.want)
+		}
+	}
+	h := EventHeaders{Status: StatusRejected, RequestID: "req-1"}
+	if got := h.MsgID(); got != "rejected:req-1" || RejectedMsgID("req-1") != "rejected:req-1" {
+		t.Errorf("rejected MsgID = %q", got)
+	}
+	if JobSubject(krea.StatusCompleted) != "krea.jobs.completed" || JobSubject(StatusRejected) != "krea.jobs.rejected" {
+		t.Error("JobSubject")
+	}
+}
+
+func TestNewJobMsgHeaders(t *testing.T) {
+	at := time.Date(2026, 3, 1, 12, 30, 45, 123456789, time.FixedZone("CET", 3600))
+	body := []byte(`{"job_id":"` + testJobID + `","status":"completed","result":{"urls":["https://x/1.png"]},"extra":true}`)
+	m := NewJobMsg(EventHeaders{
+		JobID:       testJobID,
+		Status:      krea.StatusCompleted,
+		RequestID:   "req-1",
+		Source:      SourceWebhook,
+		Metadata:    json.RawMessage(`{"user":"42"}`),
+		TraceParent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		Time:        at,
+	}, body)
+	if m.Subject != "krea.jobs.completed" {
+		t.Errorf("subject %q", m.Subject)
+	}
+	if string(m.Data) != string(body) {
+		t.Error("body not kept byte for byte")
+	}
+	want := nats.Header{
+		"Nats-Msg-Id":        {testJobID},
+		"Krea-Job-Id":        {testJobID},
+		"Krea-Status":        {"completed"},
+		"Kreabus-Request-Id": {"req-1"},
+		"Kreabus-Source":     {"webhook"},
+		"Kreabus-Metadata":   {`{"user":"42"}`},
+		"traceparent":        {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+		"ce-specversion":     {"1.0"},
+		"ce-id":              {testJobID},
+		"ce-type":            {"ai.krea.job.completed"},
+		"ce-source":          {"kreabus"},
+		"ce-time":            {"2026-03-01T11:30:45.123456789Z"},
+	}
+	if !maps.EqualFunc(m.Header, want, slices.Equal) {
+		t.Errorf("headers\n got %v\nwant %v", m.Header, want)
+	}
+}
+
+func TestNewJobMsgVariants(t *testing.T) {
+	// Non-terminal, no request ID, metadata or trace: those headers absent.
+	m := NewJobMsg(EventHeaders{JobID: testJobID, Status: krea.StatusProcessing, Source: SourcePoll, CESource: "kreabus/reconciler"}, nil)
+	if got := m.Header.Get("Nats-Msg-Id"); got != testJobID+":processing" {
+		t.Errorf("Nats-Msg-Id = %q", got)
+	}
+	if got := m.Header.Get("ce-id"); got != testJobID+":processing" {
+		t.Errorf("ce-id = %q", got)
+	}
+	if m.Header.Get("ce-type") != "ai.krea.job.processing" || m.Header.Get("ce-source") != "kreabus/reconciler" || m.Header.Get("Kreabus-Source") != "poll" {
+		t.Errorf("headers %v", m.Header)
+	}
+	for _, name := range []string{"Kreabus-Request-Id", "Kreabus-Metadata", "traceparent", "Kreabus-Reason"} {
+		if _, ok := m.Header[name]; ok {
+			t.Errorf("%s set though empty", name)
+		}
+	}
+	ts, err := time.Parse(time.RFC3339Nano, m.Header.Get("ce-time"))
+	if err != nil || time.Since(ts) > time.Minute {
+		t.Errorf("ce-time %q: %v", m.Header.Get("ce-time"), err)
+	}
+
+	// Submitted.
+	m = NewJobMsg(EventHeaders{JobID: testJobID, Status: StatusSubmitted, RequestID: "req-1", Source: SourceSubmitter}, nil)
+	if m.Subject != "krea.jobs.submitted" || m.Header.Get("Nats-Msg-Id") != testJobID+":submitted" || m.Header.Get("ce-type") != "ai.krea.job.submitted" {
+		t.Errorf("submitted: %s %v", m.Subject, m.Header)
+	}
+
+	// Rejected: no job, reason on one line, null metadata left out.
+	m = NewJobMsg(EventHeaders{Status: StatusRejected, RequestID: "req-9", Source: SourceSubmitter, Reason: "path: not allowed\r\nX-Evil: 1", Metadata: json.RawMessage("null")}, []byte(`{}`))
+	if m.Subject != "krea.jobs.rejected" || m.Header.Get("Nats-Msg-Id") != "rejected:req-9" || m.Header.Get("ce-id") != "rejected:req-9" || m.Header.Get("ce-type") != "ai.krea.job.rejected" {
+		t.Errorf("rejected: %s %v", m.Subject, m.Header)
+	}
+	if _, ok := m.Header["Krea-Job-Id"]; ok {
+		t.Error("Krea-Job-Id set on a rejected event")
+	}
+	if _, ok := m.Header["Kreabus-Metadata"]; ok {
+		t.Error("null metadata carried")
+	}
+	if r := m.Header.Get("Kreabus-Reason"); r != "path: not allowed  X-Evil: 1" {
+		t.Errorf("reason %q", r)
+	}
+	if long := NewJobMsg(EventHeaders{Status: StatusRejected, RequestID: "r", Reason: strings.Repeat("x", 5000)}, nil); len(long.Header.Get("Kreabus-Reason")) != 1024 {
+		t.Errorf("long reason kept %d bytes", len(long.Header.Get("Kreabus-Reason")))
+	}
+}
+
+func TestDecodeEvent(t *testing.T) {
+	body := []byte(`{"job_id":"` + testJobID + `","status":"completed","completed_at":"2026-03-01T11:30:46Z","result":{"urls":["https://x/1.png","https://x/2.png"]},"unknown":{"a":1}}`)
+	m := NewJobMsg(EventHeaders{JobID: testJobID, Status: krea.StatusCompleted, RequestID: "req-1", Source: SourceWebhook, Metadata: json.RawMessage(`{"user":"42"}`), Reason: "r"}, body)
+	ev, err := DecodeEvent(m.Subject, m.Header, m.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Status != krea.StatusCompleted || ev.JobID != testJobID || ev.RequestID != "req-1" || ev.Source != SourceWebhook || ev.Reason != "r" ||
+		string(ev.Metadata) != `{"user":"42"}` || ev.Time.IsZero() || string(ev.Raw) != string(body) {
+		t.Errorf("event %+v", ev)
+	}
+	if ev.Job.JobID != testJobID || ev.Job.Result == nil || len(ev.Job.Result.URLs) != 2 || ev.Job.CompletedAt == nil {
+		t.Errorf("job %+v", ev.Job)
+	}
+
+	// No body (a rejected event may have none), no headers.
+	ev, err = DecodeEvent("krea.jobs.rejected", nil, nil)
+	if err != nil || ev.Status != StatusRejected {
+		t.Errorf("empty event: %+v, %v", ev, err)
+	}
+
+	for _, bad := range []string{`{"job_id":`, `[1]`, `"x"`, `{"status":5}`} {
+		if _, err := DecodeEvent("krea.jobs.completed", nil, []byte(bad)); err == nil {
+			t.Errorf("DecodeEvent(%s) accepted", bad)
+		}
+	}
+}
+
+// A reason cut at 1024 bytes inside a multi-byte character still leaves
+// valid UTF-8 in the header (the cut character becomes U+FFFD).
+func TestNewJobMsgLongReasonStaysUTF8(t *testing.T) {
+	reason := strings.Repeat("x", 1023) + "é and more"
+	m := NewJobMsg(EventHeaders{Status: StatusRejected, RequestID: "r", Reason: reason}, nil)
+	if got := m.Header.Get(HeaderReason); !utf8.ValidString(got) || !strings.HasPrefix(got, strings.Repeat("x", 1023)) {
+		t.Errorf("Kreabus-Reason = %q", got[len(got)-8:])
+	}
+}
+
+// A rejected event without a request ID (a request too broken to decode
+// has none) must not share a Nats-Msg-Id with every other such event, or
+// JetStream would drop all but the first within the duplicate window.
+func TestRejectedWithoutRequestIDIsNotDeduplicated(t *testing.T) {
+	a := NewJobMsg(EventHeaders{Status: StatusRejected, Reason: "body: not JSON"}, nil)
+	b := NewJobMsg(EventHeaders{Status: StatusRejected, Reason: "body: not an object"}, nil)
+	if id := a.Header.Get(HeaderMsgID); id != "" || b.Header.Get(HeaderMsgID) != "" {
+		t.Errorf("rejected event without request ID has Nats-Msg-Id %q", id)
+	}
+	if a.Header.Get(HeaderCEID) == "" || a.Header.Get(HeaderCEID) == b.Header.Get(HeaderCEID) {
+		t.Errorf("ce-id not unique: %q", a.Header.Get(HeaderCEID))
+	}
+}
+
+// A krea.jobs.rejected body is the submitter's rejection, not a job object:
+// its "status" may be an HTTP status number; DecodeEvent must accept it.
+func TestDecodeEventRejectedBody(t *testing.T) {
+	body := `{"request_id":"req-9","reason":"refused by the API","kind":"api_refused","status":402,"error":"Payment required"}`
+	m := NewJobMsg(EventHeaders{Status: StatusRejected, RequestID: "req-9", Source: SourceSubmitter, Reason: "refused by the API"}, []byte(body))
+	ev, err := DecodeEvent(m.Subject, m.Header, m.Data)
+	if err != nil {
+		t.Fatalf("DecodeEvent refuses a well-formed rejected event: %v", err)
+	}
+	if ev.RequestID != "req-9" || string(ev.Raw) != body {
+		t.Errorf("event %+v", ev)
+	}
+}

@@ -1,0 +1,310 @@
+package events
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+)
+
+func TestValidPath(t *testing.T) {
+	for path, want := range map[string]bool{
+		"/generate/image/bfl/flux-1-dev":                 true,
+		"/generate/image/bfl/flux-1.1-pro":               true,
+		"/generate/image/krea/krea-2/medium":             true,
+		"/generate/video/kling/kling-2.1":                true,
+		"/generate/enhance/topaz/standard-enhance":       true,
+		"/generate/image/z-image/z-image":                true,
+		"/generate/image/qwen/2512":                      true,
+		"/styles/train":                                  true,
+		"/jobs":                                          false,
+		"/jobs/123":                                      false,
+		"/styles":                                        false,
+		"/styles/train/":                                 false,
+		"/styles/train/x":                                false,
+		"/assets":                                        false,
+		"/generate/image/../x":                           false,
+		"/generate/image/bfl/..":                         false,
+		"/generate/image/bfl/.":                          false,
+		"/generate/image/./flux":                         false,
+		"/generate/image/bfl/flux-1-dev/":                false,
+		"/generate/image/bfl/flux-1-dev/variant/x":       false, // 4 segments after the kind
+		"/generate/image/bfl":                            false,
+		"/generate/image":                                false,
+		"/generate/audio/a/b":                            false,
+		"/generate/IMAGE/bfl/flux":                       false,
+		"/generate/image/BFL/flux":                       false,
+		"/generate/image/bfl/flux?x=1":                   false,
+		"/generate/image/bfl/flux#x":                     false,
+		"/generate/image/bfl/flux%2F..":                  false,
+		"/generate/image//flux":                          false,
+		"//generate/image/bfl/flux":                      false,
+		"generate/image/bfl/flux":                        false,
+		"https://api.krea.ai/generate/image/bfl/x":       false,
+		"/generate/image/bfl/flux\n":                     false,
+		"/generate/image/bfl/flux\n/styles/train":        false,
+		"/generate/image/bfl/-flux":                      false,
+		"/generate/image/bfl/" + strings.Repeat("a", 64): true,
+		"/generate/image/bfl/" + strings.Repeat("a", 65): false,
+		"":  false,
+		"/": false,
+	} {
+		if got := ValidPath(path); got != want {
+			t.Errorf("ValidPath(%q) = %v, want %v", path, got, want)
+		}
+		if got := refValidPath(path); got != want {
+			t.Errorf("refValidPath(%q) = %v, want %v", path, got, want)
+		}
+	}
+}
+
+// TestValidPathMatchesOpenAPI checks the allow-list against Krea's published
+// OpenAPI document, when the checkout has it beside the repository: every
+// generation path and /styles/train is allowed, nothing else is.
+func TestValidPathMatchesOpenAPI(t *testing.T) {
+	data, err := os.ReadFile("../../../shared/krea/openapi.json")
+	if err != nil {
+		t.Skipf("Krea OpenAPI document not available: %v", err)
+	}
+	var doc struct {
+		Paths map[string]map[string]json.RawMessage `json:"paths"`
+	}
+	if err := json.Unmarshal(data, &doc); err != nil {
+		t.Fatal(err)
+	}
+	generation := 0
+	for path, ops := range doc.Paths {
+		_, post := ops["post"]
+		want := post && (strings.HasPrefix(path, "/generate/") || path == "/styles/train")
+		if want {
+			generation++
+		}
+		if got := ValidPath(path); got != want {
+			t.Errorf("ValidPath(%q) = %v, want %v", path, got, want)
+		}
+	}
+	if generation < 10 {
+		t.Errorf("only %d generation paths in the OpenAPI document", generation)
+	}
+}
+
+func TestValidRequestID(t *testing.T) {
+	for id, want := range map[string]bool{
+		"a": true, "0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11": true, "A_b-9": true,
+		strings.Repeat("x", 64): true, strings.Repeat("x", 65): false,
+		"": false, "a.b": false, "a b": false, "a/b": false, "a*": false, "é": false, "a:b": false,
+	} {
+		if got := ValidRequestID(id); got != want {
+			t.Errorf("ValidRequestID(%q) = %v, want %v", id, got, want)
+		}
+	}
+}
+
+func TestDecodeRequest(t *testing.T) {
+	bigMeta := `{"k":"` + strings.Repeat("x", MaxMetadataSize-8) + `"}` // exactly 4 KiB
+	for _, tc := range []struct {
+		name  string
+		body  string
+		field string // "" when valid
+	}{
+		{"design example", `{"request_id":"0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11","path":"/generate/image/bfl/flux-1-dev","input":{"prompt":"a serene mountain landscape at sunset","width":1024,"height":576},"metadata":{"user":"42"}}`, ""},
+		{"no request id", `{"path":"/generate/image/bfl/flux-1.1-pro","input":{}}`, ""},
+		{"empty request id", `{"request_id":"","path":"/generate/image/bfl/flux-1.1-pro","input":{}}`, ""},
+		{"variant", `{"path":"/generate/image/krea/krea-2/medium","input":{"prompt":"x"}}`, ""},
+		{"styles", `{"path":"/styles/train","input":{"name":"s","urls":["https://x/1.png"]}}`, ""},
+		{"null metadata", `{"path":"/styles/train","input":{},"metadata":null}`, ""},
+		{"metadata at limit", `{"path":"/styles/train","input":{},"metadata":` + bigMeta + `}`, ""},
+		{"unknown fields", `{"path":"/styles/train","input":{},"extra":1}`, ""},
+
+		{"not json", `path=/styles/train`, "body"},
+		{"array", `[]`, "body"},
+		{"trailing garbage", `{"path":"/styles/train","input":{}} x`, "body"},
+		{"request id number", `{"request_id":5,"path":"/styles/train","input":{}}`, "body"},
+		{"bad request id", `{"request_id":"a.b","path":"/styles/train","input":{}}`, "request_id"},
+		{"long request id", `{"request_id":"` + strings.Repeat("a", 65) + `","path":"/styles/train","input":{}}`, "request_id"},
+		{"no path", `{"input":{}}`, "path"},
+		{"jobs path", `{"path":"/jobs","input":{}}`, "path"},
+		{"traversal", `{"path":"/generate/image/../x","input":{}}`, "path"},
+		{"audio", `{"path":"/generate/audio/a/b","input":{}}`, "path"},
+		{"trailing slash", `{"path":"/generate/image/bfl/flux-1-dev/","input":{}}`, "path"},
+		{"four segments", `{"path":"/generate/image/a/b/c/d","input":{}}`, "path"},
+		{"no input", `{"path":"/styles/train"}`, "input"},
+		{"null input", `{"path":"/styles/train","input":null}`, "input"},
+		{"input string", `{"path":"/styles/train","input":"{}"}`, "input"},
+		{"input array", `{"path":"/styles/train","input":[{}]}`, "input"},
+		{"input number", `{"path":"/styles/train","input":1}`, "input"},
+		{"metadata array", `{"path":"/styles/train","input":{},"metadata":[1]}`, "metadata"},
+		{"metadata string", `{"path":"/styles/train","input":{},"metadata":"x"}`, "metadata"},
+		{"metadata over limit", `{"path":"/styles/train","input":{},"metadata":{"k":"` + strings.Repeat("x", MaxMetadataSize) + `"}}`, "metadata"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := DecodeRequest([]byte(tc.body))
+			if tc.field == "" {
+				if err != nil {
+					t.Fatalf("DecodeRequest: %v", err)
+				}
+				if !ValidRequestID(r.RequestID) {
+					t.Errorf("request id %q", r.RequestID)
+				}
+				if err := r.Validate(); err != nil {
+					t.Errorf("decoded request does not validate: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrInvalidRequest) {
+				t.Fatalf("err = %v, want ErrInvalidRequest", err)
+			}
+			var re *RequestError
+			if !errors.As(err, &re) || re.Field != tc.field {
+				t.Fatalf("err = %v, want a *RequestError on %q", err, tc.field)
+			}
+			if !strings.HasPrefix(err.Error(), tc.field+": ") {
+				t.Errorf("message %q does not name the field", err)
+			}
+		})
+	}
+}
+
+func TestDecodeRequestKeepsFields(t *testing.T) {
+	r, err := DecodeRequest([]byte(`{"request_id":"r1","path":"/generate/image/bfl/flux-1-dev","input":{"prompt":"<b> & co","n":1.50},"metadata":{ "user" : "42", "tags": [1, 2] }}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.RequestID != "r1" || r.Path != "/generate/image/bfl/flux-1-dev" {
+		t.Errorf("%+v", r)
+	}
+	if string(r.Input) != `{"prompt":"<b> & co","n":1.50}` {
+		t.Errorf("input changed: %s", r.Input)
+	}
+	if string(r.Metadata) != `{"user":"42","tags":[1,2]}` {
+		t.Errorf("metadata not compacted: %s", r.Metadata)
+	}
+	// A fresh ID for each request without one.
+	a, _ := DecodeRequest([]byte(`{"path":"/styles/train","input":{}}`))
+	b, _ := DecodeRequest([]byte(`{"path":"/styles/train","input":{}}`))
+	if a.RequestID == b.RequestID {
+		t.Error("generated request IDs repeat")
+	}
+}
+
+func TestNewRequest(t *testing.T) {
+	r, err := NewRequest("/generate/image/bfl/flux-1-dev", map[string]any{"prompt": "x", "width": 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewRequest("/styles/train", func() {}); err == nil {
+		t.Error("unmarshallable input accepted")
+	}
+}
+
+// FuzzDecodeRequest: DecodeRequest never panics; what it accepts is valid,
+// within limits and survives a marshal/decode round trip; what it refuses
+// is a *RequestError.
+func FuzzDecodeRequest(f *testing.F) {
+	f.Add([]byte(`{"request_id":"0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11","path":"/generate/image/bfl/flux-1-dev","input":{"prompt":"a serene mountain landscape at sunset","width":1024,"height":576},"metadata":{"user":"42"}}`))
+	f.Add([]byte(`{"path":"/styles/train","input":{}}`))
+	f.Add([]byte(`{"path":"/generate/image/../x","input":{}}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		// The allow-list agrees with a plain re-implementation, on the raw
+		// input and on whatever path the body names.
+		if s := string(data); ValidPath(s) != refValidPath(s) {
+			t.Fatalf("ValidPath(%q) = %v, reference says %v", s, ValidPath(s), refValidPath(s))
+		}
+		r, err := DecodeRequest(data)
+		if r != nil && ValidPath(r.Path) != refValidPath(r.Path) {
+			t.Fatalf("ValidPath(%q) = %v, reference says %v", r.Path, ValidPath(r.Path), refValidPath(r.Path))
+		}
+		if err != nil {
+			var re *RequestError
+			if !errors.As(err, &re) || !errors.Is(err, ErrInvalidRequest) || re.Field == "" {
+				t.Fatalf("DecodeRequest error %#v is not a *RequestError", err)
+			}
+			return
+		}
+		if err := r.Validate(); err != nil {
+			t.Fatalf("accepted request does not validate: %v", err)
+		}
+		if !ValidPath(r.Path) || !ValidRequestID(r.RequestID) || !isJSONObject(r.Input) {
+			t.Fatalf("accepted %+v", r)
+		}
+		if len(r.Metadata) > MaxMetadataSize {
+			t.Fatalf("accepted %d bytes of metadata", len(r.Metadata))
+		}
+		if len(r.Metadata) > 0 && string(r.Metadata) != "null" {
+			var buf bytes.Buffer
+			if err := json.Compact(&buf, r.Metadata); err != nil || !bytes.Equal(buf.Bytes(), r.Metadata) {
+				t.Fatalf("metadata not compact: %q", r.Metadata)
+			}
+		}
+		// Round trip: what a publisher re-marshals decodes the same.
+		out, err := json.Marshal(r)
+		if err != nil {
+			t.Fatalf("marshal accepted request: %v", err)
+		}
+		r2, err := DecodeRequest(out)
+		if err != nil {
+			t.Fatalf("re-decode %s: %v", out, err)
+		}
+		if r2.RequestID != r.RequestID || r2.Path != r.Path {
+			t.Fatalf("round trip changed %+v into %+v", r, r2)
+		}
+		if !jsonSame(r.Input, r2.Input) || !jsonSame(r.Metadata, r2.Metadata) {
+			t.Fatalf("round trip changed input/metadata: %s %s -> %s %s", r.Input, r.Metadata, r2.Input, r2.Metadata)
+		}
+	})
+}
+
+// jsonSame reports whether a and b hold the same JSON value.
+func jsonSame(a, b []byte) bool {
+	if len(a) == 0 || len(b) == 0 {
+		return len(a) == len(b)
+	}
+	var x, y any
+	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
+		return false
+	}
+	xb, _ := json.Marshal(x)
+	yb, _ := json.Marshal(y)
+	return bytes.Equal(xb, yb)
+}
+
+// refValidPath is the path allow-list written out without a regular
+// expression: /styles/train, or /generate/{image|video|enhance}/ and two or
+// three segments of [a-z0-9][a-z0-9._-]{0,63}.
+func refValidPath(path string) bool {
+	if path == "/styles/train" {
+		return true
+	}
+	rest, ok := strings.CutPrefix(path, "/generate/")
+	if !ok {
+		return false
+	}
+	segs := strings.Split(rest, "/")
+	if len(segs) < 3 || len(segs) > 4 {
+		return false
+	}
+	switch segs[0] {
+	case "image", "video", "enhance":
+	default:
+		return false
+	}
+	for _, seg := range segs[1:] {
+		if len(seg) == 0 || len(seg) > 64 {
+			return false
+		}
+		for i := 0; i < len(seg); i++ {
+			c := seg[i]
+			lowerOrDigit := (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')
+			if !lowerOrDigit && (i == 0 || (c != '.' && c != '_' && c != '-')) {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -1,0 +1,200 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kreabus/kreabus/internal/natstest"
+)
+
+// startJS runs an embedded JetStream server for the test and returns a
+// JetStream context on it.
+func startJS(t *testing.T) jetstream.JetStream {
+	t.Helper()
+	s := natstest.RunServer(t)
+	nc := natstest.Connect(t, s.ClientURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// startStreams is startJS with both kreabus streams in place.
+func startStreams(t *testing.T) jetstream.JetStream {
+	t.Helper()
+	js := startJS(t)
+	if err := EnsureStreams(testCtx(t), js, StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// testCtx is a context ending with the test, bounded to 20 s.
+func testCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestJobsStreamConfigDefaults(t *testing.T) {
+	cfg := JobsStreamConfig(StreamOptions{})
+	if cfg.Name != "KREA_JOBS" || len(cfg.Subjects) != 1 || cfg.Subjects[0] != "krea.jobs.>" {
+		t.Errorf("name/subjects = %s %v", cfg.Name, cfg.Subjects)
+	}
+	if cfg.Duplicates != time.Hour {
+		t.Errorf("Duplicates = %v, want 1h (not the server's 2m default)", cfg.Duplicates)
+	}
+	if cfg.MaxAge != 7*24*time.Hour {
+		t.Errorf("MaxAge = %v, want 7 days", cfg.MaxAge)
+	}
+	if cfg.Retention != jetstream.LimitsPolicy || cfg.Storage != jetstream.FileStorage || cfg.Replicas != 1 {
+		t.Errorf("retention %v storage %v replicas %d", cfg.Retention, cfg.Storage, cfg.Replicas)
+	}
+
+	cfg = JobsStreamConfig(StreamOptions{DuplicateWindow: 3 * time.Hour, JobsMaxAge: 24 * time.Hour, Replicas: 3, Storage: jetstream.MemoryStorage})
+	if cfg.Duplicates != 3*time.Hour || cfg.MaxAge != 24*time.Hour || cfg.Replicas != 3 || cfg.Storage != jetstream.MemoryStorage {
+		t.Errorf("options not applied: %+v", cfg)
+	}
+	// The server refuses a duplicate window longer than MaxAge.
+	cfg = JobsStreamConfig(StreamOptions{DuplicateWindow: 2 * time.Hour, JobsMaxAge: time.Hour})
+	if cfg.Duplicates != time.Hour {
+		t.Errorf("Duplicates = %v, want clamped to MaxAge 1h", cfg.Duplicates)
+	}
+
+	req := RequestsStreamConfig(StreamOptions{})
+	if req.Name != "KREA_REQUESTS" || req.Subjects[0] != "krea.requests.>" || req.Retention != jetstream.WorkQueuePolicy || req.Storage != jetstream.FileStorage {
+		t.Errorf("requests stream config = %+v", req)
+	}
+}
+
+func TestEnsureStreamCreatesAndIsIdempotent(t *testing.T) {
+	js := startJS(t)
+	ctx := testCtx(t)
+	want := JobsStreamConfig(StreamOptions{})
+
+	s, err := EnsureStream(ctx, js, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := s.CachedInfo().Config
+	if got.Duplicates != time.Hour || got.MaxAge != want.MaxAge || got.Retention != jetstream.LimitsPolicy || got.Storage != jetstream.FileStorage {
+		t.Errorf("created %+v", got)
+	}
+	// Store something: ensuring again must neither fail nor touch it.
+	if _, err := js.PublishMsg(ctx, NewJobMsg(EventHeaders{JobID: "j1", Status: "completed", Source: SourcePoll}, []byte(`{}`))); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		s, err = EnsureStream(ctx, js, want)
+		if err != nil {
+			t.Fatalf("second EnsureStream: %v", err)
+		}
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Errorf("stream holds %d messages after re-ensuring, want 1", info.State.Msgs)
+	}
+}
+
+func TestEnsureStreamLeavesCompatibleStreamAlone(t *testing.T) {
+	js := startJS(t)
+	ctx := testCtx(t)
+	// An operator's own KREA_JOBS: other max age, memory storage.
+	own := JobsStreamConfig(StreamOptions{JobsMaxAge: 48 * time.Hour, Storage: jetstream.MemoryStorage})
+	if _, err := js.CreateStream(ctx, own); err != nil {
+		t.Fatal(err)
+	}
+	s, err := EnsureStream(ctx, js, JobsStreamConfig(StreamOptions{}))
+	if err != nil {
+		t.Fatalf("compatible stream rejected: %v", err)
+	}
+	if cfg := s.CachedInfo().Config; cfg.MaxAge != 48*time.Hour || cfg.Storage != jetstream.MemoryStorage {
+		t.Errorf("existing stream changed: %+v", cfg)
+	}
+}
+
+func TestEnsureStreamRejectsIncompatible(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		existing jetstream.StreamConfig
+		want     jetstream.StreamConfig
+	}{
+		{"jobs with work-queue retention", jetstream.StreamConfig{Name: StreamJobs, Subjects: []string{JobsSubjects}, Retention: jetstream.WorkQueuePolicy}, JobsStreamConfig(StreamOptions{})},
+		{"jobs on other subjects", jetstream.StreamConfig{Name: StreamJobs, Subjects: []string{"other.jobs.>"}}, JobsStreamConfig(StreamOptions{})},
+		{"requests with limits retention", jetstream.StreamConfig{Name: StreamRequests, Subjects: []string{RequestsSubjects}}, RequestsStreamConfig(StreamOptions{})},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			js := startJS(t)
+			ctx := testCtx(t)
+			if _, err := js.CreateStream(ctx, tc.existing); err != nil {
+				t.Fatal(err)
+			}
+			_, err := EnsureStream(ctx, js, tc.want)
+			if !errors.Is(err, ErrIncompatibleStream) {
+				t.Fatalf("err = %v, want ErrIncompatibleStream", err)
+			}
+			// Left alone.
+			s, err := js.Stream(ctx, tc.existing.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := s.CachedInfo().Config; got.Retention != tc.existing.Retention || got.Subjects[0] != tc.existing.Subjects[0] {
+				t.Errorf("incompatible stream was changed: %+v", got)
+			}
+		})
+	}
+}
+
+func TestEnsureStreams(t *testing.T) {
+	js := startJS(t)
+	ctx := testCtx(t)
+	if err := EnsureStreams(ctx, js, StreamOptions{DuplicateWindow: 30 * time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	if err := EnsureStreams(ctx, js, StreamOptions{}); err != nil {
+		t.Fatalf("second EnsureStreams: %v", err)
+	}
+	for name, ret := range map[string]jetstream.RetentionPolicy{StreamRequests: jetstream.WorkQueuePolicy, StreamJobs: jetstream.LimitsPolicy} {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if s.CachedInfo().Config.Retention != ret {
+			t.Errorf("%s retention = %v", name, s.CachedInfo().Config.Retention)
+		}
+	}
+	jobs, _ := js.Stream(ctx, StreamJobs)
+	if d := jobs.CachedInfo().Config.Duplicates; d != 30*time.Minute {
+		t.Errorf("KREA_JOBS duplicate window = %v, want 30m", d)
+	}
+}
+
+func TestEnsureStreamsReportsBoth(t *testing.T) {
+	js := startJS(t)
+	ctx := testCtx(t)
+	for _, cfg := range []jetstream.StreamConfig{
+		{Name: StreamRequests, Subjects: []string{"x.>"}},
+		{Name: StreamJobs, Subjects: []string{"y.>"}},
+	} {
+		if _, err := js.CreateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := EnsureStreams(ctx, js, StreamOptions{})
+	if !errors.Is(err, ErrIncompatibleStream) {
+		t.Fatalf("err = %v", err)
+	}
+	var joined interface{ Unwrap() []error }
+	if !errors.As(err, &joined) || len(joined.Unwrap()) != 2 {
+		t.Errorf("want both streams reported, got %v", err)
+	}
+}
