@@ -34,7 +34,7 @@ const (
 // (KREABUS_CREATE_STREAMS), which covers buckets and consumers too.
 type Config struct {
 	Bucket   string        `env:"KREABUS_LEDGER_BUCKET" flag:"ledger-bucket" default:"KREABUS_LEDGER" usage:"JetStream key-value bucket of the job ledger"`
-	Replicas int           `env:"KREABUS_LEDGER_REPLICAS" flag:"ledger-replicas" default:"1" usage:"replicas of the ledger bucket when created (3 on a JetStream cluster)"`
+	Replicas int           `env:"KREABUS_LEDGER_REPLICAS" flag:"ledger-replicas" default:"0" usage:"replicas of the ledger bucket when created (0: as KREABUS_STREAM_REPLICAS)"`
 	TTL      time.Duration `env:"KREABUS_LEDGER_TTL" flag:"ledger-ttl" default:"168h" usage:"how long a ledger entry is kept after its last write (bounds the ledger; must exceed KREABUS_JOB_MAX_AGE)"`
 	Workers  int           `env:"KREABUS_LEDGER_WORKERS" flag:"ledger-workers" default:"8" usage:"job events the ledger recorder applies concurrently"`
 

@@ -34,8 +34,23 @@ type Client struct {
 // defaultHTTPClient does not follow redirects: a redirected POST turns into
 // a GET, and Krea does not redirect API calls anyway. A 3xx is reported as
 // an *APIError.
+// Its transport keeps DefaultMaxIdleConns connections to the API open:
+// http.DefaultTransport keeps 2, which turns every call beyond the second
+// concurrent one into a new TLS handshake.
 var defaultHTTPClient = &http.Client{
+	Transport:     defaultTransport(),
 	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
+
+// DefaultMaxIdleConns is how many idle connections the default client keeps
+// to the API.
+const DefaultMaxIdleConns = 64
+
+func defaultTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = DefaultMaxIdleConns
+	t.MaxIdleConnsPerHost = DefaultMaxIdleConns
+	return t
 }
 
 // NewClient returns a client that authenticates with token (a Krea API key,

@@ -1,0 +1,27 @@
+// Command bridge receives Krea's webhooks and publishes each job to
+// krea.jobs.<status> on NATS JetStream, answering 2xx only once stored.
+//
+// Settings come from flags, environment variables and an optional YAML file
+// (--config / KREABUS_CONFIG); `bridge -h` lists them. SIGTERM or SIGINT
+// drains in-flight webhooks and the NATS connection, then exits 0.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/kreabus/kreabus/internal/bridge"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	go func() {
+		<-ctx.Done()
+		stop() // a second signal kills at once
+	}()
+	code := bridge.Main(ctx, os.Args[1:], nil, os.Stderr)
+	stop()
+	os.Exit(code)
+}

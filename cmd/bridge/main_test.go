@@ -1,0 +1,172 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/kreabus/kreabus/internal/natstest"
+	"github.com/kreabus/kreabus/pkg/events"
+)
+
+var (
+	buildOnce sync.Once
+	binary    string
+	buildErr  error
+)
+
+// bridgeBinary builds this command once per test run.
+func bridgeBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "kreabus-bridge-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binary = filepath.Join(dir, "bridge")
+		out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binary
+}
+
+// command runs the bridge with only the given environment (and PATH), so
+// the machine's own settings do not leak in.
+func command(t *testing.T, env ...string) (*exec.Cmd, *syncBuffer) {
+	cmd := exec.Command(bridgeBinary(t))
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, env...)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	return cmd, out
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestMissingSecret(t *testing.T) {
+	cmd, out := command(t, "NATS_URL=nats://127.0.0.1:1")
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+		t.Fatalf("exit: %v, want code 2", err)
+	}
+	got := out.String()
+	if strings.Count(got, "\n") != 1 || !strings.Contains(got, "KREABUS_WEBHOOK_SECRET") {
+		t.Fatalf("output %q: want one line naming KREABUS_WEBHOOK_SECRET", got)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// TestSIGTERM runs the bridge as a process: it becomes ready, stores a
+// webhook, and on SIGTERM drains and exits 0 well within 10 s.
+func TestSIGTERM(t *testing.T) {
+	srv := natstest.RunServer(t)
+	const secret = "process-test-secret-0123456789abcdef0123"
+	listen, adminAddr := freeAddr(t), freeAddr(t)
+	cmd, out := command(t,
+		"NATS_URL="+srv.ClientURL(),
+		"KREABUS_WEBHOOK_SECRET="+secret,
+		"KREABUS_LISTEN="+listen,
+		"KREABUS_ADMIN_LISTEN="+adminAddr,
+		"KREABUS_LOG_FORMAT=text",
+	)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		if t.Failed() {
+			_ = cmd.Process.Kill()
+			t.Logf("bridge output:\n%s", out.String())
+		}
+	}()
+
+	client := &http.Client{Timeout: 5 * time.Second}
+	natstest.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		res, err := client.Get("http://" + adminAddr + "/readyz")
+		if err != nil {
+			return err
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			return fmt.Errorf("readyz %d", res.StatusCode)
+		}
+		return nil
+	})
+
+	tz, _ := events.NewTokenizer(secret, "")
+	body := fmt.Sprintf(`{"job_id":%q,"status":"completed","result":{"urls":[]}}`, uuid.NewString())
+	res, err := client.Post("http://"+listen+events.WebhookPathPrefix+tz.Mint("proc-1"), "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("webhook: %d %s", res.StatusCode, b)
+	}
+
+	start := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("still running 10 s after SIGTERM")
+	}
+	t.Logf("exited %v after SIGTERM", time.Since(start).Round(time.Millisecond))
+	logs := out.String()
+	if !strings.Contains(logs, "bridge stopped") {
+		t.Errorf("no clean stop logged")
+	}
+	if strings.Contains(logs, secret) {
+		t.Errorf("secret logged")
+	}
+}

@@ -1,0 +1,678 @@
+package bridge
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/kreabus/kreabus/internal/ledger"
+	"github.com/kreabus/kreabus/internal/natstest"
+	"github.com/kreabus/kreabus/pkg/events"
+	"github.com/kreabus/kreabus/pkg/krea"
+)
+
+// TestStored covers the 200 rows: stored, then duplicates of it.
+func TestStored(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	reqID := events.NewRequestID()
+	jobID := uuid.NewString()
+	body := jobBody(jobID, krea.StatusCompleted)
+	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+	r := e.post(e.webhookURL(reqID), body, "traceparent", tp)
+	a := r.ok(t)
+	if a.JobID != jobID || a.Status != krea.StatusCompleted || *a.Duplicate {
+		t.Fatalf("answer %+v", a)
+	}
+	msgs := e.stored()
+	if len(msgs) != 1 {
+		t.Fatalf("%d messages stored, want 1", len(msgs))
+	}
+	checkEvent(t, msgs[0], jobID, krea.StatusCompleted, reqID, body)
+	if got := msgs[0].Headers().Get("traceparent"); got != tp {
+		t.Errorf("traceparent %q, want %q", got, tp)
+	}
+	if got := msgs[0].Headers().Get(events.HeaderMetadata); got != "" {
+		t.Errorf("metadata %q without a ledger", got)
+	}
+
+	// Krea repeats the webhook: 200 duplicate, nothing new stored.
+	a = e.post(e.webhookURL(reqID), body).ok(t)
+	if !*a.Duplicate {
+		t.Errorf("repeat not marked duplicate: %+v", a)
+	}
+	// Another terminal status for the same job: the job is terminal once.
+	a = e.post(e.webhookURL(reqID), jobBody(jobID, krea.StatusFailed)).ok(t)
+	if !*a.Duplicate || a.Status != krea.StatusFailed {
+		t.Errorf("second terminal status not a duplicate: %+v", a)
+	}
+	if msgs := e.stored(); len(msgs) != 1 {
+		t.Fatalf("%d messages stored after repeats, want 1", len(msgs))
+	}
+
+	// A non-terminal status is its own event, de-duplicated per status.
+	pbody := jobBody(jobID, krea.StatusProcessing)
+	if a := e.post(e.webhookURL(reqID), pbody).ok(t); *a.Duplicate {
+		t.Errorf("first processing event marked duplicate")
+	}
+	if a := e.post(e.webhookURL(reqID), pbody).ok(t); !*a.Duplicate {
+		t.Errorf("repeated processing event not marked duplicate")
+	}
+	msgs = e.stored()
+	if len(msgs) != 2 {
+		t.Fatalf("%d messages stored, want 2", len(msgs))
+	}
+	checkEvent(t, msgs[1], jobID, krea.StatusProcessing, reqID, pbody)
+
+	// A token minted with the previous secret is accepted (rotation).
+	prev, _ := events.NewTokenizer(testPrevSecret, "")
+	reqID2, jobID2 := events.NewRequestID(), uuid.NewString()
+	body2 := jobBody(jobID2, krea.StatusCancelled)
+	e.post(e.base+events.WebhookPathPrefix+prev.Mint(reqID2), body2, "Content-Type", "application/json; charset=utf-8").ok(t)
+	msgs = e.stored()
+	if len(msgs) != 3 {
+		t.Fatalf("%d messages stored, want 3", len(msgs))
+	}
+	checkEvent(t, msgs[2], jobID2, krea.StatusCancelled, reqID2, body2)
+
+	if got := counter(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", "stored", "code", "200"); got != 3 {
+		t.Errorf("stored counter %v, want 3", got)
+	}
+	if got := counter(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", "duplicate", "code", "200"); got != 3 {
+		t.Errorf("duplicate counter %v, want 3", got)
+	}
+	if got := counter(t, e.reg, "kreabus_bridge_duplicates_total"); got != 3 {
+		t.Errorf("duplicates_total %v, want 3", got)
+	}
+	if got := counter(t, e.reg, "kreabus_bridge_publish_duration_seconds"); got != 6 {
+		t.Errorf("publish observations %v, want 6", got)
+	}
+	if got := counter(t, e.reg, "kreabus_bridge_requests_in_flight"); got != 0 {
+		t.Errorf("in flight %v after the requests", got)
+	}
+}
+
+// TestRejected covers the 4xx rows: each answer with its {"error"} body,
+// its counter, and nothing stored.
+func TestRejected(t *testing.T) {
+	e := newEnv(t, envOptions{cfg: Config{MaxBody: 4096}})
+	reqID := events.NewRequestID()
+	url := e.webhookURL(reqID)
+	good := jobBody(uuid.NewString(), krea.StatusCompleted)
+	token := e.tok.Mint(reqID)
+	other, _ := events.NewTokenizer("some-other-secret-0123456789abcdef", "")
+	mac := token[strings.LastIndexByte(token, '.')+1:]
+	flipped := []byte(token)
+	flipped[len(flipped)-3] ^= 1
+
+	padded := func(n int) []byte { // valid JSON object of exactly n bytes
+		pre := []byte(`{"job_id":"` + uuid.NewString() + `","status":"completed","pad":"`)
+		b := append(pre, bytes.Repeat([]byte("x"), n-len(pre)-2)...)
+		return append(b, `"}`...)
+	}
+
+	type tc struct {
+		name    string
+		method  string
+		url     string
+		body    []byte
+		hdr     []string
+		chunked bool
+		code    int
+		outcome string
+		msg     string // substring of the error message
+	}
+	cases := []tc{
+		{name: "no token", url: e.base + "/webhooks/krea/", body: good, code: 401, outcome: OutcomeUnauthorized, msg: "missing"},
+		{name: "no token no slash", url: e.base + "/webhooks/krea", body: good, code: 401, outcome: OutcomeUnauthorized, msg: "missing"},
+		{name: "wrong mac", url: e.base + "/webhooks/krea/" + string(flipped), body: good, code: 401, outcome: OutcomeUnauthorized, msg: "invalid webhook token"},
+		{name: "other secret", url: e.base + "/webhooks/krea/" + other.Mint(reqID), body: good, code: 401, outcome: OutcomeUnauthorized},
+		{name: "mac only", url: e.base + "/webhooks/krea/" + mac, body: good, code: 401, outcome: OutcomeUnauthorized},
+		{name: "other request id", url: e.base + "/webhooks/krea/x" + token, body: good, code: 401, outcome: OutcomeUnauthorized},
+		{name: "garbage token", url: e.base + "/webhooks/krea/abc.def", body: good, code: 401, outcome: OutcomeUnauthorized},
+		{name: "long token", url: e.base + "/webhooks/krea/" + strings.Repeat("a", 300) + "." + mac, body: good, code: 401, outcome: OutcomeUnauthorized},
+
+		{name: "text/plain", url: url, body: good, hdr: []string{"Content-Type", "text/plain"}, code: 415, outcome: OutcomeUnsupportedMediaType},
+		{name: "no content type", url: url, body: good, hdr: []string{"Content-Type", ""}, code: 415, outcome: OutcomeUnsupportedMediaType},
+		{name: "json-ish", url: url, body: good, hdr: []string{"Content-Type", "application/jsonx"}, code: 415, outcome: OutcomeUnsupportedMediaType},
+		{name: "form", url: url, body: good, hdr: []string{"Content-Type", "application/x-www-form-urlencoded"}, code: 415, outcome: OutcomeUnsupportedMediaType},
+		{name: "bad params", url: url, body: good, hdr: []string{"Content-Type", "application/json; ;;="}, code: 415, outcome: OutcomeUnsupportedMediaType},
+		{name: "gzip", url: url, body: good, hdr: []string{"Content-Encoding", "gzip"}, code: 415, outcome: OutcomeUnsupportedMediaType, msg: "encoding"},
+
+		{name: "over limit", url: url, body: padded(4097), code: 413, outcome: OutcomeTooLarge},
+		{name: "over limit chunked", url: url, body: padded(4097), chunked: true, code: 413, outcome: OutcomeTooLarge},
+		{name: "way over limit chunked", url: url, body: padded(64 << 10), chunked: true, code: 413, outcome: OutcomeTooLarge},
+
+		{name: "empty", url: url, body: nil, code: 400, outcome: OutcomeBadRequest, msg: "not valid JSON"},
+		{name: "not json", url: url, body: []byte("job_id=1"), code: 400, outcome: OutcomeBadRequest, msg: "not valid JSON"},
+		{name: "truncated", url: url, body: good[:len(good)-1], code: 400, outcome: OutcomeBadRequest, msg: "not valid JSON"},
+		{name: "bad json inside", url: url, body: bytes.Replace(good, []byte("2.5e3"), []byte("2.5e"), 1), code: 400, outcome: OutcomeBadRequest, msg: "not valid JSON"},
+		{name: "trailing garbage", url: url, body: append(append([]byte{}, good...), " {}"...), code: 400, outcome: OutcomeBadRequest, msg: "not valid JSON"},
+		{name: "array", url: url, body: []byte(`[{"job_id":"` + uuid.NewString() + `","status":"completed"}]`), code: 400, outcome: OutcomeBadRequest, msg: "not a JSON object"},
+		{name: "string", url: url, body: []byte(`"completed"`), code: 400, outcome: OutcomeBadRequest, msg: "not a JSON object"},
+		{name: "no job_id", url: url, body: []byte(`{"status":"completed"}`), code: 400, outcome: OutcomeBadRequest, msg: "job_id is missing"},
+		{name: "job_id not uuid", url: url, body: []byte(`{"job_id":"job-1","status":"completed"}`), code: 400, outcome: OutcomeBadRequest, msg: "job_id is not a UUID"},
+		{name: "job_id number", url: url, body: []byte(`{"job_id":12,"status":"completed"}`), code: 400, outcome: OutcomeBadRequest, msg: "strings"},
+		{name: "job_id braces", url: url, body: []byte(`{"job_id":"{` + uuid.NewString() + `}","status":"completed"}`), code: 400, outcome: OutcomeBadRequest, msg: "UUID"},
+		{name: "no status", url: url, body: []byte(`{"job_id":"` + uuid.NewString() + `"}`), code: 400, outcome: OutcomeBadRequest, msg: "status is missing"},
+
+		{name: "GET", method: http.MethodGet, url: url, code: 405, outcome: OutcomeMethodNotAllowed},
+		{name: "PUT", method: http.MethodPut, url: url, body: good, code: 405, outcome: OutcomeMethodNotAllowed},
+		{name: "DELETE no token", method: http.MethodDelete, url: e.base + "/webhooks/krea/", code: 405, outcome: OutcomeMethodNotAllowed},
+
+		{name: "unknown path", url: e.base + "/webhooks/other/" + token, body: good, code: 404, outcome: OutcomeNotFound},
+		{name: "root", method: http.MethodGet, url: e.base + "/", code: 404, outcome: OutcomeNotFound},
+		{name: "deeper path", url: url + "/x", body: good, code: 404, outcome: OutcomeNotFound},
+	}
+	want := map[string]float64{}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			method := c.method
+			if method == "" {
+				method = http.MethodPost
+			}
+			var rd io.Reader = bytes.NewReader(c.body)
+			if c.chunked {
+				rd = io.MultiReader(rd) // hides the length: chunked encoding
+			}
+			req, err := http.NewRequest(method, c.url, rd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Content-Type", "application/json")
+			for i := 0; i+1 < len(c.hdr); i += 2 {
+				if c.hdr[i+1] == "" {
+					req.Header.Del(c.hdr[i])
+				} else {
+					req.Header.Set(c.hdr[i], c.hdr[i+1])
+				}
+			}
+			r := e.do(req)
+			if r.code != c.code {
+				t.Fatalf("code %d, want %d; body %s", r.code, c.code, r.body)
+			}
+			if msg := r.errMsg(t); !strings.Contains(msg, c.msg) {
+				t.Errorf("error %q does not mention %q", msg, c.msg)
+			}
+			if c.code == 405 && r.header.Get("Allow") != http.MethodPost {
+				t.Errorf("405 without Allow: POST (%q)", r.header.Get("Allow"))
+			}
+		})
+		want[fmt.Sprintf("%s/%d", c.outcome, c.code)]++
+	}
+	if msgs := e.stored(); len(msgs) != 0 {
+		t.Errorf("%d messages stored by rejected webhooks", len(msgs))
+	}
+	for k, n := range want {
+		outcome, code, _ := strings.Cut(k, "/")
+		if got := counter(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", outcome, "code", code); got != n {
+			t.Errorf("webhooks_total{%s,%s} = %v, want %v", outcome, code, got, n)
+		}
+	}
+	// One log line per rejected webhook (404s at debug, but debug is on
+	// here), each with its request id; never a secret or a whole token.
+	logs := e.logs.String()
+	if n := strings.Count(logs, `"msg":"webhook rejected"`); n != len(cases) {
+		t.Errorf("%d rejection log lines for %d rejections", n, len(cases))
+	}
+	if strings.Count(logs, `"req_id":"`) < len(cases) {
+		t.Errorf("rejection lines without req_id:\n%s", logs)
+	}
+	if leak := containsAny(logs, testSecret, testPrevSecret, mac, string(flipped), token); leak != "" {
+		t.Errorf("logs contain %q", leak)
+	}
+	if !strings.Contains(logs, `"token_request_id":"`+reqID+`"`) {
+		t.Errorf("401 lines do not name the token's request id")
+	}
+}
+
+// TestBodyLimitDefault posts bodies just at and just over the default 1 MiB;
+// the one over is sent without a length, so the limit bites while reading.
+func TestBodyLimitDefault(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	jobID := uuid.NewString()
+	pre := []byte(`{"job_id":"` + jobID + `","status":"completed","pad":"`)
+	at := append(append(pre, bytes.Repeat([]byte("y"), DefaultMaxBody-len(pre)-2)...), `"}`...)
+	if len(at) != DefaultMaxBody {
+		t.Fatal(len(at))
+	}
+	e.post(e.webhookURL("r1"), at).ok(t)
+
+	over := append(append([]byte{}, at[:len(at)-2]...), `y"}`...)
+	req := httptest.NewRequest(http.MethodPost, events.WebhookPathPrefix+e.tok.Mint("r1"), io.MultiReader(bytes.NewReader(over)))
+	req.Header.Set("Content-Type", "application/json")
+	req.ContentLength = -1
+	rec := httptest.NewRecorder()
+	e.b.Handler().ServeHTTP(rec, req)
+	if rec.Code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("code %d for %d bytes", rec.Code, len(over))
+	}
+	msgs := e.stored()
+	if len(msgs) != 1 || !bytes.Equal(msgs[0].Data(), at) {
+		t.Fatalf("stored %d messages", len(msgs))
+	}
+}
+
+// TestStatusInjection: status values that could smuggle subject tokens or
+// wildcards are refused and nothing is published.
+func TestStatusInjection(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	// Catch anything published under krea., stored or not.
+	var mu sync.Mutex
+	var seen []string
+	sub, err := e.nc.Subscribe("krea.>", func(m *nats.Msg) {
+		mu.Lock()
+		seen = append(seen, m.Subject)
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	bad := []string{
+		"completed.x", "completed.>", "*", ">", "krea.jobs.>", "a.b", "completed ", " completed",
+		"comp leted", "COMPLETED", "Completed", "completed\n", "completed\t", "completed\r\nX: y",
+		"", "-completed", "1completed", "completed\u0000", "complétéd", strings.Repeat("a", 33),
+		"completed/x", "completed*",
+	}
+	for _, s := range bad {
+		body, _ := json.Marshal(map[string]string{"job_id": uuid.NewString(), "status": s})
+		r := e.post(e.webhookURL("inject"), body)
+		if r.code != http.StatusBadRequest {
+			t.Errorf("status %q: code %d, want 400", s, r.code)
+		} else if msg := r.errMsg(t); !strings.Contains(msg, "status") {
+			t.Errorf("status %q: error %q", s, msg)
+		}
+	}
+	for _, id := range []string{"*", ">", "a.b", uuid.NewString() + ".x", strings.ToUpper(uuid.NewString())[:35] + "*"} {
+		body, _ := json.Marshal(map[string]string{"job_id": id, "status": "completed"})
+		if r := e.post(e.webhookURL("inject"), body); r.code != http.StatusBadRequest {
+			t.Errorf("job_id %q: code %d, want 400", id, r.code)
+		}
+	}
+	// The longest valid status still goes through, as one subject token.
+	longest := strings.Repeat("z", krea.MaxStatusLen)
+	body, _ := json.Marshal(map[string]string{"job_id": uuid.NewString(), "status": longest})
+	e.post(e.webhookURL("inject"), body).ok(t)
+	msgs := e.stored()
+	if len(msgs) != 1 || msgs[0].Subject() != "krea.jobs."+longest {
+		t.Fatalf("stored %d messages", len(msgs))
+	}
+	natstest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(seen) == 0 {
+			return fmt.Errorf("the valid event was not seen")
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 1 || seen[0] != "krea.jobs."+longest {
+		t.Errorf("published on %q", seen)
+	}
+}
+
+// TestUppercaseJobID: a UUID in capitals is the same job.
+func TestUppercaseJobID(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	jobID := uuid.NewString()
+	upper := jobBody(strings.ToUpper(jobID), krea.StatusCompleted)
+	a := e.post(e.webhookURL("r"), upper).ok(t)
+	if a.JobID != jobID || *a.Duplicate {
+		t.Fatalf("answer %+v", a)
+	}
+	if a := e.post(e.webhookURL("r"), jobBody(jobID, krea.StatusCompleted)).ok(t); !*a.Duplicate {
+		t.Fatalf("lowercase repeat not a duplicate")
+	}
+	msgs := e.stored()
+	if len(msgs) != 1 {
+		t.Fatalf("%d stored", len(msgs))
+	}
+	checkEvent(t, msgs[0], jobID, krea.StatusCompleted, "r", upper)
+}
+
+// TestOwnership uses a ledger: foreign jobs are refused, terminal repeats
+// are answered without publishing, metadata is carried.
+func TestOwnership(t *testing.T) {
+	led := newFakeLedger()
+	e := newEnv(t, envOptions{ledger: led})
+	reqID, jobID := events.NewRequestID(), uuid.NewString()
+
+	led.set(reqID, jobID, ledger.Ownership{Foreign: true})
+	r := e.post(e.webhookURL(reqID), jobBody(jobID, krea.StatusCompleted))
+	if r.code != http.StatusForbidden {
+		t.Fatalf("foreign job: code %d", r.code)
+	}
+	r.errMsg(t)
+
+	reqID2, jobID2 := events.NewRequestID(), uuid.NewString()
+	led.set(reqID2, jobID2, ledger.Ownership{Terminal: true})
+	a := e.post(e.webhookURL(reqID2), jobBody(jobID2, krea.StatusFailed)).ok(t)
+	if !*a.Duplicate {
+		t.Fatalf("terminal repeat: %+v", a)
+	}
+	if msgs := e.stored(); len(msgs) != 0 {
+		t.Fatalf("%d messages stored", len(msgs))
+	}
+
+	// Terminal known, but a non-terminal status is still its own event.
+	pbody := jobBody(jobID2, krea.StatusProcessing)
+	if a := e.post(e.webhookURL(reqID2), pbody).ok(t); *a.Duplicate {
+		t.Fatalf("non-terminal after terminal marked duplicate")
+	}
+
+	reqID3, jobID3 := events.NewRequestID(), uuid.NewString()
+	led.set(reqID3, jobID3, ledger.Ownership{Metadata: json.RawMessage(`{"user":"42"}`)})
+	body3 := jobBody(jobID3, krea.StatusCompleted)
+	e.post(e.webhookURL(reqID3), body3).ok(t)
+	msgs := e.stored()
+	if len(msgs) != 2 {
+		t.Fatalf("%d messages stored", len(msgs))
+	}
+	checkEvent(t, msgs[1], jobID3, krea.StatusCompleted, reqID3, body3)
+	if got := msgs[1].Headers().Get(events.HeaderMetadata); got != `{"user":"42"}` {
+		t.Errorf("metadata header %q", got)
+	}
+	want := []string{reqID2 + "/" + jobID2 + "/processing", reqID3 + "/" + jobID3 + "/completed"}
+	if got := led.storedCalls(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("Stored calls %v, want %v", got, want)
+	}
+	if got := counter(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", OutcomeForbidden, "code", "403"); got != 1 {
+		t.Errorf("forbidden counter %v", got)
+	}
+}
+
+// TestTooManyInFlight: beyond MaxInFlight the answer is 429 Retry-After.
+func TestTooManyInFlight(t *testing.T) {
+	led := newFakeLedger()
+	led.hold = make(chan struct{})
+	e := newEnv(t, envOptions{ledger: led, cfg: Config{MaxInFlight: 2}})
+	done := make(chan response, 2)
+	for i := 0; i < 2; i++ {
+		go func() { done <- e.post(e.webhookURL("busy"), jobBody(uuid.NewString(), krea.StatusCompleted)) }()
+	}
+	natstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if n := e.b.InFlight(); n != 2 {
+			return fmt.Errorf("%d in flight", n)
+		}
+		return nil
+	})
+	if got := counter(t, e.reg, "kreabus_bridge_requests_in_flight"); got != 2 {
+		t.Errorf("in-flight gauge %v, want 2", got)
+	}
+	r := e.post(e.webhookURL("busy"), jobBody(uuid.NewString(), krea.StatusCompleted))
+	if r.code != http.StatusTooManyRequests || r.header.Get("Retry-After") != "1" {
+		t.Fatalf("code %d Retry-After %q", r.code, r.header.Get("Retry-After"))
+	}
+	r.errMsg(t)
+	led.mu.Lock()
+	close(led.hold)
+	led.mu.Unlock()
+	for i := 0; i < 2; i++ {
+		(<-done).ok(t)
+	}
+	if msgs := e.stored(); len(msgs) != 2 {
+		t.Fatalf("%d stored", len(msgs))
+	}
+}
+
+// TestNoStream: JetStream is up but no stream captures krea.jobs: 503 with
+// Retry-After after a short retry, and the owner is told.
+func TestNoStream(t *testing.T) {
+	e := newEnv(t, envOptions{noStream: true, cfg: Config{PublishTimeout: 5 * time.Second}})
+	start := time.Now()
+	r := e.post(e.webhookURL("r"), jobBody(uuid.NewString(), krea.StatusCompleted))
+	if r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
+		t.Fatalf("code %d Retry-After %q", r.code, r.header.Get("Retry-After"))
+	}
+	if el := time.Since(start); el > 3*time.Second {
+		t.Errorf("503 after %v", el)
+	}
+	r.errMsg(t)
+	select {
+	case <-e.missing:
+	default:
+		t.Error("StreamMissing not called")
+	}
+	if got := counter(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", OutcomeUnavailable, "code", "503"); got != 1 {
+		t.Errorf("unavailable counter %v", got)
+	}
+}
+
+// TestNoPubAck: something receives the event but no PubAck ever comes
+// (a server without JetStream, a subscriber on the subject): 503 once the
+// publish timeout is over, not later.
+func TestNoPubAck(t *testing.T) {
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	t.Cleanup(s.Shutdown)
+	sink := natstest.Connect(t, s.ClientURL())
+	got := make(chan *nats.Msg, 4)
+	if _, err := sink.Subscribe("krea.jobs.>", func(m *nats.Msg) { got <- m }); err != nil {
+		t.Fatal(err)
+	}
+	if err := sink.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	const timeout = 400 * time.Millisecond
+	e := newEnv(t, envOptions{natsURL: s.ClientURL(), noStream: true, cfg: Config{PublishTimeout: timeout}})
+	start := time.Now()
+	r := e.post(e.webhookURL("r"), jobBody(uuid.NewString(), krea.StatusCompleted))
+	el := time.Since(start)
+	if r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") != "2" {
+		t.Fatalf("code %d Retry-After %q", r.code, r.header.Get("Retry-After"))
+	}
+	if el < timeout || el > timeout+2*time.Second {
+		t.Errorf("503 after %v, want about %v", el, timeout)
+	}
+	select {
+	case <-got:
+	case <-time.After(5 * time.Second):
+		t.Error("the event was never sent")
+	}
+}
+
+// TestBurst: thousands of webhooks with repeats from many goroutines over
+// keep-alive connections; each job stored exactly once, every 200 backed
+// by a stored message.
+func TestBurst(t *testing.T) {
+	const (
+		unique  = 2100
+		repeats = 900
+		workers = 48
+	)
+	e := newEnv(t, envOptions{})
+	type hook struct {
+		reqID, jobID string
+		status       krea.Status
+		body         []byte
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	hooks := make([]hook, 0, unique+repeats)
+	for i := 0; i < unique; i++ {
+		st := krea.StatusCompleted
+		switch i % 10 {
+		case 7:
+			st = krea.StatusFailed
+		case 8:
+			st = krea.StatusCancelled
+		}
+		reqID, jobID := fmt.Sprintf("req-%d", i), uuid.NewString()
+		hooks = append(hooks, hook{reqID, jobID, st, jobBody(jobID, st)})
+	}
+	for i := 0; i < repeats; i++ {
+		h := hooks[rng.IntN(unique)]
+		if i%5 == 0 { // a different terminal status for the same job
+			orig := h.status
+			h.status = krea.StatusFailed
+			if orig == krea.StatusFailed {
+				h.status = krea.StatusCancelled
+			}
+			h.body = jobBody(h.jobID, h.status)
+		}
+		hooks = append(hooks, h)
+	}
+	rng.Shuffle(len(hooks), func(i, j int) { hooks[i], hooks[j] = hooks[j], hooks[i] })
+
+	type result struct {
+		h    hook
+		code int
+		dup  bool
+	}
+	results := make([]result, len(hooks))
+	var next sync.Mutex
+	idx := 0
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				next.Lock()
+				i := idx
+				idx++
+				next.Unlock()
+				if i >= len(hooks) {
+					return
+				}
+				h := hooks[i]
+				req, _ := http.NewRequest(http.MethodPost, e.webhookURL(h.reqID), bytes.NewReader(h.body))
+				req.Header.Set("Content-Type", "application/json")
+				res, err := e.client.Do(req)
+				if err != nil {
+					t.Errorf("post: %v", err)
+					return
+				}
+				var a okAnswer
+				_ = json.NewDecoder(res.Body).Decode(&a)
+				_, _ = io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				results[i] = result{h: h, code: res.StatusCode, dup: a.Duplicate != nil && *a.Duplicate}
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	t.Logf("%d webhooks in %v (%.0f/s) over %d connections", len(hooks), el, float64(len(hooks))/el.Seconds(), e.conns.count())
+	if t.Failed() {
+		return
+	}
+	// The transport may dial a spare connection now and then, but
+	// connections are reused: far fewer than requests.
+	if n := e.conns.count(); n > 2*workers {
+		t.Errorf("%d connections for %d workers and %d requests: keep-alive not used", n, workers, len(hooks))
+	}
+
+	msgs := e.stored()
+	byJob := map[string][]int{}
+	for i, m := range msgs {
+		byJob[m.Headers().Get(events.HeaderJobID)] = append(byJob[m.Headers().Get(events.HeaderJobID)], i)
+	}
+	if len(msgs) != unique {
+		t.Errorf("%d messages stored for %d jobs", len(msgs), unique)
+	}
+	fresh := map[string]int{}
+	for _, r := range results {
+		if r.code != http.StatusOK {
+			t.Errorf("job %s: code %d", r.h.jobID, r.code)
+			continue
+		}
+		idx := byJob[r.h.jobID]
+		if len(idx) != 1 {
+			t.Errorf("job %s stored %d times", r.h.jobID, len(idx))
+			continue
+		}
+		if !r.dup {
+			fresh[r.h.jobID]++
+			// The one non-duplicate answer is the message stored.
+			checkEvent(t, msgs[idx[0]], r.h.jobID, r.h.status, r.h.reqID, r.h.body)
+		}
+	}
+	for jobID := range byJob {
+		if fresh[jobID] != 1 {
+			t.Errorf("job %s: %d non-duplicate answers", jobID, fresh[jobID])
+		}
+	}
+	if got := counter(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", "stored", "code", "200"); got != unique {
+		t.Errorf("stored counter %v, want %d", got, unique)
+	}
+	if got := counter(t, e.reg, "kreabus_bridge_duplicates_total"); got != repeats {
+		t.Errorf("duplicates counter %v, want %d", got, repeats)
+	}
+}
+
+// TestShutdownInFlight: Shutdown lets a webhook in flight finish (and
+// store), refuses new connections, then returns.
+func TestShutdownInFlight(t *testing.T) {
+	led := newFakeLedger()
+	led.hold = make(chan struct{})
+	e := newEnv(t, envOptions{ledger: led})
+	body := jobBody(uuid.NewString(), krea.StatusCompleted)
+	done := make(chan response, 1)
+	go func() { done <- e.post(e.webhookURL("inflight"), body) }()
+	select {
+	case <-led.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("webhook never reached the ledger")
+	}
+	shut := make(chan error, 1)
+	go func() { shut <- e.b.Shutdown(t.Context()) }()
+	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		c, err := net.Dial("tcp", strings.TrimPrefix(e.base, "http://"))
+		if err == nil {
+			c.Close()
+			return fmt.Errorf("still accepting connections")
+		}
+		return nil
+	})
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned %v with a webhook in flight", err)
+	default:
+	}
+	led.mu.Lock()
+	close(led.hold)
+	led.mu.Unlock()
+	(<-done).ok(t)
+	if err := <-shut; err != nil {
+		t.Fatal(err)
+	}
+	if msgs := e.stored(); len(msgs) != 1 || !bytes.Equal(msgs[0].Data(), body) {
+		t.Fatalf("%d stored", len(msgs))
+	}
+}
+
+// TestServerHardened: the http.Server has every timeout and limit set.
+func TestServerHardened(t *testing.T) {
+	b, err := New(Config{Secret: "s"}, Deps{Conn: natstest.Connect(t, natstest.RunServer(t).ClientURL())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := b.Server()
+	if s.ReadHeaderTimeout != DefaultReadHeaderTimeout || s.ReadTimeout != DefaultReadTimeout ||
+		s.WriteTimeout != DefaultWriteTimeout || s.IdleTimeout != DefaultIdleTimeout ||
+		s.MaxHeaderBytes != DefaultMaxHeaderBytes || s.Addr != DefaultListen {
+		t.Errorf("server settings %+v", s)
+	}
+}

@@ -1,0 +1,126 @@
+package bridge
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/kreabus/kreabus/internal/admin"
+	"github.com/kreabus/kreabus/internal/ledger"
+	"github.com/kreabus/kreabus/internal/logging"
+	"github.com/kreabus/kreabus/internal/natsconn"
+)
+
+// Defaults of the bridge settings.
+const (
+	DefaultListen            = ":8080"
+	DefaultMaxBody           = 1 << 20
+	DefaultPublishTimeout    = 5 * time.Second
+	DefaultMaxInFlight       = 1024
+	DefaultReadHeaderTimeout = 5 * time.Second
+	DefaultReadTimeout       = 15 * time.Second
+	DefaultWriteTimeout      = 30 * time.Second
+	DefaultIdleTimeout       = 120 * time.Second
+	DefaultMaxHeaderBytes    = 16 << 10
+	DefaultShutdownTimeout   = 10 * time.Second
+)
+
+// Config holds the settings of the webhook bridge. Zero values mean the
+// default. The tags are read by internal/config.
+type Config struct {
+	Secret         string `env:"KREABUS_WEBHOOK_SECRET" flag:"webhook-secret" required:"true" secret:"true" usage:"secret of the webhook tokens (HMAC-SHA256 key)"`
+	SecretPrevious string `env:"KREABUS_WEBHOOK_SECRET_PREVIOUS" flag:"webhook-secret-previous" secret:"true" usage:"previous secret, still accepted while rotating"`
+
+	Listen         string        `env:"KREABUS_LISTEN" flag:"listen" default:":8080" usage:"webhook listen address"`
+	MaxBody        int           `env:"KREABUS_MAX_BODY" flag:"max-body" default:"1048576" usage:"largest webhook body, in bytes (413 beyond)"`
+	PublishTimeout time.Duration `env:"KREABUS_PUBLISH_TIMEOUT" flag:"publish-timeout" default:"5s" usage:"longest wait for the JetStream PubAck (503 beyond)"`
+	MaxInFlight    int           `env:"KREABUS_MAX_IN_FLIGHT" flag:"max-in-flight" default:"1024" usage:"webhooks handled at once (429 beyond)"`
+
+	ReadHeaderTimeout time.Duration `env:"KREABUS_READ_HEADER_TIMEOUT" flag:"read-header-timeout" default:"5s" usage:"time to read a request's headers"`
+	ReadTimeout       time.Duration `env:"KREABUS_READ_TIMEOUT" flag:"read-timeout" default:"15s" usage:"time to read a whole request"`
+	WriteTimeout      time.Duration `env:"KREABUS_WRITE_TIMEOUT" flag:"write-timeout" default:"30s" usage:"time from the end of the headers to the end of the answer"`
+	IdleTimeout       time.Duration `env:"KREABUS_IDLE_TIMEOUT" flag:"idle-timeout" default:"120s" usage:"keep-alive idle time"`
+	MaxHeaderBytes    int           `env:"KREABUS_MAX_HEADER_BYTES" flag:"max-header-bytes" default:"16384" usage:"largest request header block"`
+	ShutdownTimeout   time.Duration `env:"KREABUS_SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"10s" usage:"time to finish in-flight webhooks and drain NATS on SIGTERM"`
+}
+
+func (c *Config) setDefaults() {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.MaxBody <= 0 {
+		c.MaxBody = DefaultMaxBody
+	}
+	if c.PublishTimeout <= 0 {
+		c.PublishTimeout = DefaultPublishTimeout
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = DefaultMaxInFlight
+	}
+	if c.ReadHeaderTimeout <= 0 {
+		c.ReadHeaderTimeout = DefaultReadHeaderTimeout
+	}
+	if c.ReadTimeout <= 0 {
+		c.ReadTimeout = DefaultReadTimeout
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	if c.MaxHeaderBytes <= 0 {
+		c.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+}
+
+// ErrNoSecret is the error of a Config without KREABUS_WEBHOOK_SECRET.
+var ErrNoSecret = errors.New("KREABUS_WEBHOOK_SECRET is required but not set")
+
+// Validate checks the settings, after defaults are applied.
+func (c *Config) Validate() error {
+	c.setDefaults()
+	if c.Secret == "" {
+		return ErrNoSecret
+	}
+	if c.WriteTimeout <= c.PublishTimeout {
+		return fmt.Errorf("KREABUS_WRITE_TIMEOUT (%v) must be longer than KREABUS_PUBLISH_TIMEOUT (%v)", c.WriteTimeout, c.PublishTimeout)
+	}
+	return nil
+}
+
+// Aliases give the embedded groups of Settings distinct field names: they
+// are all called Config in their packages.
+type (
+	NATSConfig    = natsconn.Config
+	StreamsConfig = natsconn.StreamsConfig
+	AdminConfig   = admin.Config
+	LogConfig     = logging.Config
+	LedgerConfig  = ledger.Config
+)
+
+// Settings is everything cmd/bridge reads: the bridge's own settings, the
+// NATS connection, the streams, the admin listener and logging. Load it
+// with config.Load.
+type Settings struct {
+	Config
+	LedgerConfig
+	NATSConfig
+	StreamsConfig
+	AdminConfig
+	LogConfig
+}
+
+// Validate checks every group.
+func (s *Settings) Validate() error {
+	if err := s.Config.Validate(); err != nil {
+		return err
+	}
+	if err := s.LedgerConfig.Validate(); err != nil {
+		return err
+	}
+	return s.NATSConfig.Validate()
+}

@@ -1,0 +1,85 @@
+package bridge
+
+import (
+	"encoding/json"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Outcomes: the outcome label of kreabus_bridge_webhooks_total.
+const (
+	OutcomeStored               = "stored"
+	OutcomeDuplicate            = "duplicate"
+	OutcomeUnauthorized         = "unauthorized"
+	OutcomeForbidden            = "forbidden"
+	OutcomeBadRequest           = "bad_request"
+	OutcomeTooLarge             = "too_large"
+	OutcomeUnsupportedMediaType = "unsupported_media_type"
+	OutcomeMethodNotAllowed     = "method_not_allowed"
+	OutcomeNotFound             = "not_found"
+	OutcomeUnavailable          = "unavailable"
+	OutcomeTooManyRequests      = "too_many_requests"
+)
+
+type metrics struct {
+	webhooks   *prometheus.CounterVec
+	duplicates prometheus.Counter
+	publish    prometheus.Histogram
+	inFlight   prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kreabus_bridge_webhooks_total",
+			Help: "Webhook requests answered, by outcome and HTTP status code.",
+		}, []string{"outcome", "code"}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kreabus_bridge_duplicates_total",
+			Help: "Webhooks answered 200 with duplicate:true (already stored).",
+		}),
+		publish: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "kreabus_bridge_publish_duration_seconds",
+			Help:    "Time from publishing a job event to its JetStream PubAck (or failure).",
+			Buckets: prometheus.ExponentialBuckets(0.00025, 2, 16), // 0.25 ms to 8 s
+		}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kreabus_bridge_requests_in_flight",
+			Help: "Webhook requests being handled.",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.webhooks, m.duplicates, m.publish, m.inFlight} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// answer is a fixed HTTP answer: code, outcome and body resolved once, so
+// the hot path neither formats nor looks up label values.
+type answer struct {
+	code    int
+	outcome string
+	msg     string
+	body    []byte
+	counter prometheus.Counter
+}
+
+func (m *metrics) answer(code int, outcome, msg string) *answer {
+	a := &answer{code: code, outcome: outcome, msg: msg}
+	if msg != "" {
+		a.body = errorBody(msg)
+	}
+	a.counter = m.webhooks.WithLabelValues(outcome, strconv.Itoa(code))
+	return a
+}
+
+// errorBody is {"error":msg}, the body of every error answer.
+func errorBody(msg string) []byte {
+	b, _ := json.Marshal(struct {
+		Error string `json:"error"`
+	}{msg})
+	return append(b, '\n')
+}

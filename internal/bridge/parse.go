@@ -1,0 +1,538 @@
+package bridge
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+
+	"github.com/kreabus/kreabus/pkg/krea"
+)
+
+// Webhook is what the bridge reads from a webhook body: only the two fields
+// it routes on. The body itself is stored as received.
+type Webhook struct {
+	// JobID is the job's UUID in canonical lowercase form.
+	JobID string
+	// Status is Valid: safe as a subject token.
+	Status krea.Status
+}
+
+// Parse errors. Their text is the body of the 400 answer.
+var (
+	ErrNotJSON        = errors.New("body is not valid JSON")
+	ErrNotObject      = errors.New("body is not a JSON object")
+	ErrJobIDMissing   = errors.New("job_id is missing")
+	ErrJobIDInvalid   = errors.New("job_id is not a UUID")
+	ErrStatusMissing  = errors.New("status is missing")
+	ErrStatusInvalid  = errors.New("status is not a well-formed job status")
+	errFieldNotString = errors.New("job_id and status must be strings")
+)
+
+// maxDepth is encoding/json's nesting limit: a body it refuses, we refuse.
+const maxDepth = 10000
+
+// ParseWebhook validates body as JSON and extracts job_id and status.
+//
+// It is a single pass over the body, without building any value, and
+// accepts exactly what encoding/json accepts: the whole body must be valid
+// JSON (it is stored as the event, so garbage anywhere is refused), the top
+// level must be an object, and the two fields are read the way
+// json.Unmarshal into a struct reads them (keys matched case-insensitively,
+// escapes decoded, the last occurrence wins, null leaves a field unset), so
+// a consumer decoding the stored body sees the job and status the headers
+// name. job_id must be a UUID in the 8-4-4-4-12 form (it is returned in
+// lowercase); status must be krea.Status.Valid.
+func ParseWebhook(body []byte) (Webhook, error) {
+	p := scanner{b: body}
+	p.ws()
+	if p.i >= len(p.b) {
+		return Webhook{}, ErrNotJSON
+	}
+	if p.b[p.i] != '{' {
+		if json.Valid(body) {
+			return Webhook{}, ErrNotObject
+		}
+		return Webhook{}, ErrNotJSON
+	}
+	var jobID, status field
+	if !p.topObject(&jobID, &status) {
+		return Webhook{}, ErrNotJSON
+	}
+	p.ws()
+	if p.i != len(p.b) {
+		return Webhook{}, ErrNotJSON
+	}
+	if jobID.bad || status.bad {
+		return Webhook{}, errFieldNotString
+	}
+	var w Webhook
+	if !jobID.set {
+		return w, ErrJobIDMissing
+	}
+	id, ok := jobID.value()
+	if !ok {
+		return w, ErrJobIDInvalid
+	}
+	w.JobID, ok = canonicalUUID(id)
+	if !ok {
+		return w, ErrJobIDInvalid
+	}
+	if !status.set {
+		return w, ErrStatusMissing
+	}
+	st, ok := status.value()
+	if !ok {
+		return w, ErrStatusInvalid
+	}
+	w.Status = internStatus(st)
+	if !w.Status.Valid() {
+		return Webhook{}, ErrStatusInvalid
+	}
+	return w, nil
+}
+
+// field is a top-level string member found by the scanner.
+type field struct {
+	raw     []byte // between the quotes, as in the body
+	escaped bool   // raw holds escape sequences
+	set     bool   // a string value was seen
+	bad     bool   // a value that is neither a string nor null was seen
+}
+
+// value returns the decoded string.
+func (f *field) value() ([]byte, bool) {
+	if !f.escaped {
+		return f.raw, true
+	}
+	return unquote(f.raw)
+}
+
+// unquote decodes the escapes of a JSON string's contents; rare, so it
+// leans on encoding/json.
+func unquote(raw []byte) ([]byte, bool) {
+	q := make([]byte, 0, len(raw)+2)
+	q = append(q, '"')
+	q = append(q, raw...)
+	q = append(q, '"')
+	var s string
+	if json.Unmarshal(q, &s) != nil {
+		return nil, false
+	}
+	return []byte(s), true
+}
+
+var (
+	keyJobID  = []byte("job_id")
+	keyStatus = []byte("status")
+)
+
+// scanner is a JSON validator with the grammar of RFC 8259 as encoding/json
+// implements it (invalid UTF-8 inside strings is accepted, as json.Valid
+// does).
+type scanner struct {
+	b []byte
+	i int
+}
+
+func (p *scanner) ws() {
+	for p.i < len(p.b) {
+		switch p.b[p.i] {
+		case ' ', '\t', '\n', '\r':
+			p.i++
+		default:
+			return
+		}
+	}
+}
+
+// topObject scans the top-level object at p.i, recording job_id and status.
+func (p *scanner) topObject(jobID, status *field) bool {
+	p.i++ // '{'
+	p.ws()
+	if p.i < len(p.b) && p.b[p.i] == '}' {
+		p.i++
+		return true
+	}
+	for {
+		if p.i >= len(p.b) || p.b[p.i] != '"' {
+			return false
+		}
+		kStart := p.i + 1
+		kEsc, ok := p.str()
+		if !ok {
+			return false
+		}
+		key := p.b[kStart : p.i-1]
+		var target *field
+		if kEsc || !isASCII(key) || len(key) == len(keyJobID) {
+			// Both keys have six bytes; anything else needs decoding
+			// (escapes) or Unicode folding (non-ASCII) before comparing.
+			if kEsc {
+				if key, ok = unquote(key); !ok {
+					return false
+				}
+			}
+			// encoding/json matches names with bytes.EqualFold semantics.
+			if bytes.EqualFold(key, keyJobID) {
+				target = jobID
+			} else if bytes.EqualFold(key, keyStatus) {
+				target = status
+			}
+		}
+		p.ws()
+		if p.i >= len(p.b) || p.b[p.i] != ':' {
+			return false
+		}
+		p.i++
+		p.ws()
+		if p.i >= len(p.b) {
+			return false
+		}
+		if target != nil {
+			switch p.b[p.i] {
+			case '"':
+				vStart := p.i + 1
+				vEsc, ok := p.str()
+				if !ok {
+					return false
+				}
+				target.raw, target.escaped, target.set = p.b[vStart:p.i-1], vEsc, true
+			case 'n':
+				if !p.value(1) { // null leaves the field as it was
+					return false
+				}
+			default:
+				if !p.value(1) {
+					return false
+				}
+				target.bad = true
+			}
+		} else if !p.value(1) {
+			return false
+		}
+		p.ws()
+		if p.i >= len(p.b) {
+			return false
+		}
+		switch p.b[p.i] {
+		case ',':
+			p.i++
+			p.ws()
+		case '}':
+			p.i++
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+func isASCII(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// value scans any JSON value at p.i, whose container is at depth.
+func (p *scanner) value(depth int) bool {
+	if p.i >= len(p.b) {
+		return false
+	}
+	switch c := p.b[p.i]; c {
+	case '"':
+		_, ok := p.str()
+		return ok
+	case '{':
+		return p.object(depth + 1)
+	case '[':
+		return p.array(depth + 1)
+	case 't':
+		return p.lit("true")
+	case 'f':
+		return p.lit("false")
+	case 'n':
+		return p.lit("null")
+	default:
+		if c == '-' || (c >= '0' && c <= '9') {
+			return p.number()
+		}
+		return false
+	}
+}
+
+func (p *scanner) lit(s string) bool {
+	if len(p.b)-p.i < len(s) || string(p.b[p.i:p.i+len(s)]) != s {
+		return false
+	}
+	p.i += len(s)
+	return true
+}
+
+func (p *scanner) object(depth int) bool {
+	if depth > maxDepth {
+		return false
+	}
+	p.i++ // '{'
+	p.ws()
+	if p.i < len(p.b) && p.b[p.i] == '}' {
+		p.i++
+		return true
+	}
+	for {
+		if p.i >= len(p.b) || p.b[p.i] != '"' {
+			return false
+		}
+		if _, ok := p.str(); !ok {
+			return false
+		}
+		p.ws()
+		if p.i >= len(p.b) || p.b[p.i] != ':' {
+			return false
+		}
+		p.i++
+		p.ws()
+		if !p.value(depth) {
+			return false
+		}
+		p.ws()
+		if p.i >= len(p.b) {
+			return false
+		}
+		switch p.b[p.i] {
+		case ',':
+			p.i++
+			p.ws()
+		case '}':
+			p.i++
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+func (p *scanner) array(depth int) bool {
+	if depth > maxDepth {
+		return false
+	}
+	p.i++ // '['
+	p.ws()
+	if p.i < len(p.b) && p.b[p.i] == ']' {
+		p.i++
+		return true
+	}
+	for {
+		if !p.value(depth) {
+			return false
+		}
+		p.ws()
+		if p.i >= len(p.b) {
+			return false
+		}
+		switch p.b[p.i] {
+		case ',':
+			p.i++
+			p.ws()
+		case ']':
+			p.i++
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+// str scans a string starting at the quote at p.i and leaves p.i after the
+// closing quote. escaped reports whether it holds escape sequences.
+func (p *scanner) str() (escaped, ok bool) {
+	b := p.b
+	i := p.i + 1
+	for i < len(b) {
+		for i < len(b) && plain[b[i]] {
+			i++
+		}
+		if i >= len(b) {
+			break
+		}
+		c := b[i]
+		switch {
+		case c == '"':
+			p.i = i + 1
+			return escaped, true
+		case c == '\\':
+			escaped = true
+			if i+1 >= len(b) {
+				return false, false
+			}
+			switch b[i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				i += 2
+			case 'u':
+				if i+6 > len(b) || !isHex(b[i+2]) || !isHex(b[i+3]) || !isHex(b[i+4]) || !isHex(b[i+5]) {
+					return false, false
+				}
+				i += 6
+			default:
+				return false, false
+			}
+		case c < 0x20:
+			return false, false
+		default:
+			i++
+		}
+	}
+	return false, false
+}
+
+// plain marks the bytes a string holds as they are: not a quote, a
+// backslash or a control character.
+var plain = func() (t [256]bool) {
+	for c := 0x20; c < 256; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
+func isHex(c byte) bool {
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+// number scans -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+func (p *scanner) number() bool {
+	b := p.b
+	i := p.i
+	if b[i] == '-' {
+		i++
+	}
+	if i >= len(b) || !isDigit(b[i]) {
+		return false
+	}
+	if b[i] == '0' {
+		i++
+	} else {
+		for i < len(b) && isDigit(b[i]) {
+			i++
+		}
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if i >= len(b) || !isDigit(b[i]) {
+			return false
+		}
+		for i < len(b) && isDigit(b[i]) {
+			i++
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if i >= len(b) || !isDigit(b[i]) {
+			return false
+		}
+		for i < len(b) && isDigit(b[i]) {
+			i++
+		}
+	}
+	p.i = i
+	return true
+}
+
+// canonicalUUID checks the 8-4-4-4-12 hexadecimal form and returns it in
+// lowercase, the form Krea uses, so the de-duplication ID of a job is the
+// same whatever the case it arrived in.
+func canonicalUUID(b []byte) (string, bool) {
+	if len(b) != 36 {
+		return "", false
+	}
+	var out [36]byte
+	for i, c := range b {
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return "", false
+			}
+		default:
+			switch {
+			case c >= '0' && c <= '9', c >= 'a' && c <= 'f':
+			case c >= 'A' && c <= 'F':
+				c += 'a' - 'A'
+			default:
+				return "", false
+			}
+		}
+		out[i] = c
+	}
+	return string(out[:]), true
+}
+
+// internStatus returns the Status of b, without allocating for the
+// documented ones.
+func internStatus(b []byte) krea.Status {
+	switch string(b) {
+	case "completed":
+		return krea.StatusCompleted
+	case "failed":
+		return krea.StatusFailed
+	case "cancelled":
+		return krea.StatusCancelled
+	case "processing":
+		return krea.StatusProcessing
+	case "queued":
+		return krea.StatusQueued
+	case "backlogged":
+		return krea.StatusBacklogged
+	case "scheduled":
+		return krea.StatusScheduled
+	case "sampling":
+		return krea.StatusSampling
+	case "intermediate-complete":
+		return krea.StatusIntermediateComplete
+	}
+	if len(b) > krea.MaxStatusLen {
+		return "" // not Valid; no need to copy a long value
+	}
+	return krea.Status(b)
+}
+
+// validTraceParent reports whether s is a W3C traceparent worth carrying:
+// version-traceid-parentid-flags in lowercase hex, possibly followed by
+// more fields for a future version; bounded in length.
+func validTraceParent(s string) bool {
+	if len(s) < 55 || len(s) > 256 {
+		return false
+	}
+	if s[2] != '-' || s[35] != '-' || s[52] != '-' {
+		return false
+	}
+	for i := 0; i < 55; i++ {
+		if i == 2 || i == 35 || i == 52 {
+			continue
+		}
+		c := s[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	if s[:2] == "ff" {
+		return false
+	}
+	if len(s) == 55 {
+		return true
+	}
+	if s[:2] == "00" || s[55] != '-' {
+		return false
+	}
+	for i := 56; i < len(s); i++ {
+		if c := s[i]; c < 0x21 || c > 0x7e {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,359 @@
+package bridge
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/google/uuid"
+
+	"github.com/kreabus/kreabus/pkg/events"
+	"github.com/kreabus/kreabus/pkg/krea"
+)
+
+const sampleJobID = "3f1e8b5a-7c2d-4e9f-a1b0-5d6c7e8f9a0b"
+
+var sampleBody = []byte(`{"job_id":"3f1e8b5a-7c2d-4e9f-a1b0-5d6c7e8f9a0b","status":"completed",` +
+	`"created_at":"2026-02-13T02:20:58.265Z","completed_at":"2026-02-13T02:21:09.001Z",` +
+	`"result":{"urls":["https://gen.krea.ai/images/9b2f0c2e-1d4a-4c55-8a43-0f3a5a2c7e11.png"]}}`)
+
+func TestParseWebhook(t *testing.T) {
+	deep := func(n int) string { return strings.Repeat("[", n) + strings.Repeat("]", n) }
+	cases := []struct {
+		body   string
+		jobID  string
+		status krea.Status
+		err    error
+	}{
+		{body: string(sampleBody), jobID: sampleJobID, status: "completed"},
+		{body: " \t\r\n" + string(sampleBody) + "\n ", jobID: sampleJobID, status: "completed"},
+		{body: `{"status":"failed","job_id":"3F1E8B5A-7C2D-4E9F-A1B0-5D6C7E8F9A0B"}`, jobID: sampleJobID, status: "failed"},
+		{body: `{"job\u005fid":"` + sampleJobID + `","status":"c\u006fmpleted"}`, jobID: sampleJobID, status: "completed"},
+		{body: `{"JOB_ID":"` + sampleJobID + `","Status":"cancelled"}`, jobID: sampleJobID, status: "cancelled"},
+		{body: `{"job_id":"` + sampleJobID + `","ſtatus":"queued"}`, jobID: sampleJobID, status: "queued"},
+		{body: `{"job_id":"` + sampleJobID + `","status":"failed","status":"completed"}`, jobID: sampleJobID, status: "completed"},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed","status":null}`, jobID: sampleJobID, status: "completed"},
+		{body: `{"job_id":"` + sampleJobID + `","status":"some-future-status"}`, jobID: sampleJobID, status: "some-future-status"},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed","x":` + deep(maxDepth-1) + `}`, jobID: sampleJobID, status: "completed"},
+		{body: `{"a":{"job_id":"x","status":"y"},"job_id":"` + sampleJobID + `","status":"failed","b":[{"status":"z"}]}`, jobID: sampleJobID, status: "failed"},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed","n":[-0,0.5,1e9,-1.5E-3,1e+2,"\"\\\/\b\f\n\r\t\u00e9"],"t":true,"f":false,"z":null,"o":{}}`, jobID: sampleJobID, status: "completed"},
+
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed","x":` + deep(maxDepth) + `}`, err: ErrNotJSON},
+		{body: ``, err: ErrNotJSON},
+		{body: `   `, err: ErrNotJSON},
+		{body: `{`, err: ErrNotJSON},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed"`, err: ErrNotJSON},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed"}}`, err: ErrNotJSON},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed",}`, err: ErrNotJSON},
+		{body: `{"job_id":"` + sampleJobID + `" "status":"completed"}`, err: ErrNotJSON},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed","n":01}`, err: ErrNotJSON},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed","n":1.}`, err: ErrNotJSON},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed","n":+1}`, err: ErrNotJSON},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed","n":NaN}`, err: ErrNotJSON},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed","s":"\x"}`, err: ErrNotJSON},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed","s":"\u12"}`, err: ErrNotJSON},
+		{body: "{\"job_id\":\"" + sampleJobID + "\",\"status\":\"completed\",\"s\":\"a\x01\"}", err: ErrNotJSON},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed","t":tru}`, err: ErrNotJSON},
+		{body: `{"job_id":"` + sampleJobID + `","status":nul}`, err: ErrNotJSON},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed"} x`, err: ErrNotJSON},
+		{body: `{'job_id':1}`, err: ErrNotJSON},
+		{body: `nope`, err: ErrNotJSON},
+		{body: `[]`, err: ErrNotObject},
+		{body: ` null `, err: ErrNotObject},
+		{body: `"x"`, err: ErrNotObject},
+		{body: `12`, err: ErrNotObject},
+		{body: `{}`, err: ErrJobIDMissing},
+		{body: `{"job_id":null,"status":"completed"}`, err: ErrJobIDMissing},
+		{body: `{"job_id":"","status":"completed"}`, err: ErrJobIDInvalid},
+		{body: `{"job_id":"3f1e8b5a7c2d4e9fa1b05d6c7e8f9a0b","status":"completed"}`, err: ErrJobIDInvalid},
+		{body: `{"job_id":"urn:uuid:` + sampleJobID + `","status":"completed"}`, err: ErrJobIDInvalid},
+		{body: `{"job_id":"3f1e8b5a-7c2d-4e9f-a1b0-5d6c7e8f9a0g","status":"completed"}`, err: ErrJobIDInvalid},
+		{body: `{"job_id":"3f1e8b5a_7c2d-4e9f-a1b0-5d6c7e8f9a0b","status":"completed"}`, err: ErrJobIDInvalid},
+		{body: `{"job_id":1,"status":"completed"}`, err: errFieldNotString},
+		{body: `{"job_id":"` + sampleJobID + `","status":["completed"]}`, err: errFieldNotString},
+		{body: `{"job_id":"` + sampleJobID + `"}`, err: ErrStatusMissing},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed.x"}`, err: ErrStatusInvalid},
+		{body: `{"job_id":"` + sampleJobID + `","status":">"}`, err: ErrStatusInvalid},
+		{body: `{"job_id":"` + sampleJobID + `","status":"COMPLETED"}`, err: ErrStatusInvalid},
+		{body: `{"job_id":"` + sampleJobID + `","status":"c\u002ex"}`, err: ErrStatusInvalid},
+		{body: `{"job_id":"` + sampleJobID + `","status":"` + strings.Repeat("a", 33) + `"}`, err: ErrStatusInvalid},
+	}
+	for _, c := range cases {
+		w, err := ParseWebhook([]byte(c.body))
+		name := c.body
+		if len(name) > 80 {
+			name = name[:80] + "..."
+		}
+		if !errors.Is(err, c.err) {
+			t.Errorf("%s: err %v, want %v", name, err, c.err)
+			continue
+		}
+		if err == nil && (w.JobID != c.jobID || w.Status != c.status) {
+			t.Errorf("%s: got %+v", name, w)
+		}
+		checkParseInvariants(t, []byte(c.body))
+	}
+}
+
+// stdWebhook is how a consumer would decode the fields with encoding/json.
+type stdWebhook struct {
+	JobID  string `json:"job_id"`
+	Status string `json:"status"`
+}
+
+// checkParseInvariants compares ParseWebhook with encoding/json: it must
+// accept exactly the valid JSON objects whose job_id and status (as
+// json.Unmarshal reads them) are a UUID and a Valid status, and read the
+// same values.
+func checkParseInvariants(t testing.TB, body []byte) {
+	t.Helper()
+	w, err := ParseWebhook(body)
+	valid := json.Valid(body)
+	var std stdWebhook
+	stdErr := json.Unmarshal(body, &std)
+	trimmed := bytes.TrimLeft(body, " \t\r\n")
+	isObject := valid && len(trimmed) > 0 && trimmed[0] == '{'
+	stdOK := isObject && stdErr == nil && isCanonicalUUID(std.JobID) && krea.Status(std.Status).Valid()
+
+	if err == nil {
+		if !stdOK {
+			t.Fatalf("accepted %q that encoding/json reads as %+v (valid %v, err %v)", body, std, valid, stdErr)
+		}
+		if w.JobID != strings.ToLower(std.JobID) || string(w.Status) != std.Status {
+			t.Fatalf("%q: read %+v, encoding/json reads %+v", body, w, std)
+		}
+		if !w.Status.Valid() {
+			t.Fatalf("%q: accepted invalid status %q", body, w.Status)
+		}
+		if u, perr := uuid.Parse(w.JobID); perr != nil || u.String() != w.JobID {
+			t.Fatalf("%q: accepted job_id %q", body, w.JobID)
+		}
+		if events.JobSubject(w.Status) != "krea.jobs."+string(w.Status) || strings.ContainsAny(string(w.Status), ".*> \t\r\n") {
+			t.Fatalf("%q: status %q unsafe as a subject token", body, w.Status)
+		}
+		return
+	}
+	if stdOK {
+		t.Fatalf("refused %q (%v) that encoding/json reads as %+v", body, err, std)
+	}
+	if errors.Is(err, ErrNotJSON) && valid {
+		t.Fatalf("%q: %v but json.Valid accepts it", body, err)
+	}
+	if !valid && !errors.Is(err, ErrNotJSON) {
+		t.Fatalf("%q: %v but json.Valid refuses it", body, err)
+	}
+	if errors.Is(err, ErrNotObject) && isObject {
+		t.Fatalf("%q: %v for an object", body, err)
+	}
+}
+
+func isCanonicalUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	u, err := uuid.Parse(s)
+	return err == nil && u.String() == strings.ToLower(s)
+}
+
+func TestValidTraceParent(t *testing.T) {
+	good := []string{
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-future",
+	}
+	bad := []string{
+		"", "00", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+		"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+		"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-a b",
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-" + strings.Repeat("a", 300),
+	}
+	for _, s := range good {
+		if !validTraceParent(s) {
+			t.Errorf("refused %q", s)
+		}
+	}
+	for _, s := range bad {
+		if validTraceParent(s) {
+			t.Errorf("accepted %q", s)
+		}
+	}
+}
+
+func TestJSONContentType(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"application/json":                  true,
+		"Application/JSON":                  true,
+		"application/json; charset=utf-8":   true,
+		"application/json;charset=UTF-8":    true,
+		" application/json ":                true,
+		"application/vnd.krea+json":         true,
+		"application/problem+json; q=1":     true,
+		"":                                  false,
+		"text/json":                         false,
+		"application/jsonp":                 false,
+		"application/+json":                 false,
+		"application/a/b+json":              false,
+		"application/json; charset":         false,
+		"multipart/form-data; boundary=x":   false,
+		"application/x-www-form-urlencoded": false,
+	} {
+		if got := isJSONContentType(ct); got != want {
+			t.Errorf("%q: %v, want %v", ct, got, want)
+		}
+	}
+}
+
+// Fuzz secrets: the token half of FuzzWebhook inputs verifies against them.
+const (
+	fuzzSecret     = "fuzz-current-secret"
+	fuzzPrevSecret = "fuzz-previous-secret"
+)
+
+// FuzzWebhook fuzzes what the bridge does with untrusted input before it
+// publishes: the token from the URL (events.Tokenizer.Verify) and the body
+// (ParseWebhook), plus the header checks. An input is "<token>\n<body>".
+// Invariants: nothing panics; a verified token is the one minted for its
+// request ID with one of the secrets; an accepted body is valid JSON, an
+// object, with a UUID job_id and a Valid status, exactly as encoding/json
+// reads them.
+func FuzzWebhook(f *testing.F) {
+	tz, _ := events.NewTokenizer(fuzzSecret, fuzzPrevSecret)
+	cur, _ := events.NewTokenizer(fuzzSecret, "")
+	prev, _ := events.NewTokenizer(fuzzPrevSecret, "")
+	f.Add([]byte(cur.Mint("req-1") + "\n" + string(sampleBody)))
+	f.Add([]byte(prev.Mint("0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11") + "\n{\"job_id\":\"" + sampleJobID + "\",\"status\":\"processing\"}"))
+	f.Add([]byte("x.y\n[]"))
+	f.Add([]byte("\n{\"status\":\"completed.>\",\"job_id\":\"" + sampleJobID + "\"}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		token, body, _ := bytes.Cut(data, []byte("\n"))
+		tok := string(token)
+		if id, err := tz.Verify(tok); err == nil {
+			if !events.ValidRequestID(id) {
+				t.Fatalf("verified %q for an invalid request id %q", tok, id)
+			}
+			if tok != cur.Mint(id) && tok != prev.Mint(id) {
+				t.Fatalf("verified %q, which is not the token of %q", tok, id)
+			}
+		} else if id := tokenRequestID(tok); id != "" && !events.ValidRequestID(id) {
+			t.Fatalf("would log %q", id)
+		}
+		checkParseInvariants(t, body)
+		// The fuzzed bytes inside an otherwise valid webhook: as a member,
+		// as a value, as a key, so acceptance paths get fuzzed too.
+		checkParseInvariants(t, slices.Concat([]byte(`{"job_id":"`+sampleJobID+`","status":"completed",`), body, []byte(`}`)))
+		checkParseInvariants(t, slices.Concat([]byte(`{"job_id":"`+sampleJobID+`","x":`), body, []byte(`,"status":"failed"}`)))
+		checkParseInvariants(t, slices.Concat([]byte(`{"job_id":"`+sampleJobID+`","`), body, []byte(`":"queued"}`)))
+		checkParseInvariants(t, slices.Concat([]byte(`{"job_id":"`+sampleJobID+`","status":"`), body, []byte(`"}`)))
+		_ = validTraceParent(tok)
+		_ = isJSONContentType(tok)
+	})
+}
+
+// FuzzToken: every valid request ID round-trips through Mint and Verify
+// with either secret, and any change to a token is refused.
+func FuzzToken(f *testing.F) {
+	f.Add("req-1", 0, byte(1))
+	f.Add("0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11", 40, byte('A'))
+	f.Add(strings.Repeat("Z", 64), 64, byte('.'))
+	tz, _ := events.NewTokenizer(fuzzSecret, fuzzPrevSecret)
+	prev, _ := events.NewTokenizer(fuzzPrevSecret, "")
+	f.Fuzz(func(t *testing.T, id string, pos int, b byte) {
+		if !events.ValidRequestID(id) {
+			if _, err := tz.Verify(tz.Mint(id)); err == nil {
+				t.Fatalf("token of invalid request id %q verified", id)
+			}
+			return
+		}
+		for _, m := range []*events.Tokenizer{tz, prev} {
+			token := m.Mint(id)
+			if got, err := tz.Verify(token); err != nil || got != id {
+				t.Fatalf("Verify(Mint(%q)) = %q, %v", id, got, err)
+			}
+			if pos < 0 {
+				pos = -pos
+			}
+			mutated := []byte(token)
+			i := pos % len(mutated)
+			if mutated[i] == b {
+				return
+			}
+			mutated[i] = b
+			if got, err := tz.Verify(string(mutated)); err == nil {
+				// Base64 slack: a different encoding of the same MAC would be
+				// a forgery-free alias; Strict decoding must refuse it.
+				t.Fatalf("mutated token %q verified as %q", mutated, got)
+			}
+		}
+	})
+}
+
+func BenchmarkParseWebhook(b *testing.B) {
+	b.ReportAllocs()
+	b.SetBytes(int64(len(sampleBody)))
+	for b.Loop() {
+		if _, err := ParseWebhook(sampleBody); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkParseWebhookStdlib is the naive way, for comparison.
+func BenchmarkParseWebhookStdlib(b *testing.B) {
+	b.ReportAllocs()
+	b.SetBytes(int64(len(sampleBody)))
+	for b.Loop() {
+		var j krea.Job
+		if err := json.Unmarshal(sampleBody, &j); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := uuid.Parse(j.JobID); err != nil || !j.Status.Valid() {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkVerifyToken(b *testing.B) {
+	tz, _ := events.NewTokenizer(testSecret, testPrevSecret)
+	token := tz.Mint("0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11")
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := tz.Verify(token); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestFuzzCorpus keeps the committed seed corpus meaningful: the seeds
+// meant to be accepted still verify and parse.
+func TestFuzzCorpus(t *testing.T) {
+	tz, _ := events.NewTokenizer(fuzzSecret, fuzzPrevSecret)
+	for _, name := range []string{"valid_completed", "previous_secret_processing", "folded_escaped_keys"} {
+		raw, err := os.ReadFile(filepath.Join("testdata", "fuzz", "FuzzWebhook", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.SplitN(string(raw), "\n", 3)
+		if len(lines) < 2 || lines[0] != "go test fuzz v1" || !strings.HasPrefix(lines[1], "[]byte(") {
+			t.Fatalf("%s: not a fuzz corpus file", name)
+		}
+		data, err := strconv.Unquote(strings.TrimSuffix(strings.TrimPrefix(lines[1], "[]byte("), ")"))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		token, body, _ := strings.Cut(data, "\n")
+		if _, err := tz.Verify(token); err != nil {
+			t.Errorf("%s: token: %v", name, err)
+		}
+		if w, err := ParseWebhook([]byte(body)); err != nil || w.JobID != sampleJobID {
+			t.Errorf("%s: %+v, %v", name, w, err)
+		}
+	}
+}

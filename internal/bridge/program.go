@@ -1,0 +1,304 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kreabus/kreabus/internal/admin"
+	"github.com/kreabus/kreabus/internal/config"
+	"github.com/kreabus/kreabus/internal/logging"
+	"github.com/kreabus/kreabus/internal/natsconn"
+	"github.com/kreabus/kreabus/pkg/events"
+)
+
+// ConnectionName is the bridge's NATS connection name.
+const ConnectionName = "kreabus-bridge"
+
+// maxHeadersSize is room for an event's headers (metadata up to 4 KiB).
+const maxHeadersSize = 8 << 10
+
+// Program is cmd/bridge running: the bridge on its listener, its NATS
+// connection, the KREA_JOBS ensurer and the admin server. Start it, then
+// Shutdown it.
+type Program struct {
+	s      Settings
+	log    *slog.Logger
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	admin  *admin.Server
+	bridge *Bridge
+	ln     net.Listener
+
+	closed   chan struct{} // the NATS connection is closed
+	serveErr chan error
+	kick     chan struct{} // asks the ensurer to (re)ensure KREA_JOBS
+	stop     context.CancelFunc
+	bg       sync.WaitGroup
+
+	ledger lateView // ownership, terminal state and metadata of jobs
+
+	mu        sync.Mutex
+	streamErr error // KREA_JOBS exists but is unusable
+}
+
+// Start validates s, connects to NATS (returning at once if NATS is down:
+// the program reports not ready and recovers by itself), ensures KREA_JOBS
+// in the background unless CreateStreams is off, starts the admin server
+// and serves webhooks.
+func Start(s Settings, log *slog.Logger) (*Program, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = logging.Discard
+	}
+	if len(s.Secret) < 32 {
+		log.Warn("KREABUS_WEBHOOK_SECRET is shorter than 32 bytes; use a long random secret")
+	}
+	p := &Program{
+		s:        s,
+		log:      log,
+		admin:    admin.New(log),
+		closed:   make(chan struct{}),
+		serveErr: make(chan error, 1),
+		kick:     make(chan struct{}, 1),
+	}
+	nc, err := natsconn.Connect(s.NATSConfig, ConnectionName, log, p.admin.Registry(),
+		nats.ClosedHandler(func(*nats.Conn) { close(p.closed) }),
+		// A stalled socket must not hold a webhook past its bound.
+		nats.FlusherTimeout(s.PublishTimeout),
+	)
+	if err != nil {
+		return nil, err
+	}
+	p.nc = nc
+	fail := func(err error) (*Program, error) {
+		if p.ln != nil {
+			_ = p.ln.Close()
+		}
+		nc.Close()
+		return nil, err
+	}
+	if p.js, err = jetstream.New(nc); err != nil {
+		return fail(err)
+	}
+	p.bridge, err = New(s.Config, Deps{
+		Conn:          nc,
+		Logger:        log,
+		Registerer:    p.admin.Registry(),
+		Ledger:        &p.ledger,
+		StreamMissing: p.ensureSoon,
+	})
+	if err != nil {
+		return fail(err)
+	}
+	p.admin.AddCheck("jetstream", p.checkJetStream)
+	p.admin.AddCheck("ledger", p.ledger.check)
+	if p.ln, err = net.Listen("tcp", s.Config.Listen); err != nil {
+		return fail(fmt.Errorf("KREABUS_LISTEN: %w", err))
+	}
+	if err := p.admin.Start(s.AdminConfig.Listen); err != nil {
+		return fail(fmt.Errorf("KREABUS_ADMIN_LISTEN: %w", err))
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	p.stop = cancel
+	if s.CreateStreams {
+		p.ensureSoon()
+		p.bg.Add(1)
+		go p.ensureLoop(ctx)
+	}
+	p.bg.Add(1)
+	go p.openLedger(ctx)
+	go func() { p.serveErr <- p.bridge.Serve(p.ln) }()
+	log.Info("bridge started", "listen", p.ln.Addr().String(), "admin", p.admin.Addr(),
+		"create_streams", s.CreateStreams, "duplicate_window", s.DuplicateWindow.String())
+	return p, nil
+}
+
+// Addr is the webhook listener's address.
+func (p *Program) Addr() string { return p.ln.Addr().String() }
+
+// AdminAddr is the admin listener's address ("" when off).
+func (p *Program) AdminAddr() string { return p.admin.Addr() }
+
+// Bridge is the program's bridge.
+func (p *Program) Bridge() *Bridge { return p.bridge }
+
+// Conn is the program's NATS connection.
+func (p *Program) Conn() *nats.Conn { return p.nc }
+
+// Failed delivers the error that stopped the webhook server by itself.
+func (p *Program) Failed() <-chan error { return p.serveErr }
+
+// ensureSoon asks the ensurer to ensure KREA_JOBS; it never blocks.
+func (p *Program) ensureSoon() {
+	if !p.s.CreateStreams {
+		return
+	}
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// ensureLoop creates KREA_JOBS when missing, at start and whenever a
+// publish found no stream, at most once a second.
+func (p *Program) ensureLoop(ctx context.Context) {
+	defer p.bg.Done()
+	cfg := events.JobsStreamConfig(p.s.StreamsConfig.Options())
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.kick:
+		}
+		err := natsconn.EnsureStreams(ctx, p.js, p.log, cfg)
+		switch {
+		case err == nil:
+			p.setStreamErr(nil)
+			p.log.Info("stream ready", "stream", cfg.Name, "duplicate_window", cfg.Duplicates.String())
+			// An event is the body plus headers; a server that cannot take
+			// the largest body would turn it into a 503 forever.
+			if mp := p.nc.MaxPayload(); mp > 0 && int64(p.s.MaxBody)+maxHeadersSize > mp {
+				p.log.Warn("KREABUS_MAX_BODY is too close to the NATS server's max_payload: the largest webhooks cannot be stored",
+					"max_body", p.s.MaxBody, "max_payload", mp)
+			}
+		case errors.Is(err, events.ErrIncompatibleStream):
+			p.setStreamErr(err)
+			p.log.Error("stream unusable", "stream", cfg.Name, "err", err)
+		default:
+			return // ctx ended
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (p *Program) setStreamErr(err error) {
+	p.mu.Lock()
+	p.streamErr = err
+	p.mu.Unlock()
+}
+
+// checkJetStream is the readiness check: NATS connected and KREA_JOBS
+// present and usable.
+func (p *Program) checkJetStream(ctx context.Context) error {
+	p.mu.Lock()
+	err := p.streamErr
+	p.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return natsconn.CheckStreams(ctx, p.nc, p.js, events.StreamJobs)
+}
+
+// Shutdown stops the program in order: /readyz turns 503, the webhook
+// listener closes, in-flight webhooks finish, the NATS connection drains
+// (pending publishes flushed) and closes, and the admin server stops. It
+// gives up waiting when ctx ends, closing whatever is left.
+func (p *Program) Shutdown(ctx context.Context) error {
+	p.admin.SetDraining()
+	p.log.Info("shutting down", "in_flight", p.bridge.InFlight())
+	var errs []error
+
+	// Leave the drain at least a second of the budget.
+	httpCtx := ctx
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) > 2*time.Second {
+		var cancel context.CancelFunc
+		httpCtx, cancel = context.WithDeadline(ctx, dl.Add(-time.Second))
+		defer cancel()
+	}
+	if err := p.bridge.Shutdown(httpCtx); err != nil {
+		errs = append(errs, fmt.Errorf("webhook server: %w", err))
+	}
+	p.stop()
+	p.bg.Wait()
+
+	if err := p.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrConnectionReconnecting) {
+		p.nc.Close()
+	}
+	select {
+	case <-p.closed:
+	case <-ctx.Done():
+		p.nc.Close()
+		errs = append(errs, fmt.Errorf("nats drain: %w", ctx.Err()))
+	}
+
+	actx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := p.admin.Shutdown(actx); err != nil {
+		errs = append(errs, fmt.Errorf("admin server: %w", err))
+	}
+	err := errors.Join(errs...)
+	if err == nil {
+		p.log.Info("bridge stopped")
+	}
+	return err
+}
+
+// Run starts the program and runs it until ctx ends (the signal), then
+// shuts it down within the configured shutdown timeout.
+func Run(ctx context.Context, s Settings, log *slog.Logger) error {
+	p, err := Start(s, log)
+	if err != nil {
+		return err
+	}
+	var failed error
+	select {
+	case <-ctx.Done():
+	case failed = <-p.serveErr:
+		failed = fmt.Errorf("webhook server: %w", failed)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), p.s.ShutdownTimeout)
+	defer cancel()
+	return errors.Join(failed, p.Shutdown(sctx))
+}
+
+// Exit codes of Main.
+const (
+	ExitOK     = 0
+	ExitFailed = 1
+	ExitConfig = 2
+)
+
+// Main is cmd/bridge: it loads the settings from args (without the program
+// name), env (os.LookupEnv when nil) and the optional YAML file, and runs
+// until ctx ends. A setting error is one line on stderr naming the setting,
+// and ExitConfig.
+func Main(ctx context.Context, args []string, env func(string) (string, bool), stderr io.Writer) int {
+	var s Settings
+	if err := config.Load(&s, "bridge", args, env); err != nil {
+		if errors.Is(err, config.ErrHelp) {
+			return ExitOK
+		}
+		fmt.Fprintf(stderr, "bridge: %v\n", err)
+		return ExitConfig
+	}
+	if err := s.Validate(); err != nil {
+		fmt.Fprintf(stderr, "bridge: %v\n", err)
+		return ExitConfig
+	}
+	log, err := logging.New(s.LogConfig, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "bridge: %v\n", err)
+		return ExitConfig
+	}
+	if err := Run(ctx, s, log); err != nil {
+		log.Error("bridge failed", "err", err)
+		return ExitFailed
+	}
+	return ExitOK
+}

@@ -1,0 +1,410 @@
+package bridge
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kreabus/kreabus/internal/config"
+	"github.com/kreabus/kreabus/internal/natstest"
+	"github.com/kreabus/kreabus/pkg/events"
+	"github.com/kreabus/kreabus/pkg/krea"
+)
+
+// testSettings are the program's settings as config.Load makes them, for a
+// NATS at url, on loopback ports.
+func testSettings(t testing.TB, url string, extra map[string]string) Settings {
+	t.Helper()
+	env := map[string]string{
+		"NATS_URL":                url,
+		"KREABUS_WEBHOOK_SECRET":  testSecret,
+		"KREABUS_LISTEN":          "127.0.0.1:0",
+		"KREABUS_ADMIN_LISTEN":    "127.0.0.1:0",
+		"KREABUS_PUBLISH_TIMEOUT": "1s",
+	}
+	for k, v := range extra {
+		env[k] = v
+	}
+	var s Settings
+	if err := config.Load(&s, "bridge", nil, func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// startProgram starts the program with logs in a buffer, shut down (if
+// still running) when the test ends.
+func startProgram(t testing.TB, s Settings) (*Program, *syncBuffer) {
+	t.Helper()
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	p, err := Start(s, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = p.Shutdown(ctx)
+		if t.Failed() {
+			t.Logf("program logs:\n%s", logs.String())
+		}
+	})
+	return p, logs
+}
+
+func getStatus(url string) (int, string) {
+	c := http.Client{Timeout: 5 * time.Second}
+	res, err := c.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(b)
+}
+
+func waitReadyz(t testing.TB, p *Program, want int) {
+	t.Helper()
+	natstest.CheckFor(t, 20*time.Second, 25*time.Millisecond, func() error {
+		if code, body := getStatus("http://" + p.AdminAddr() + "/readyz"); code != want {
+			return fmt.Errorf("readyz %d (%s), want %d", code, body, want)
+		}
+		return nil
+	})
+}
+
+func programPost(t testing.TB, p *Program, requestID string, body []byte) response {
+	t.Helper()
+	tz, _ := events.NewTokenizer(testSecret, "")
+	req, _ := http.NewRequest(http.MethodPost, "http://"+p.Addr()+events.WebhookPathPrefix+tz.Mint(requestID), bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	c := http.Client{Timeout: 20 * time.Second}
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("post: %v", err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return response{code: res.StatusCode, header: res.Header, body: b}
+}
+
+// TestProgramNATSRestart stops the NATS server under the running bridge and
+// starts it again: 503 with Retry-After within the bound and /readyz 503
+// while it is down, 200s and /readyz 200 once it is back, with no restart.
+func TestProgramNATSRestart(t *testing.T) {
+	proc := natstest.StartProcess(t)
+	s := testSettings(t, proc.URL(), nil)
+	p, logs := startProgram(t, s)
+	waitReadyz(t, p, http.StatusOK)
+
+	first := uuid.NewString()
+	programPost(t, p, "before", jobBody(first, krea.StatusCompleted)).ok(t)
+
+	proc.Stop()
+	waitReadyz(t, p, http.StatusServiceUnavailable)
+	for i := 0; i < 3; i++ {
+		start := time.Now()
+		r := programPost(t, p, "during", jobBody(uuid.NewString(), krea.StatusCompleted))
+		if r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
+			t.Fatalf("NATS down: code %d Retry-After %q body %s", r.code, r.header.Get("Retry-After"), r.body)
+		}
+		r.errMsg(t)
+		if el := time.Since(start); el > s.PublishTimeout+time.Second {
+			t.Errorf("503 after %v", el)
+		}
+	}
+	if code, body := getStatus("http://" + p.AdminAddr() + "/metrics"); code != 200 || !strings.Contains(body, "kreabus_nats_connected 0") {
+		t.Errorf("metrics while down: %d, kreabus_nats_connected not 0", code)
+	}
+
+	proc.Start()
+	var after string
+	natstest.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+		after = uuid.NewString()
+		r := programPost(t, p, "after", jobBody(after, krea.StatusCompleted))
+		if r.code != http.StatusOK {
+			return fmt.Errorf("code %d", r.code)
+		}
+		return nil
+	})
+	waitReadyz(t, p, http.StatusOK)
+
+	nc := natstest.Connect(t, proc.URL())
+	js, _ := jetstream.New(nc)
+	count := map[string]int{}
+	for _, m := range storedMsgs(t, js) {
+		count[m.Headers().Get(events.HeaderJobID)]++
+	}
+	if count[first] != 1 || count[after] != 1 {
+		t.Errorf("stored counts: before %d, after %d", count[first], count[after])
+	}
+	for id, n := range count {
+		if n != 1 {
+			t.Errorf("job %s stored %d times", id, n)
+		}
+	}
+	if !strings.Contains(logs.String(), "nats disconnected") {
+		t.Errorf("no disconnect logged")
+	}
+}
+
+// TestProgramStartsWithoutNATS: the program starts with NATS down, is not
+// ready, answers 503, and becomes ready (creating KREA_JOBS with the
+// configured duplicate window) once NATS comes up.
+func TestProgramStartsWithoutNATS(t *testing.T) {
+	proc := natstest.StartProcess(t)
+	proc.Stop()
+	s := testSettings(t, proc.URL(), map[string]string{"KREABUS_DUPLICATE_WINDOW": "90m"})
+	p, _ := startProgram(t, s)
+	waitReadyz(t, p, http.StatusServiceUnavailable)
+	if r := programPost(t, p, "r", jobBody(uuid.NewString(), krea.StatusCompleted)); r.code != http.StatusServiceUnavailable {
+		t.Fatalf("code %d with NATS down", r.code)
+	}
+	proc.Start()
+	waitReadyz(t, p, http.StatusOK)
+	programPost(t, p, "r", jobBody(uuid.NewString(), krea.StatusCompleted)).ok(t)
+
+	nc := natstest.Connect(t, proc.URL())
+	js, _ := jetstream.New(nc)
+	st, err := js.Stream(t.Context(), events.StreamJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := st.CachedInfo().Config.Duplicates; d != 90*time.Minute {
+		t.Errorf("duplicate window %v, want 90m", d)
+	}
+}
+
+// TestProgramStreamRecreated: KREA_JOBS deleted under the running bridge
+// is created again after the first webhook that finds it missing.
+func TestProgramStreamRecreated(t *testing.T) {
+	srv := natstest.RunServer(t)
+	p, _ := startProgram(t, testSettings(t, srv.ClientURL(), nil))
+	waitReadyz(t, p, http.StatusOK)
+	nc := natstest.Connect(t, srv.ClientURL())
+	js, _ := jetstream.New(nc)
+	if err := js.DeleteStream(t.Context(), events.StreamJobs); err != nil {
+		t.Fatal(err)
+	}
+	natstest.CheckFor(t, 20*time.Second, 100*time.Millisecond, func() error {
+		if r := programPost(t, p, "r", jobBody(uuid.NewString(), krea.StatusCompleted)); r.code != http.StatusOK {
+			return fmt.Errorf("code %d", r.code)
+		}
+		return nil
+	})
+	waitReadyz(t, p, http.StatusOK)
+}
+
+// TestProgramCreateStreamsOff: with stream creation off and no stream, the
+// bridge is not ready and never creates it.
+func TestProgramCreateStreamsOff(t *testing.T) {
+	srv := natstest.RunServer(t)
+	p, _ := startProgram(t, testSettings(t, srv.ClientURL(), map[string]string{"KREABUS_CREATE_STREAMS": "false"}))
+	waitReadyz(t, p, http.StatusServiceUnavailable)
+	if r := programPost(t, p, "r", jobBody(uuid.NewString(), krea.StatusCompleted)); r.code != http.StatusServiceUnavailable {
+		t.Fatalf("code %d without a stream", r.code)
+	}
+	nc := natstest.Connect(t, srv.ClientURL())
+	js, _ := jetstream.New(nc)
+	if _, err := js.Stream(t.Context(), events.StreamJobs); !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Fatalf("stream: %v", err)
+	}
+}
+
+// TestProgramShutdown is SIGTERM: /readyz turns 503, the listener closes,
+// the webhook in flight (its body still arriving) completes and is stored,
+// the NATS connection is drained and closed, all within the timeout.
+func TestProgramShutdown(t *testing.T) {
+	srv := natstest.RunServer(t)
+	s := testSettings(t, srv.ClientURL(), nil)
+	p, logs := startProgram(t, s)
+	waitReadyz(t, p, http.StatusOK)
+
+	tz, _ := events.NewTokenizer(testSecret, "")
+	body := jobBody(uuid.NewString(), krea.StatusCompleted)
+	conn, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST %s%s HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n",
+		events.WebhookPathPrefix, tz.Mint("slow"), len(body))
+	if _, err := conn.Write(body[:10]); err != nil {
+		t.Fatal(err)
+	}
+	natstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if n := p.Bridge().InFlight(); n != 1 {
+			return fmt.Errorf("%d in flight", n)
+		}
+		return nil
+	})
+
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), s.ShutdownTimeout)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- p.Shutdown(ctx) }()
+	waitReadyz(t, p, http.StatusServiceUnavailable)
+	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		c, err := net.Dial("tcp", p.Addr())
+		if err == nil {
+			c.Close()
+			return errors.New("still accepting connections")
+		}
+		return nil
+	})
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned %v before the in-flight webhook finished", err)
+	default:
+	}
+
+	if _, err := conn.Write(body[10:]); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	(response{code: res.StatusCode, body: rb}).ok(t)
+
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if el := time.Since(start); el > s.ShutdownTimeout {
+		t.Errorf("shutdown took %v", el)
+	}
+	if !p.Conn().IsClosed() {
+		t.Error("NATS connection not closed")
+	}
+	nc := natstest.Connect(t, srv.ClientURL())
+	js, _ := jetstream.New(nc)
+	if msgs := storedMsgs(t, js); len(msgs) != 1 || !bytes.Equal(msgs[0].Data(), body) {
+		t.Fatalf("%d stored", len(msgs))
+	}
+	if !strings.Contains(logs.String(), "bridge stopped") {
+		t.Error("no stop line logged")
+	}
+}
+
+// TestRun: Run serves until its context ends, then shuts down cleanly.
+func TestRun(t *testing.T) {
+	srv := natstest.RunServer(t)
+	s := testSettings(t, srv.ClientURL(), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, s, nil) }()
+	time.AfterFunc(200*time.Millisecond, cancel)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run did not return")
+	}
+}
+
+// TestMainMissingSecret: without KREABUS_WEBHOOK_SECRET the program stops
+// at once with one line naming it.
+func TestMainMissingSecret(t *testing.T) {
+	var stderr bytes.Buffer
+	code := Main(t.Context(), nil, func(k string) (string, bool) {
+		if k == "NATS_URL" {
+			return "nats://127.0.0.1:1", true
+		}
+		return "", false
+	}, &stderr)
+	if code != ExitConfig {
+		t.Errorf("exit code %d, want %d", code, ExitConfig)
+	}
+	out := stderr.String()
+	if strings.Count(out, "\n") != 1 || !strings.Contains(out, "KREABUS_WEBHOOK_SECRET") {
+		t.Errorf("stderr %q: want one line naming KREABUS_WEBHOOK_SECRET", out)
+	}
+}
+
+// TestMainBadSetting: a malformed setting is one line naming it too, and
+// the secret never appears.
+func TestMainBadSetting(t *testing.T) {
+	var stderr bytes.Buffer
+	env := map[string]string{"KREABUS_WEBHOOK_SECRET": "very-secret-value", "KREABUS_PUBLISH_TIMEOUT": "soon"}
+	code := Main(t.Context(), nil, func(k string) (string, bool) { v, ok := env[k]; return v, ok }, &stderr)
+	out := stderr.String()
+	if code != ExitConfig || strings.Count(out, "\n") != 1 || !strings.Contains(out, "KREABUS_PUBLISH_TIMEOUT") {
+		t.Errorf("code %d stderr %q", code, out)
+	}
+	if strings.Contains(out, "very-secret-value") {
+		t.Error("secret printed")
+	}
+	stderr.Reset()
+	env["KREABUS_PUBLISH_TIMEOUT"] = "40s" // longer than the write timeout
+	if code := Main(t.Context(), nil, func(k string) (string, bool) { v, ok := env[k]; return v, ok }, &stderr); code != ExitConfig ||
+		!strings.Contains(stderr.String(), "KREABUS_WRITE_TIMEOUT") {
+		t.Errorf("code %d stderr %q", code, stderr.String())
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	var c Config
+	if err := c.Validate(); !errors.Is(err, ErrNoSecret) {
+		t.Fatalf("Validate without secret: %v", err)
+	}
+	c.Secret = "x"
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	want := Config{Secret: "x", Listen: DefaultListen, MaxBody: DefaultMaxBody, PublishTimeout: DefaultPublishTimeout,
+		MaxInFlight: DefaultMaxInFlight, ReadHeaderTimeout: DefaultReadHeaderTimeout, ReadTimeout: DefaultReadTimeout,
+		WriteTimeout: DefaultWriteTimeout, IdleTimeout: DefaultIdleTimeout, MaxHeaderBytes: DefaultMaxHeaderBytes,
+		ShutdownTimeout: DefaultShutdownTimeout}
+	if c != want {
+		t.Errorf("defaults %+v", c)
+	}
+	// The tag defaults agree with the code defaults.
+	s := testSettings(t, "nats://127.0.0.1:4222", map[string]string{"KREABUS_LISTEN": "", "KREABUS_PUBLISH_TIMEOUT": "5s"})
+	s.Config.Listen = DefaultListen
+	want.Secret = testSecret
+	if s.Config != want {
+		t.Errorf("loaded %+v\nwant   %+v", s.Config, want)
+	}
+	if s.AdminConfig.Listen != "127.0.0.1:0" || s.DuplicateWindow != time.Hour || !s.CreateStreams {
+		t.Errorf("groups not loaded: %+v", s)
+	}
+	for _, st := range config.Settings(&s) {
+		if (st.Env == "KREABUS_WEBHOOK_SECRET" || st.Env == "KREABUS_WEBHOOK_SECRET_PREVIOUS") != st.Secret {
+			t.Errorf("%s secret=%v", st.Env, st.Secret)
+		}
+	}
+}
+
+// TestProgramShutdownNATSDown: SIGTERM while NATS has never been reachable
+// still stops promptly and cleanly.
+func TestProgramShutdownNATSDown(t *testing.T) {
+	p, _ := startProgram(t, testSettings(t, "nats://127.0.0.1:1", nil))
+	waitReadyz(t, p, http.StatusServiceUnavailable)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Errorf("shutdown took %v", el)
+	}
+}

@@ -1,0 +1,143 @@
+package local
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kreabus/kreabus/internal/natstest"
+	"github.com/kreabus/kreabus/pkg/events"
+	"github.com/kreabus/kreabus/pkg/krea"
+)
+
+// syncBuffer is an io.Writer safe for the printer and the test at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestPipelineEndToEnd runs the whole pipeline in-process: a request
+// published by a service reaches the simulated Krea API through the
+// submitter, the simulator's webhook crosses real HTTP to the bridge, and a
+// service consumes the completed event, with the request's metadata.
+func TestPipelineEndToEnd(t *testing.T) {
+	out := &syncBuffer{}
+	ctx := context.Background()
+	p, err := Start(ctx, Options{DataDir: t.TempDir(), NATSPort: -1, Listen: "127.0.0.1:0", JobTime: 200 * time.Millisecond, Out: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+
+	nc := natstest.Connect(t, p.NATSURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *events.Event, 16)
+	cons, err := events.ConsumeJobs(ctx, js, "e2e-test", func(_ context.Context, ev *events.Event) error {
+		got <- ev
+		return nil
+	}, events.WithStatuses(krea.StatusCompleted, krea.StatusFailed, events.StatusRejected))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cons.Stop)
+
+	req, err := events.NewRequest("/generate/image/bfl/flux-1-dev", map[string]any{"prompt": "a red fox"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Metadata = []byte(`{"user":"42"}`)
+	if _, err := events.PublishRequest(ctx, js, req); err != nil {
+		t.Fatal(err)
+	}
+
+	var ev *events.Event
+	select {
+	case ev = <-got:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no terminal event within 30s; printer saw:\n%s", out.String())
+	}
+	if ev.Status != krea.StatusCompleted || ev.RequestID != req.RequestID || ev.Source != events.SourceWebhook {
+		t.Fatalf("event %+v, want completed for %s via webhook", ev, req.RequestID)
+	}
+	if string(ev.Metadata) != `{"user":"42"}` {
+		t.Errorf("Kreabus-Metadata = %q", ev.Metadata)
+	}
+	if ev.Job.Result == nil || len(ev.Job.Result.URLs) == 0 || !strings.HasPrefix(ev.Job.Result.URLs[0], "https://") {
+		t.Errorf("no result URL in %s", ev.Raw)
+	}
+	// The body is the simulator's job object byte for byte.
+	if want, ok := p.Simulator().JobJSON(ev.JobID); !ok || !bytes.Equal(bytes.TrimSpace(want), bytes.TrimSpace(ev.Raw)) {
+		t.Errorf("stored body differs from Krea's:\n got %s\nwant %s", ev.Raw, want)
+	}
+	if n := p.Simulator().Submissions(); n != 1 {
+		t.Errorf("Krea saw %d submissions, want 1", n)
+	}
+
+	// Exactly one terminal event and one submitted event for the job.
+	natstest.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		s, err := js.Stream(ctx, events.StreamJobs)
+		if err != nil {
+			return err
+		}
+		for subj, want := range map[string]uint64{"krea.jobs.submitted": 1, "krea.jobs.completed": 1} {
+			info, err := s.Info(ctx, jetstream.WithSubjectFilter(subj))
+			if err != nil {
+				return err
+			}
+			if info.State.Subjects[subj] != want {
+				return errorf("%s has %d messages, want %d", subj, info.State.Subjects[subj], want)
+			}
+		}
+		return nil
+	})
+	natstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if !strings.Contains(out.String(), "completed  "+req.RequestID) {
+			return errorf("printer did not print the completed event:\n%s", out.String())
+		}
+		return nil
+	})
+}
+
+func TestSamplesEnd(t *testing.T) {
+	out := &syncBuffer{}
+	p, err := Start(context.Background(), Options{DataDir: t.TempDir(), NATSPort: -1, Listen: "127.0.0.1:0", JobTime: 100 * time.Millisecond, Out: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	if _, err := p.PublishSamples(context.Background(), 3); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatalf("samples did not end:\n%s", out.String())
+	}
+	s := out.String()
+	if strings.Count(s, "  completed ") != 2 || strings.Count(s, "  failed ") != 1 {
+		t.Fatalf("want 2 completed and 1 failed sample:\n%s", s)
+	}
+}
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }

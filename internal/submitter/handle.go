@@ -1,0 +1,626 @@
+package submitter
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kreabus/kreabus/internal/ledger"
+	"github.com/kreabus/kreabus/pkg/events"
+	"github.com/kreabus/kreabus/pkg/krea"
+)
+
+// delivery is one request message being handled.
+type delivery struct {
+	msg         jetstream.Msg
+	n           uint64 // deliveries so far, this one included
+	id          string // the request ID used for events and the ledger
+	path        string // the request's path as given (possibly invalid)
+	req         *events.Request
+	metadata    json.RawMessage // compact metadata, when usable
+	traceParent string
+	log         *slog.Logger
+	lastBeat    time.Time // last ack or InProgress sent
+}
+
+// handle processes one request delivery and settles the message (ack or a
+// delayed redelivery). The gate slot it holds bounds API calls: it is given
+// back as soon as the API answered, before the ledger write, the event and
+// the ack, so those do not eat into KREABUS_SUBMIT_CONCURRENCY.
+func (s *Submitter) handle(ctx context.Context, msg jetstream.Msg, probe bool) {
+	s.m.consumed.Inc()
+	s.m.inFlight.Inc()
+	defer s.m.inFlight.Dec()
+	released := false
+	release := func(o outcome, started time.Time, retryAfter time.Duration) {
+		if released {
+			return
+		}
+		released = true
+		s.gate.done(probe, o, started, retryAfter)
+		s.m.limit.Set(float64(s.gate.Limit()))
+	}
+	defer release(outcomeNoCall, time.Time{}, 0)
+	s.process(ctx, msg, probe, release)
+}
+
+type releaseFunc func(o outcome, started time.Time, retryAfter time.Duration)
+
+func (s *Submitter) process(ctx context.Context, msg jetstream.Msg, probe bool, release releaseFunc) {
+	md, err := msg.Metadata()
+	if err != nil {
+		// Not a JetStream delivery: cannot happen with a pull consumer.
+		s.log.Error("request message without JetStream metadata; terminating it", "err", err)
+		_ = msg.Term()
+		return
+	}
+	d, reason := s.decode(msg, md)
+	if d.req == nil {
+		release(outcomeNoCall, time.Time{}, 0)
+		s.reject(ctx, d, RejectInvalid, reason, nil)
+		return
+	}
+	if !s.claim(d.id) {
+		// Another copy of this request is being handled here right now:
+		// let it finish; this one will then find the ledger record.
+		s.nak(d, s.cfg.RetryBackoffMin)
+		return
+	}
+	defer s.unclaim(d.id)
+
+	if s.Paused() && !probe {
+		s.pauseNak(d)
+		return
+	}
+
+	lctx, cancel := context.WithTimeout(ctx, defaultOpTimeout)
+	rec, err := s.ledger.Request(lctx, d.id)
+	cancel()
+	switch {
+	case err == nil:
+		release(outcomeNoCall, time.Time{}, 0)
+		s.republish(ctx, d, rec)
+		return
+	case !errors.Is(err, ledger.ErrNotFound):
+		// Without the ledger we cannot tell whether the API already has
+		// this request: calling it could pay twice. Try again later.
+		release(outcomeNoCall, time.Time{}, 0)
+		s.m.ledgerErrs.Inc()
+		s.retry(ctx, d, fmt.Errorf("ledger unavailable: %w", err), 0)
+		return
+	}
+
+	started := time.Now()
+	res, err := s.api.Submit(ctx, d.req.Path, d.req.Input, s.tok.URL(s.cfg.PublicURL, d.id))
+	s.m.apiDuration.Observe(time.Since(started).Seconds())
+	s.m.apiCalls.WithLabelValues(apiCode(err)).Inc()
+	var apiErr *krea.APIError
+	errors.As(err, &apiErr)
+	switch {
+	case err == nil:
+		release(outcomeOK, started, 0)
+		s.submitted(ctx, d, res)
+
+	case errors.Is(err, krea.ErrAccount):
+		s.gate.pause(err.Error())
+		release(outcomeAccount, started, 0)
+		s.pauseNak(d)
+
+	case errors.Is(err, krea.ErrInvalidRequest):
+		release(outcomeRefused, started, 0)
+		kind, reason := RejectRefused, "Krea API refused the request: "+trimKrea(err.Error())
+		if apiErr != nil {
+			reason = fmt.Sprintf("Krea API refused the request: %d %s", apiErr.StatusCode, apiErr.Message)
+			if errors.Is(err, krea.ErrModelUnavailable) {
+				kind, reason = RejectModelUnavailable, modelUnavailableReason(apiErr)
+			}
+		}
+		s.reject(ctx, d, kind, reason, apiErr)
+
+	case errors.Is(err, krea.ErrMalformedResponse):
+		// A 2xx the client cannot use: a job may well exist, so sending the
+		// request again could pay twice. Reject it loudly instead.
+		release(outcomeRefused, started, 0)
+		d.log.Error("Krea answered 2xx with an unusable body; not retrying (a job may exist)", "err", err)
+		s.reject(ctx, d, RejectMalformedResponse, "unusable Krea API answer (a job may have been created): "+trimKrea(err.Error()), nil)
+
+	default:
+		// Retryable (429, 408, 5xx, network, timeouts) or anything unknown,
+		// our own shutdown cutting a call included.
+		ra, _ := krea.RetryAfter(err)
+		if apiErr != nil && apiErr.StatusCode == http.StatusTooManyRequests {
+			release(outcomeThrottled, started, ra)
+		} else {
+			release(outcomeFailed, started, 0)
+		}
+		s.retry(ctx, d, err, ra)
+	}
+}
+
+// decode parses and validates the request. For an invalid request the
+// returned delivery has no req, and reason says what is wrong.
+func (s *Submitter) decode(msg jetstream.Msg, md *jetstream.MsgMetadata) (d *delivery, reason string) {
+	d = &delivery{
+		msg:         msg,
+		n:           md.NumDelivered,
+		traceParent: msg.Headers().Get(events.HeaderTraceParent),
+		lastBeat:    time.Now(),
+	}
+	data := msg.Data()
+	req, err := events.DecodeRequest(data)
+	// DecodeRequest fills a missing request_id with a random one, which
+	// would differ on each redelivery and defeat the ledger. Use one
+	// derived from the message's place in the stream instead.
+	var peek struct {
+		RequestID json.RawMessage `json:"request_id"`
+		Path      json.RawMessage `json:"path"`
+		Metadata  json.RawMessage `json:"metadata"`
+	}
+	_ = json.Unmarshal(data, &peek)
+	var given string
+	givenOK := json.Unmarshal(peek.RequestID, &given) == nil
+	derived := derivedRequestID(md)
+	switch {
+	case req == nil:
+		d.id = derived
+	case len(peek.RequestID) == 0 || bytes.Equal(peek.RequestID, []byte("null")) || (givenOK && given == ""):
+		req.RequestID = derived
+		d.id = derived
+	case events.ValidRequestID(req.RequestID):
+		d.id = req.RequestID
+	default:
+		d.id = derived // the given one cannot name a key or a message ID
+	}
+	var path string
+	if json.Unmarshal(peek.Path, &path) == nil {
+		d.path = truncate(path, 256)
+	}
+	d.metadata = usableMetadata(peek.Metadata)
+	d.log = s.log.With("request_id", d.id, "delivery", d.n, "stream_seq", md.Sequence.Stream)
+	if err != nil {
+		reason := err.Error()
+		var re *events.RequestError
+		if errors.As(err, &re) && re.Field == "request_id" && givenOK {
+			reason = fmt.Sprintf("request_id %q: %s (rejected as %s)", truncate(given, 80), re.Reason, d.id)
+		}
+		return d, "invalid request: " + reason
+	}
+	d.req = req
+	d.path = req.Path
+	d.metadata = req.Metadata
+	return d, ""
+}
+
+// requestIDSpace namespaces derived request IDs.
+var requestIDSpace = uuid.MustParse("6f1d2a8e-52a7-4d4c-9a43-6b1e2a3d9c10")
+
+// derivedRequestID is a request ID for a request that has none (or an
+// unusable one): a UUID named by the message's stream, sequence and
+// timestamp, the same on every redelivery and unique across a stream that
+// is deleted and created again.
+func derivedRequestID(md *jetstream.MsgMetadata) string {
+	name := md.Stream + "/" + strconv.FormatUint(md.Sequence.Stream, 10) + "/" + strconv.FormatInt(md.Timestamp.UnixNano(), 10)
+	return uuid.NewSHA1(requestIDSpace, []byte(name)).String()
+}
+
+// usableMetadata returns raw compacted when it is a JSON object within the
+// size limit, else nil.
+func usableMetadata(raw json.RawMessage) json.RawMessage {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) < 2 || raw[0] != '{' {
+		return nil
+	}
+	var buf bytes.Buffer
+	if json.Compact(&buf, raw) != nil || buf.Len() > events.MaxMetadataSize {
+		return nil
+	}
+	return buf.Bytes()
+}
+
+// submitted finishes a request the API accepted: ledger, event, ack.
+func (s *Submitter) submitted(ctx context.Context, d *delivery, res *krea.SubmitResult) {
+	job := res.Job
+	at := time.Now().UTC()
+	if job.CreatedAt != nil && !job.CreatedAt.IsZero() {
+		at = job.CreatedAt.UTC()
+	}
+	log := d.log.With("job_id", job.JobID)
+	if res.Deprecation != nil {
+		log.Warn("Krea flags this endpoint as deprecated", "path", d.req.Path,
+			"sunset", res.Deprecation.Sunset, "link", res.Deprecation.Link)
+	}
+	rec := ledger.Record{
+		RequestID:   d.id,
+		JobID:       job.JobID,
+		Path:        d.req.Path,
+		Metadata:    d.req.Metadata,
+		SubmittedAt: at,
+		Source:      events.SourceSubmitter,
+	}
+	recorded := s.record(ctx, d, log, rec)
+
+	msg := events.NewJobMsg(events.EventHeaders{
+		JobID:       job.JobID,
+		Status:      events.StatusSubmitted,
+		RequestID:   d.id,
+		Source:      events.SourceSubmitter,
+		Metadata:    d.req.Metadata,
+		TraceParent: d.traceParent,
+		Time:        at,
+	}, res.Raw)
+	patience := defaultPublishPatience
+	if !recorded {
+		// Handing the request back now would submit it again: hold it
+		// until the event is stored or we are stopped.
+		patience = 0
+	}
+	if err := s.publish(ctx, d, msg, patience); err != nil {
+		if recorded {
+			log.Error("could not publish the submitted event; the redelivery will publish it from the ledger", "err", err)
+		} else {
+			log.Error("could not publish the submitted event nor write the ledger; the redelivery will submit the request again (paid twice)", "err", err)
+		}
+		s.nak(d, s.backoff(d.n))
+		return
+	}
+	if !recorded {
+		// One more try: the ack below might get lost.
+		recorded = s.record(ctx, d, log, rec)
+	}
+	s.m.submitted.Inc()
+	log.Info("request submitted", "status", job.Status, "path", d.req.Path)
+	s.ack(ctx, d)
+}
+
+// record writes the ledger record, retrying a few times. It reports whether
+// the ledger holds the request now.
+func (s *Submitter) record(ctx context.Context, d *delivery, log *slog.Logger, rec ledger.Record) bool {
+	var err error
+	backoff := publishRetryMin
+	for attempt := 1; ; attempt++ {
+		lctx, cancel := context.WithTimeout(ctx, defaultOpTimeout)
+		err = s.ledger.PutRequest(lctx, rec)
+		cancel()
+		if err == nil {
+			return true
+		}
+		var ce *ledger.ConflictError
+		if errors.As(err, &ce) {
+			// Only two copies of one request submitted at once get here.
+			s.m.ledgerErrs.Inc()
+			log.Error("request was submitted twice: the ledger already maps it to another job (both are paid)",
+				"ledger_job_id", ce.Existing.JobID)
+			return true
+		}
+		if errors.Is(err, ledger.ErrInvalidRecord) || attempt >= ledgerAttempts || ctx.Err() != nil {
+			break
+		}
+		if !sleep(ctx, backoff) {
+			break
+		}
+		backoff = min(2*backoff, publishRetryMax)
+		s.heartbeat(d)
+	}
+	s.m.ledgerErrs.Inc()
+	log.Error("ledger write failed after the API accepted the request; a redelivery would submit it again", "err", err)
+	return false
+}
+
+// republish publishes the submitted event of a request the ledger already
+// holds, without calling the API, and acks the request. JetStream drops it
+// as a duplicate when the first publication made it.
+func (s *Submitter) republish(ctx context.Context, d *delivery, rec *ledger.Record) {
+	log := d.log.With("job_id", rec.JobID)
+	// The ledger keeps the facts, not the API's answer bytes: rebuild a job
+	// object of the answer's shape.
+	status := krea.StatusQueued
+	if rec.Status.Valid() && !rec.Status.IsTerminal() && rec.Status != events.StatusSubmitted && rec.Status != events.StatusRejected {
+		status = rec.Status
+	}
+	var created *time.Time
+	if !rec.SubmittedAt.IsZero() {
+		t := rec.SubmittedAt.UTC()
+		created = &t
+	}
+	body, _ := json.Marshal(krea.Job{JobID: rec.JobID, Status: status, CreatedAt: created})
+	md := rec.Metadata
+	if len(md) == 0 {
+		md = d.req.Metadata
+	}
+	msg := events.NewJobMsg(events.EventHeaders{
+		JobID:       rec.JobID,
+		Status:      events.StatusSubmitted,
+		RequestID:   d.id,
+		Source:      events.SourceSubmitter,
+		Metadata:    md,
+		TraceParent: d.traceParent,
+		Time:        rec.SubmittedAt,
+	}, body)
+	if err := s.publish(ctx, d, msg, defaultPublishPatience); err != nil {
+		log.Error("could not publish the submitted event from the ledger; request handed back", "err", err)
+		s.nak(d, s.backoff(d.n))
+		return
+	}
+	s.m.republished.Inc()
+	log.Info("request already submitted (ledger); event published again, API not called")
+	s.ack(ctx, d)
+}
+
+// retry hands the request back for a delayed redelivery, or rejects it once
+// it has been delivered MaxDeliveries times.
+func (s *Submitter) retry(ctx context.Context, d *delivery, cause error, retryAfter time.Duration) {
+	// Deliveries spent waiting out a pause do not count (as far as this
+	// process knows).
+	if n := d.n - min(d.n, s.pausedDeliveries(d.id)); n >= uint64(s.cfg.MaxDeliveries) {
+		s.reject(ctx, d, RejectOutOfRetries, fmt.Sprintf("out of retries after %d deliveries: %s", n, trimKrea(cause.Error())), nil)
+		return
+	}
+	delay := s.backoff(d.n)
+	if retryAfter > delay {
+		delay = min(retryAfter, maxRetryAfterHonoured)
+	}
+	s.m.retries.Inc()
+	d.log.Warn("retryable failure; request handed back", "err", cause, "retry_in", delay.Round(time.Millisecond))
+	s.nak(d, delay)
+}
+
+// backoff is the delay before delivery n+1: exponential from
+// RetryBackoffMin, capped at RetryBackoffMax, with full jitter.
+func (s *Submitter) backoff(n uint64) time.Duration {
+	ceil := s.cfg.RetryBackoffMin
+	for i := uint64(1); i < n && ceil < s.cfg.RetryBackoffMax; i++ {
+		ceil *= 2
+	}
+	ceil = min(ceil, s.cfg.RetryBackoffMax)
+	return time.Duration(rand.Int64N(int64(ceil) + 1))
+}
+
+// rejection is the body of a krea.jobs.rejected event.
+type rejection struct {
+	RequestID string `json:"request_id"`
+	Path      string `json:"path,omitempty"`
+	Reason    string `json:"reason"`
+	// Kind is the reason's category (invalid_request, api_refused,
+	// model_unavailable, out_of_retries, malformed_response).
+	Kind string `json:"kind"`
+	// Status is the HTTP status of the API's refusal, when it refused.
+	Status int `json:"status,omitempty"`
+	// Error is the API's error body, when it refused.
+	Error json.RawMessage `json:"error,omitempty"`
+	// Replacement is the model to use instead of a retired one (410).
+	Replacement string `json:"replacement,omitempty"`
+}
+
+// reject publishes the request's krea.jobs.rejected event and acks it.
+func (s *Submitter) reject(ctx context.Context, d *delivery, kind, reason string, apiErr *krea.APIError) {
+	reason = truncate(reason, maxReasonLen)
+	body := rejection{RequestID: d.id, Path: d.path, Reason: reason, Kind: kind}
+	if apiErr != nil {
+		body.Status = apiErr.StatusCode
+		body.Error = errorBody(apiErr.Body)
+		body.Replacement = apiErr.Replacement
+	}
+	data, err := json.Marshal(body)
+	if err != nil { // cannot happen: Error is valid JSON
+		data, _ = json.Marshal(rejection{RequestID: d.id, Reason: reason, Kind: kind})
+	}
+	msg := events.NewJobMsg(events.EventHeaders{
+		Status:      events.StatusRejected,
+		RequestID:   d.id,
+		Source:      events.SourceSubmitter,
+		Metadata:    d.metadata,
+		Reason:      reason,
+		TraceParent: d.traceParent,
+	}, data)
+	if err := s.publish(ctx, d, msg, defaultPublishPatience); err != nil {
+		d.log.Error("could not publish the rejected event; request handed back", "err", err, "reason", reason)
+		s.nak(d, s.backoff(d.n))
+		return
+	}
+	s.m.rejections.WithLabelValues(kind).Inc()
+	d.log.Warn("request rejected", "kind", kind, "reason", reason, "path", d.path)
+	s.ack(ctx, d)
+}
+
+// errorBody returns an API error body as JSON: itself when it is JSON, else
+// as a string; nil when empty or too large.
+func errorBody(b []byte) json.RawMessage {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || len(b) > maxRejectionErrorBytes {
+		return nil
+	}
+	if json.Valid(b) {
+		var buf bytes.Buffer
+		if json.Compact(&buf, b) == nil {
+			return buf.Bytes()
+		}
+	}
+	s, _ := json.Marshal(string(b))
+	return s
+}
+
+func modelUnavailableReason(e *krea.APIError) string {
+	var b strings.Builder
+	b.WriteString("model unavailable (410)")
+	msg := e.Message
+	if msg == "" || msg == e.Code {
+		msg = e.Reason
+	}
+	if msg != "" {
+		b.WriteString(": ")
+		b.WriteString(msg)
+	}
+	if e.Replacement != "" {
+		b.WriteString("; replacement: ")
+		b.WriteString(e.Replacement)
+	}
+	if e.SunsetDate != "" {
+		b.WriteString("; sunset: ")
+		b.WriteString(e.SunsetDate)
+	}
+	if e.MigrationURL != "" {
+		b.WriteString("; migration: ")
+		b.WriteString(e.MigrationURL)
+	}
+	return b.String()
+}
+
+// publish stores an event on KREA_JOBS and waits for the PubAck, retrying
+// with backoff for patience (0: until ctx ends) and keeping the request's
+// ack timer fresh meanwhile.
+func (s *Submitter) publish(ctx context.Context, d *delivery, msg *nats.Msg, patience time.Duration) error {
+	start := time.Now()
+	backoff := publishRetryMin
+	for {
+		pctx, cancel := context.WithTimeout(ctx, defaultOpTimeout)
+		_, err := s.js.PublishMsg(pctx, msg, jetstream.WithExpectStream(events.StreamJobs))
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil || (patience > 0 && time.Since(start) > patience) {
+			return err
+		}
+		d.log.Warn("publishing event failed; retrying", "subject", msg.Subject, "err", err, "retry_in", backoff)
+		if !sleep(ctx, backoff) {
+			return err
+		}
+		backoff = min(2*backoff, publishRetryMax)
+		s.heartbeat(d)
+	}
+}
+
+// heartbeat tells JetStream the request is still being worked on, when the
+// last sign of life is a third of the ack wait old.
+func (s *Submitter) heartbeat(d *delivery) {
+	if time.Since(d.lastBeat) < s.cfg.ackWait()/3 {
+		return
+	}
+	if err := d.msg.InProgress(); err == nil {
+		d.lastBeat = time.Now()
+	}
+}
+
+// pauseNak hands a request back because submission is paused, and notes
+// that this delivery must not count towards KREABUS_MAX_DELIVERIES.
+func (s *Submitter) pauseNak(d *delivery) {
+	s.pausedMu.Lock()
+	if len(s.paused) >= maxPausedTracked {
+		clear(s.paused) // best effort: forget rather than grow without bound
+	}
+	s.paused[d.id]++
+	s.pausedMu.Unlock()
+	s.nak(d, s.gate.pauseDelay())
+}
+
+// pausedDeliveries is how many deliveries of a request this process handed
+// back because of a pause.
+func (s *Submitter) pausedDeliveries(id string) uint64 {
+	s.pausedMu.Lock()
+	defer s.pausedMu.Unlock()
+	return s.paused[id]
+}
+
+// ack acknowledges the request and waits for JetStream to confirm it.
+func (s *Submitter) ack(ctx context.Context, d *delivery) {
+	s.pausedMu.Lock()
+	delete(s.paused, d.id)
+	s.pausedMu.Unlock()
+	actx, cancel := context.WithTimeout(ctx, defaultOpTimeout)
+	defer cancel()
+	if err := d.msg.DoubleAck(actx); err != nil {
+		d.log.Warn("ack not confirmed; a redelivery will find the outcome in the ledger or be rejected again", "err", err)
+	}
+}
+
+// nak hands the request back for redelivery after delay.
+func (s *Submitter) nak(d *delivery, delay time.Duration) {
+	var err error
+	if delay > 0 {
+		err = d.msg.NakWithDelay(delay)
+	} else {
+		err = d.msg.Nak()
+	}
+	if err != nil {
+		d.log.Warn("nak failed; the request will be redelivered after the ack wait", "err", err)
+	}
+}
+
+// claim marks a request ID as being handled in this process; false when it
+// already is.
+func (s *Submitter) claim(id string) bool {
+	s.idsMu.Lock()
+	defer s.idsMu.Unlock()
+	if _, busy := s.ids[id]; busy {
+		return false
+	}
+	s.ids[id] = struct{}{}
+	return true
+}
+
+func (s *Submitter) unclaim(id string) {
+	s.idsMu.Lock()
+	delete(s.ids, id)
+	s.idsMu.Unlock()
+}
+
+// apiCode is the code label of kreabus_submitter_api_calls_total.
+func apiCode(err error) string {
+	if err == nil {
+		return "2xx"
+	}
+	var apiErr *krea.APIError
+	if errors.As(err, &apiErr) {
+		return strconv.Itoa(apiErr.StatusCode)
+	}
+	var netErr *krea.NetworkError
+	switch {
+	case errors.As(err, &netErr) && netErr.Timeout:
+		return "timeout"
+	case errors.As(err, &netErr):
+		return "network"
+	case errors.Is(err, krea.ErrMalformedResponse):
+		return "malformed"
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return "canceled"
+	}
+	return "error"
+}
+
+// trimKrea drops the "krea: " prefix of the client's errors.
+func trimKrea(s string) string { return strings.TrimPrefix(s, "krea: ") }
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && s[cut]&0xC0 == 0x80 {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+// sleep waits d or until ctx ends; false when ctx ended.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

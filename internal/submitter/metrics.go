@@ -1,0 +1,128 @@
+package submitter
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Rejection reasons, the values of kreabus_submitter_rejections_total's
+// reason label and of the "kind" field of a rejected event's body.
+const (
+	RejectInvalid           = "invalid_request"    // the request failed validation
+	RejectRefused           = "api_refused"        // the API answered 400/404/409/422
+	RejectModelUnavailable  = "model_unavailable"  // the API answered 410
+	RejectOutOfRetries      = "out_of_retries"     // retryable failures until KREABUS_MAX_DELIVERIES
+	RejectMalformedResponse = "malformed_response" // a 2xx answer without a usable job
+)
+
+type metrics struct {
+	consumed    prometheus.Counter
+	apiCalls    *prometheus.CounterVec
+	apiDuration prometheus.Histogram
+	retries     prometheus.Counter
+	rejections  *prometheus.CounterVec
+	paused      prometheus.Gauge
+	pauses      prometheus.Counter
+	inFlight    prometheus.Gauge
+	limit       prometheus.Gauge
+	submitted   prometheus.Counter
+	ledgerErrs  prometheus.Counter
+	republished prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		consumed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kreabus_submitter_requests_consumed_total",
+			Help: "Request deliveries taken off KREA_REQUESTS (redeliveries included).",
+		}),
+		apiCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kreabus_submitter_api_calls_total",
+			Help: "Krea API submissions by answer: the HTTP status, or network, timeout, malformed.",
+		}, []string{"code"}),
+		apiDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "kreabus_submitter_api_duration_seconds",
+			Help:    "Duration of Krea API submissions, whatever their answer.",
+			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kreabus_submitter_retries_total",
+			Help: "Requests handed back for a delayed redelivery after a retryable failure.",
+		}),
+		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kreabus_submitter_rejections_total",
+			Help: "Requests that ended in krea.jobs.rejected, by reason.",
+		}, []string{"reason"}),
+		paused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kreabus_submitter_paused",
+			Help: "1 while submission is paused by Krea account errors (401/402/403).",
+		}),
+		pauses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kreabus_submitter_pauses_total",
+			Help: "Times submission was paused by Krea account errors.",
+		}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kreabus_submitter_requests_in_flight",
+			Help: "Requests being handled now (each holds at most one API call).",
+		}),
+		limit: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kreabus_submitter_concurrency_limit",
+			Help: "Current adaptive limit of requests in flight (halved on 429, regained on success).",
+		}),
+		submitted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kreabus_submitter_submitted_total",
+			Help: "Requests that became Krea jobs and were published to krea.jobs.submitted.",
+		}),
+		ledgerErrs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kreabus_submitter_ledger_errors_total",
+			Help: "Ledger reads or writes that failed (a failed write after a successful call opens the pay-twice window).",
+		}),
+		republished: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kreabus_submitter_republished_total",
+			Help: "Redelivered requests already in the ledger: the submitted event was published again, the API not called.",
+		}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	// A collector already registered (a submitter restarted in the same
+	// process) is reused so its counts continue.
+	register := func(c prometheus.Collector) (prometheus.Collector, error) {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) {
+				return are.ExistingCollector, nil
+			}
+			return nil, err
+		}
+		return c, nil
+	}
+	for _, p := range []*prometheus.Counter{&m.consumed, &m.retries, &m.pauses, &m.submitted, &m.ledgerErrs, &m.republished} {
+		c, err := register(*p)
+		if err != nil {
+			return nil, err
+		}
+		*p = c.(prometheus.Counter)
+	}
+	for _, p := range []*prometheus.Gauge{&m.paused, &m.inFlight, &m.limit} {
+		c, err := register(*p)
+		if err != nil {
+			return nil, err
+		}
+		*p = c.(prometheus.Gauge)
+	}
+	for _, p := range []**prometheus.CounterVec{&m.apiCalls, &m.rejections} {
+		c, err := register(*p)
+		if err != nil {
+			return nil, err
+		}
+		*p = c.(*prometheus.CounterVec)
+	}
+	c, err := register(m.apiDuration)
+	if err != nil {
+		return nil, err
+	}
+	m.apiDuration = c.(prometheus.Histogram)
+	return m, nil
+}

@@ -1,0 +1,367 @@
+package submitter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kreabus/kreabus/internal/admin"
+	"github.com/kreabus/kreabus/internal/config"
+	"github.com/kreabus/kreabus/internal/ledger"
+	"github.com/kreabus/kreabus/internal/logging"
+	"github.com/kreabus/kreabus/internal/natsconn"
+	"github.com/kreabus/kreabus/internal/reconciler"
+	"github.com/kreabus/kreabus/pkg/events"
+)
+
+// ConnectionName is the submitter's NATS connection name.
+const ConnectionName = "kreabus-submitter"
+
+// Aliases give the embedded groups of Settings distinct field names: they
+// are all called Config in their packages.
+type (
+	NATSConfig       = natsconn.Config
+	StreamsConfig    = natsconn.StreamsConfig
+	AdminConfig      = admin.Config
+	LogConfig        = logging.Config
+	LedgerConfig     = ledger.Config
+	ReconcilerConfig = reconciler.Config
+)
+
+// Settings is everything cmd/submitter reads: the submitter's own settings,
+// the ledger, the reconciler, the NATS connection, the streams, the admin
+// listener and logging. Load it with config.Load.
+type Settings struct {
+	Config
+	LedgerConfig
+	ReconcilerConfig
+	NATSConfig
+	StreamsConfig
+	AdminConfig
+	LogConfig
+}
+
+// Validate checks every group.
+func (s *Settings) Validate() error {
+	c := s.Config
+	c.setDefaults()
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	if err := s.LedgerConfig.Validate(); err != nil {
+		return err
+	}
+	if err := s.ReconcilerConfig.Validate(); err != nil {
+		return err
+	}
+	if ttl := s.LedgerConfig.TTL; ttl > 0 && s.ReconcilerConfig.JobMaxAge > 0 && ttl <= s.ReconcilerConfig.JobMaxAge {
+		return fmt.Errorf("KREABUS_LEDGER_TTL: %v must exceed KREABUS_JOB_MAX_AGE (%v)", ttl, s.ReconcilerConfig.JobMaxAge)
+	}
+	return s.NATSConfig.Validate()
+}
+
+// Program is cmd/submitter running: its NATS connection, the stream
+// ensurer, the ledger with its Recorder and View, the reconciler, the
+// submitter and the admin server.
+// Start it, then Shutdown it.
+type Program struct {
+	s     Settings
+	log   *slog.Logger
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	admin *admin.Server
+
+	closed chan struct{} // the NATS connection is closed
+	failed chan error    // a part stopped by itself
+	stop   context.CancelFunc
+	bg     sync.WaitGroup
+
+	mu        sync.Mutex
+	sub       *Submitter
+	streamErr error
+}
+
+// Start validates s, connects to NATS (returning at once when NATS is down:
+// the program reports not ready and recovers by itself), starts the admin
+// server, and in the background ensures the streams (unless CreateStreams
+// is off), opens the ledger, and runs the ledger Recorder, the reconciler
+// and the submitter.
+func Start(s Settings, log *slog.Logger) (*Program, error) {
+	s.Config.setDefaults()
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	s.Config.Create = s.CreateStreams
+	s.LedgerConfig.Create = s.CreateStreams
+	if s.LedgerConfig.Replicas == 0 {
+		s.LedgerConfig.Replicas = s.StreamsConfig.Replicas
+	}
+	if log == nil {
+		log = logging.Discard
+	}
+	p := &Program{
+		s:      s,
+		log:    log,
+		admin:  admin.New(log),
+		closed: make(chan struct{}),
+		failed: make(chan error, 3),
+	}
+	nc, err := natsconn.Connect(s.NATSConfig, ConnectionName, log, p.admin.Registry(),
+		nats.ClosedHandler(func(*nats.Conn) { close(p.closed) }))
+	if err != nil {
+		return nil, err
+	}
+	p.nc = nc
+	if p.js, err = jetstream.New(nc); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	p.admin.AddCheck("jetstream", p.checkJetStream)
+	p.admin.AddCheck("submitter", p.checkSubmitter)
+	if err := p.admin.Start(s.AdminConfig.Listen); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("KREABUS_ADMIN_LISTEN: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.stop = cancel
+	p.bg.Add(1)
+	go p.run(ctx)
+	log.Info("submitter program started", "admin", p.admin.Addr(), "create_streams", s.CreateStreams,
+		"api_url", s.APIURL, "public_url", s.PublicURL)
+	return p, nil
+}
+
+// run sets up what needs JetStream, then runs the parts until ctx ends.
+func (p *Program) run(ctx context.Context) {
+	defer p.bg.Done()
+	if p.s.CreateStreams {
+		o := p.s.StreamsConfig.Options()
+		err := natsconn.EnsureStreams(ctx, p.js, p.log, events.RequestsStreamConfig(o), events.JobsStreamConfig(o))
+		if err != nil {
+			if ctx.Err() == nil {
+				p.setStreamErr(err)
+				p.fail(fmt.Errorf("streams: %w", err))
+			}
+			return
+		}
+	}
+	led, err := ledger.Open(ctx, p.js, p.s.LedgerConfig, ledger.WithLogger(p.log))
+	if err != nil {
+		if ctx.Err() == nil {
+			p.fail(err)
+		}
+		return
+	}
+	rec, err := ledger.NewRecorder(led, p.admin.Registry())
+	if err != nil {
+		p.fail(err)
+		return
+	}
+	api, err := newAPIClient(p.s.Config, p.s.Config.Concurrency+p.s.ReconcilerConfig.Concurrency)
+	if err != nil {
+		p.fail(err)
+		return
+	}
+	view := led.StartWatch(ctx)
+	rc, err := reconciler.New(p.s.ReconcilerConfig, reconciler.Deps{
+		JetStream: p.js,
+		Krea:      api,
+		View:      view,
+		Store:     led,
+		// Poll nothing before the ledger has caught up with KREA_JOBS.
+		Ready:      func() bool { return rec.Synced() && view.Ready() },
+		Log:        p.log,
+		Registerer: p.admin.Registry(),
+	})
+	if err != nil {
+		p.fail(err)
+		return
+	}
+	sub, err := New(p.s.Config, Deps{JS: p.js, Ledger: led, Client: api, Log: p.log, Registerer: p.admin.Registry()})
+	if err != nil {
+		p.fail(err)
+		return
+	}
+	p.mu.Lock()
+	p.sub = sub
+	p.mu.Unlock()
+
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := rec.Run(ctx); err != nil {
+			p.fail(fmt.Errorf("ledger recorder: %w", err))
+		}
+	})
+	wg.Go(func() {
+		if err := rc.Run(ctx); err != nil {
+			p.fail(fmt.Errorf("reconciler: %w", err))
+		}
+	})
+	wg.Go(func() {
+		if err := sub.Run(ctx); err != nil {
+			p.fail(err)
+		}
+	})
+	wg.Wait()
+	<-view.Done()
+}
+
+func (p *Program) fail(err error) {
+	p.log.Error("submitter program part failed", "err", err)
+	select {
+	case p.failed <- err:
+	default:
+	}
+}
+
+func (p *Program) setStreamErr(err error) {
+	p.mu.Lock()
+	p.streamErr = err
+	p.mu.Unlock()
+}
+
+// Submitter returns the running submitter, nil until it is set up.
+func (p *Program) Submitter() *Submitter {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sub
+}
+
+// AdminAddr is the admin listener's address ("" when off).
+func (p *Program) AdminAddr() string { return p.admin.Addr() }
+
+// Conn is the program's NATS connection.
+func (p *Program) Conn() *nats.Conn { return p.nc }
+
+// Failed delivers the error of a part that stopped by itself.
+func (p *Program) Failed() <-chan error { return p.failed }
+
+// checkJetStream: NATS connected, both streams present and usable.
+func (p *Program) checkJetStream(ctx context.Context) error {
+	p.mu.Lock()
+	err := p.streamErr
+	p.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return natsconn.CheckStreams(ctx, p.nc, p.js, events.StreamRequests, events.StreamJobs)
+}
+
+// checkSubmitter: set up and not paused by account errors.
+func (p *Program) checkSubmitter(ctx context.Context) error {
+	p.mu.Lock()
+	sub := p.sub
+	p.mu.Unlock()
+	if sub == nil {
+		return errors.New("starting: waiting for JetStream and the ledger")
+	}
+	return sub.ReadyCheck()(ctx)
+}
+
+// Shutdown stops the program in order: /readyz turns 503, the submitter
+// stops fetching and finishes the requests in hand (publishing their events
+// and acking them), the Recorder stops, the NATS connection drains and
+// closes, and the admin server stops. It gives up waiting when ctx ends.
+func (p *Program) Shutdown(ctx context.Context) error {
+	p.admin.SetDraining()
+	p.log.Info("shutting down")
+	p.stop()
+	var errs []error
+	done := make(chan struct{})
+	go func() { p.bg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("finishing requests in hand: %w", ctx.Err()))
+	}
+	if err := p.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrConnectionReconnecting) {
+		p.nc.Close()
+	}
+	select {
+	case <-p.closed:
+	case <-ctx.Done():
+		p.nc.Close()
+		errs = append(errs, fmt.Errorf("nats drain: %w", ctx.Err()))
+	}
+	actx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := p.admin.Shutdown(actx); err != nil {
+		errs = append(errs, fmt.Errorf("admin server: %w", err))
+	}
+	err := errors.Join(errs...)
+	if err == nil {
+		p.log.Info("submitter stopped")
+	}
+	return err
+}
+
+// RunProgram starts the program and runs it until ctx ends (the signal) or
+// a part fails, then shuts it down within the shutdown timeout (plus a few
+// seconds for the NATS drain).
+func RunProgram(ctx context.Context, s Settings, log *slog.Logger) error {
+	p, err := Start(s, log)
+	if err != nil {
+		return err
+	}
+	var failed error
+	select {
+	case <-ctx.Done():
+	case failed = <-p.failed:
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), p.s.ShutdownTimeout+5*time.Second)
+	defer cancel()
+	return errors.Join(failed, p.Shutdown(sctx))
+}
+
+// Exit codes of Main.
+const (
+	ExitOK     = 0
+	ExitFailed = 1
+	ExitConfig = 2
+)
+
+// Main is cmd/submitter: it loads the settings from args (without the
+// program name), env (os.LookupEnv when nil) and the optional YAML file,
+// and runs until ctx ends. A setting error is one line on stderr naming the
+// setting, and ExitConfig.
+func Main(ctx context.Context, args []string, env func(string) (string, bool), stderr io.Writer) int {
+	var s Settings
+	if err := config.Load(&s, "submitter", args, env); err != nil {
+		if errors.Is(err, config.ErrHelp) {
+			return ExitOK
+		}
+		fmt.Fprintf(stderr, "submitter: %v\n", err)
+		return ExitConfig
+	}
+	if err := s.Validate(); err != nil {
+		fmt.Fprintf(stderr, "submitter: %v\n", oneLine(err))
+		return ExitConfig
+	}
+	log, err := logging.New(s.LogConfig, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "submitter: %v\n", err)
+		return ExitConfig
+	}
+	if err := RunProgram(ctx, s, log); err != nil {
+		log.Error("submitter failed", "err", err)
+		return ExitFailed
+	}
+	return ExitOK
+}
+
+// oneLine keeps the first of joined errors: start-up names one setting.
+func oneLine(err error) error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		if errs := j.Unwrap(); len(errs) > 0 {
+			return errs[0]
+		}
+	}
+	return err
+}
