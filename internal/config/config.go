@@ -253,16 +253,52 @@ func set(f reflect.Value, v string) error {
 	return nil
 }
 
-// Markdown renders the settings of dst as a Markdown table, for the README.
-func Markdown(dst any) string {
-	var b strings.Builder
-	b.WriteString("| variable | flag / YAML key | default | description |\n|---|---|---|---|\n")
-	for _, s := range Settings(dst) {
-		def := s.Default
-		if s.Required {
-			def = "required"
+// Program names a settings struct for Markdown.
+type Program struct {
+	Name     string
+	Settings any // pointer to a settings struct
+}
+
+// Markdown renders the settings of several programs as one Markdown table,
+// for the README: a setting shared by programs is one row naming them all.
+func Markdown(programs ...Program) string {
+	type row struct {
+		s        Setting
+		users    []string
+		defaults []string // "program: default", shown where programs differ
+		differ   bool
+	}
+	var rows []*row
+	byEnv := map[string]*row{}
+	for _, p := range programs {
+		for _, s := range Settings(p.Settings) {
+			if r, ok := byEnv[s.Env]; ok {
+				r.users = append(r.users, p.Name)
+				r.defaults = append(r.defaults, p.Name+": `"+s.Default+"`")
+				if s.Default != r.s.Default {
+					r.differ = true
+					r.s.Usage = strings.TrimSuffix(r.s.Usage, " on SIGTERM")
+				}
+				continue
+			}
+			r := &row{s: s, users: []string{p.Name}, defaults: []string{p.Name + ": `" + s.Default + "`"}}
+			byEnv[s.Env] = r
+			rows = append(rows, r)
 		}
-		fmt.Fprintf(&b, "| `%s` | `%s` | %s | %s |\n", s.Env, s.Flag, def, s.Usage)
+	}
+	var b strings.Builder
+	b.WriteString("| variable | flag / YAML key | used by | default | description |\n|---|---|---|---|---|\n")
+	for _, r := range rows {
+		def := "`" + r.s.Default + "`"
+		switch {
+		case r.s.Required:
+			def = "required"
+		case r.differ:
+			def = strings.Join(r.defaults, ", ")
+		case r.s.Default == "":
+			def = "none"
+		}
+		fmt.Fprintf(&b, "| `%s` | `--%s` | %s | %s | %s |\n", r.s.Env, r.s.Flag, strings.Join(r.users, ", "), def, r.s.Usage)
 	}
 	return b.String()
 }

@@ -92,8 +92,8 @@ func TestUnknownFileKey(t *testing.T) {
 }
 
 func TestMarkdown(t *testing.T) {
-	md := Markdown(&cfg{})
-	for _, want := range []string{"`T_SECRET`", "required", "`T_URL`", "listen address"} {
+	md := Markdown(Program{"a", &cfg{}}, Program{"b", &inner{}})
+	for _, want := range []string{"`T_SECRET`", "required", "| `T_URL` | `--url` | a, b |", "listen address"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("table lacks %q:\n%s", want, md)
 		}

@@ -47,12 +47,11 @@ func (h *EventHeaders) MsgID() string {
 // every contract header set. The ce-id equals the Nats-Msg-Id, so a
 // CloudEvents consumer de-duplicates the same way JetStream does.
 func NewJobMsg(h EventHeaders, body []byte) *nats.Msg {
-	m := &nats.Msg{
-		Subject: JobSubject(h.Status),
-		Data:    body,
-		Header:  make(nats.Header, 12),
+	msgID := h.MsgID()
+	id := msgID
+	if id == "" {
+		id = uuid.NewString() // ce-id must be unique all the same
 	}
-	id := h.MsgID()
 	t := h.Time
 	if t.IsZero() {
 		t = time.Now()
@@ -61,36 +60,43 @@ func NewJobMsg(h EventHeaders, body []byte) *nats.Msg {
 	if src == "" {
 		src = CESource
 	}
+	status := string(h.Status)
+	// One backing array for every header value: this runs once per webhook.
+	vals := make([]string, 0, 14)
+	hdr := make(nats.Header, 14)
 	// NATS headers are case-sensitive: names are written exactly as the
 	// contract spells them.
-	if id != "" {
-		m.Header[HeaderMsgID] = []string{id}
-	} else {
-		id = uuid.NewString() // ce-id must be unique all the same
+	put := func(name, v string) {
+		vals = append(vals, v)
+		hdr[name] = vals[len(vals)-1 : len(vals) : len(vals)]
+	}
+	if msgID != "" {
+		put(HeaderMsgID, msgID)
 	}
 	if h.JobID != "" {
-		m.Header[HeaderJobID] = []string{h.JobID}
+		put(HeaderJobID, h.JobID)
 	}
-	m.Header[HeaderStatus] = []string{string(h.Status)}
+	put(HeaderStatus, status)
 	if h.RequestID != "" {
-		m.Header[HeaderRequestID] = []string{h.RequestID}
+		put(HeaderRequestID, h.RequestID)
 	}
-	m.Header[HeaderSource] = []string{string(h.Source)}
+	put(HeaderSource, string(h.Source))
 	if len(h.Metadata) > 0 && string(h.Metadata) != "null" {
-		m.Header[HeaderMetadata] = []string{string(h.Metadata)}
+		put(HeaderMetadata, string(h.Metadata))
 	}
 	if h.Reason != "" {
-		m.Header[HeaderReason] = []string{sanitizeHeader(h.Reason)}
+		put(HeaderReason, sanitizeHeader(h.Reason))
 	}
 	if h.TraceParent != "" {
-		m.Header[HeaderTraceParent] = []string{h.TraceParent}
+		put(HeaderTraceParent, h.TraceParent)
 	}
-	m.Header[HeaderCESpecVersion] = []string{CESpecVersion}
-	m.Header[HeaderCEID] = []string{id}
-	m.Header[HeaderCEType] = []string{CETypePrefix + string(h.Status)}
-	m.Header[HeaderCESource] = []string{src}
-	m.Header[HeaderCETime] = []string{t.UTC().Format(time.RFC3339Nano)}
-	return m
+	put(HeaderCESpecVersion, CESpecVersion)
+	put(HeaderCEID, id)
+	put(HeaderCEType, CETypePrefix+status)
+	put(HeaderCESource, src)
+	var tb [40]byte
+	put(HeaderCETime, string(t.UTC().AppendFormat(tb[:0], time.RFC3339Nano)))
+	return &nats.Msg{Subject: JobSubject(h.Status), Data: body, Header: hdr}
 }
 
 // sanitizeHeader keeps a free-text value on one header line.

@@ -195,3 +195,13 @@ func TestDecodeEventRejectedBody(t *testing.T) {
 		t.Errorf("event %+v", ev)
 	}
 }
+
+func BenchmarkNewJobMsg(b *testing.B) {
+	h := EventHeaders{JobID: "0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11", Status: "completed", RequestID: "req-1",
+		Source: SourceWebhook, Metadata: []byte(`{"user":"42"}`)}
+	body := []byte(`{"job_id":"0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11","status":"completed"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = NewJobMsg(h, body)
+	}
+}

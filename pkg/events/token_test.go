@@ -172,3 +172,16 @@ func TestMACLen(t *testing.T) {
 		t.Fatalf("macLen = %d, want %d", macLen, got)
 	}
 }
+
+func BenchmarkVerify(b *testing.B) {
+	tk := mustTokenizer(b, "current-secret-current-secret-00", "previous-secret-previous-secret-")
+	tok := tk.Mint("0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11")
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := tk.Verify(tok); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
