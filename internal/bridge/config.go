@@ -42,6 +42,10 @@ type Config struct {
 	IdleTimeout       time.Duration `env:"KREABUS_IDLE_TIMEOUT" flag:"idle-timeout" default:"120s" usage:"keep-alive idle time"`
 	MaxHeaderBytes    int           `env:"KREABUS_MAX_HEADER_BYTES" flag:"max-header-bytes" default:"16384" usage:"largest request header block"`
 	ShutdownTimeout   time.Duration `env:"KREABUS_SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"10s" usage:"time to finish in-flight webhooks and drain NATS on SIGTERM"`
+	// DrainDelay keeps serving after /readyz turned 503 on SIGTERM, so load
+	// balancers that poll readiness stop sending before the listener closes
+	// (Kubernetes: a few seconds; counts within ShutdownTimeout).
+	DrainDelay time.Duration `env:"KREABUS_DRAIN_DELAY" flag:"drain-delay" default:"0s" usage:"on SIGTERM, keep serving this long after /readyz turns 503 before closing the listener"`
 }
 
 func (c *Config) setDefaults() {

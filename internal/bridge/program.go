@@ -211,8 +211,14 @@ func (p *Program) checkJetStream(ctx context.Context) error {
 // gives up waiting when ctx ends, closing whatever is left.
 func (p *Program) Shutdown(ctx context.Context) error {
 	p.admin.SetDraining()
-	p.log.Info("shutting down", "in_flight", p.bridge.InFlight())
+	p.log.Info("shutting down", "in_flight", p.bridge.InFlight(), "drain_delay", p.s.DrainDelay.String())
 	var errs []error
+	if p.s.DrainDelay > 0 {
+		select {
+		case <-time.After(p.s.DrainDelay):
+		case <-ctx.Done():
+		}
+	}
 
 	// Leave the drain at least a second of the budget.
 	httpCtx := ctx

@@ -408,3 +408,29 @@ func TestProgramShutdownNATSDown(t *testing.T) {
 		t.Errorf("shutdown took %v", el)
 	}
 }
+
+// TestProgramDrainDelay: on shutdown /readyz turns 503 at once, but the
+// bridge keeps storing webhooks for KREABUS_DRAIN_DELAY, so a load balancer
+// that still routes here meanwhile loses nothing.
+func TestProgramDrainDelay(t *testing.T) {
+	srv := natstest.RunServer(t)
+	s := testSettings(t, srv.ClientURL(), map[string]string{"KREABUS_DRAIN_DELAY": "1s"})
+	p, _ := startProgram(t, s)
+	waitReadyz(t, p, http.StatusOK)
+
+	ctx, cancel := context.WithTimeout(context.Background(), s.ShutdownTimeout)
+	defer cancel()
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- p.Shutdown(ctx) }()
+	waitReadyz(t, p, http.StatusServiceUnavailable)
+	if r := programPost(t, p, "during-drain", jobBody(uuid.NewString(), krea.StatusCompleted)); r.code != http.StatusOK {
+		t.Fatalf("webhook during the drain delay: %d %s", r.code, r.body)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < time.Second {
+		t.Fatalf("shutdown took %v, less than the drain delay", d)
+	}
+}
