@@ -4,6 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -141,3 +145,88 @@ func TestSamplesEnd(t *testing.T) {
 }
 
 func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
+// TestForeignJobRefused: with the ledger wired into the real bridge, a
+// webhook whose valid token belongs to another request than the job's is
+// answered 403 and stores nothing; a repeat of the job's own terminal
+// webhook is answered 200 duplicate.
+func TestForeignJobRefused(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	p, err := Start(ctx, Options{DataDir: dir, NATSPort: -1, Listen: "127.0.0.1:0", JobTime: 100 * time.Millisecond, Out: &syncBuffer{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	ids, err := p.PublishSamples(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("samples did not end")
+	}
+	nc := natstest.Connect(t, p.NATSURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The job of the last sample that completed, and its request.
+	var jobID, owner, other string
+	natstest.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		s, err := js.Stream(ctx, events.StreamJobs)
+		if err != nil {
+			return err
+		}
+		m, err := s.GetLastMsgForSubject(ctx, "krea.jobs.completed")
+		if err != nil {
+			return err
+		}
+		jobID, owner = m.Header.Get(events.HeaderJobID), m.Header.Get(events.HeaderRequestID)
+		switch owner {
+		case ids[0]:
+			other = ids[1]
+		case ids[1]:
+			other = ids[0]
+		default:
+			return fmt.Errorf("completed job of request %q is no sample's", owner)
+		}
+		return nil
+	})
+	secret, err := os.ReadFile(filepath.Join(dir, "webhook-secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk, err := events.NewTokenizer(strings.TrimSpace(string(secret)), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(`{"job_id":"` + jobID + `","status":"completed","created_at":null,"completed_at":null,"result":{"urls":[]}}`)
+	post := func(requestID string) (int, string) {
+		res, err := http.Post(tk.URL("http://"+p.BridgeAddr(), requestID), "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode, string(b)
+	}
+	natstest.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		if code, b := post(other); code != http.StatusForbidden {
+			return fmt.Errorf("foreign job answered %d %s, want 403", code, b)
+		}
+		return nil
+	})
+	if code, b := post(owner); code != http.StatusOK || !strings.Contains(b, `"duplicate":true`) {
+		t.Fatalf("repeat of the job's own webhook answered %d %s, want 200 duplicate", code, b)
+	}
+	s, _ := js.Stream(ctx, events.StreamJobs)
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter("krea.jobs.completed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := info.State.Subjects["krea.jobs.completed"]; n != 2 {
+		t.Fatalf("%d completed events, want 2", n)
+	}
+}
