@@ -59,7 +59,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer p.Close()
-	fmt.Fprintf(stdout, "kreabus is running: NATS %s, bridge http://%s, Krea simulator %s, data in %s\n",
+	p.Printf("kreabus is running: NATS %s, bridge http://%s, Krea simulator %s, data in %s\n",
 		p.NATSURL(), p.BridgeAddr(), p.Simulator().URL, o.DataDir)
 
 	if o.Samples > 0 {
@@ -71,7 +71,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if o.Exit {
 		select {
 		case <-p.Done():
-			fmt.Fprintln(stdout, "all sample requests ended; stopping")
+			p.Printf("all sample requests ended; stopping\n")
 			return 0
 		case <-time.After(local.SampleTimeout):
 			fmt.Fprintln(stderr, "kreabus: sample requests did not end in time")
@@ -80,7 +80,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 0
 		}
 	}
-	fmt.Fprintf(stdout, `
+	p.Printf(`
 Publish your own request with the nats CLI:
   nats --server %s pub krea.requests.image -H Nats-Msg-Id:my-req-1 \
     '{"request_id":"my-req-1","path":"/generate/image/bfl/flux-1-dev","input":{"prompt":"a red fox"}}'
@@ -88,6 +88,6 @@ Watch every event with headers:  nats --server %s sub 'krea.jobs.>'
 Ctrl-C stops kreabus.
 `, p.NATSURL(), p.NATSURL())
 	<-ctx.Done()
-	fmt.Fprintln(stdout, "stopping")
+	p.Printf("stopping\n")
 	return 0
 }

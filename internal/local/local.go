@@ -253,10 +253,18 @@ func (p *Pipeline) PublishSamples(ctx context.Context, n int) ([]string, error) 
 		if _, err := events.PublishRequest(ctx, p.js, req); err != nil {
 			return ids, err
 		}
-		fmt.Fprintf(p.o.Out, "%s  published  %-24s  %s\n", stamp(time.Now()), req.RequestID, req.Path)
+		p.Printf("%s  published  %-24s  %s\n", stamp(time.Now()), req.RequestID, req.Path)
 		ids = append(ids, req.RequestID)
 	}
 	return ids, nil
+}
+
+// Printf writes to the pipeline's output, never in the middle of an event
+// line.
+func (p *Pipeline) Printf(format string, args ...any) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fmt.Fprintf(p.o.Out, format, args...)
 }
 
 // Done is closed once every published sample reached an end (a terminal
