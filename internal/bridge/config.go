@@ -128,3 +128,6 @@ func (s *Settings) Validate() error {
 	}
 	return s.NATSConfig.Validate()
 }
+
+// Logging is the logging group, for internal/program.
+func (s *Settings) Logging() logging.Config { return s.LogConfig }

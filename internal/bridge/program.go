@@ -14,9 +14,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kreabus/kreabus/internal/admin"
-	"github.com/kreabus/kreabus/internal/config"
 	"github.com/kreabus/kreabus/internal/logging"
 	"github.com/kreabus/kreabus/internal/natsconn"
+	"github.com/kreabus/kreabus/internal/program"
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
@@ -233,14 +233,8 @@ func (p *Program) Shutdown(ctx context.Context) error {
 	p.stop()
 	p.bg.Wait()
 
-	if err := p.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrConnectionReconnecting) {
-		p.nc.Close()
-	}
-	select {
-	case <-p.closed:
-	case <-ctx.Done():
-		p.nc.Close()
-		errs = append(errs, fmt.Errorf("nats drain: %w", ctx.Err()))
+	if err := natsconn.Drain(ctx, p.nc, p.closed); err != nil {
+		errs = append(errs, err)
 	}
 
 	actx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -262,49 +256,16 @@ func Run(ctx context.Context, s Settings, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	var failed error
-	select {
-	case <-ctx.Done():
-	case failed = <-p.serveErr:
-		failed = fmt.Errorf("webhook server: %w", failed)
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), p.s.ShutdownTimeout)
-	defer cancel()
-	return errors.Join(failed, p.Shutdown(sctx))
+	return program.Run(ctx, p, p.s.ShutdownTimeout)
 }
-
-// Exit codes of Main.
-const (
-	ExitOK     = 0
-	ExitFailed = 1
-	ExitConfig = 2
-)
 
 // Main is cmd/bridge: it loads the settings from args (without the program
 // name), env (os.LookupEnv when nil) and the optional YAML file, and runs
 // until ctx ends. A setting error is one line on stderr naming the setting,
-// and ExitConfig.
+// and program.ExitConfig.
 func Main(ctx context.Context, args []string, env func(string) (string, bool), stderr io.Writer) int {
 	var s Settings
-	if err := config.Load(&s, "bridge", args, env); err != nil {
-		if errors.Is(err, config.ErrHelp) {
-			return ExitOK
-		}
-		fmt.Fprintf(stderr, "bridge: %v\n", err)
-		return ExitConfig
-	}
-	if err := s.Validate(); err != nil {
-		fmt.Fprintf(stderr, "bridge: %v\n", err)
-		return ExitConfig
-	}
-	log, err := logging.New(s.LogConfig, stderr)
-	if err != nil {
-		fmt.Fprintf(stderr, "bridge: %v\n", err)
-		return ExitConfig
-	}
-	if err := Run(ctx, s, log); err != nil {
-		log.Error("bridge failed", "err", err)
-		return ExitFailed
-	}
-	return ExitOK
+	return program.Main(ctx, "bridge", args, env, stderr, &s,
+		func(log *slog.Logger) (program.Running, error) { return Start(s, log) },
+		func() time.Duration { return s.ShutdownTimeout })
 }

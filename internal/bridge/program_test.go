@@ -19,6 +19,7 @@ import (
 
 	"github.com/kreabus/kreabus/internal/config"
 	"github.com/kreabus/kreabus/internal/natstest"
+	"github.com/kreabus/kreabus/internal/program"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
@@ -330,8 +331,8 @@ func TestMainMissingSecret(t *testing.T) {
 		}
 		return "", false
 	}, &stderr)
-	if code != ExitConfig {
-		t.Errorf("exit code %d, want %d", code, ExitConfig)
+	if code != program.ExitConfig {
+		t.Errorf("exit code %d, want %d", code, program.ExitConfig)
 	}
 	out := stderr.String()
 	if strings.Count(out, "\n") != 1 || !strings.Contains(out, "KREABUS_WEBHOOK_SECRET") {
@@ -346,7 +347,7 @@ func TestMainBadSetting(t *testing.T) {
 	env := map[string]string{"KREABUS_WEBHOOK_SECRET": "very-secret-value", "KREABUS_PUBLISH_TIMEOUT": "soon"}
 	code := Main(t.Context(), nil, func(k string) (string, bool) { v, ok := env[k]; return v, ok }, &stderr)
 	out := stderr.String()
-	if code != ExitConfig || strings.Count(out, "\n") != 1 || !strings.Contains(out, "KREABUS_PUBLISH_TIMEOUT") {
+	if code != program.ExitConfig || strings.Count(out, "\n") != 1 || !strings.Contains(out, "KREABUS_PUBLISH_TIMEOUT") {
 		t.Errorf("code %d stderr %q", code, out)
 	}
 	if strings.Contains(out, "very-secret-value") {
@@ -354,7 +355,7 @@ func TestMainBadSetting(t *testing.T) {
 	}
 	stderr.Reset()
 	env["KREABUS_PUBLISH_TIMEOUT"] = "40s" // longer than the write timeout
-	if code := Main(t.Context(), nil, func(k string) (string, bool) { v, ok := env[k]; return v, ok }, &stderr); code != ExitConfig ||
+	if code := Main(t.Context(), nil, func(k string) (string, bool) { v, ok := env[k]; return v, ok }, &stderr); code != program.ExitConfig ||
 		!strings.Contains(stderr.String(), "KREABUS_WRITE_TIMEOUT") {
 		t.Errorf("code %d stderr %q", code, stderr.String())
 	}

@@ -173,3 +173,19 @@ func CheckStreams(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, na
 	}
 	return nil
 }
+
+// Drain drains nc (pending publishes flushed, subscriptions ended) and
+// waits until closed is closed (the connection's ClosedHandler closes it),
+// closing the connection outright when ctx ends first.
+func Drain(ctx context.Context, nc *nats.Conn, closed <-chan struct{}) error {
+	if err := nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrConnectionReconnecting) {
+		nc.Close()
+	}
+	select {
+	case <-closed:
+		return nil
+	case <-ctx.Done():
+		nc.Close()
+		return fmt.Errorf("nats drain: %w", ctx.Err())
+	}
+}

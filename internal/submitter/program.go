@@ -13,10 +13,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kreabus/kreabus/internal/admin"
-	"github.com/kreabus/kreabus/internal/config"
 	"github.com/kreabus/kreabus/internal/ledger"
 	"github.com/kreabus/kreabus/internal/logging"
 	"github.com/kreabus/kreabus/internal/natsconn"
+	"github.com/kreabus/kreabus/internal/program"
 	"github.com/kreabus/kreabus/internal/reconciler"
 	"github.com/kreabus/kreabus/pkg/events"
 )
@@ -47,6 +47,9 @@ type Settings struct {
 	AdminConfig
 	LogConfig
 }
+
+// Logging is the logging group, for internal/program.
+func (s *Settings) Logging() logging.Config { return s.LogConfig }
 
 // Validate checks every group.
 func (s *Settings) Validate() error {
@@ -281,14 +284,8 @@ func (p *Program) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		errs = append(errs, fmt.Errorf("finishing requests in hand: %w", ctx.Err()))
 	}
-	if err := p.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrConnectionReconnecting) {
-		p.nc.Close()
-	}
-	select {
-	case <-p.closed:
-	case <-ctx.Done():
-		p.nc.Close()
-		errs = append(errs, fmt.Errorf("nats drain: %w", ctx.Err()))
+	if err := natsconn.Drain(ctx, p.nc, p.closed); err != nil {
+		errs = append(errs, err)
 	}
 	actx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
@@ -310,58 +307,19 @@ func RunProgram(ctx context.Context, s Settings, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	var failed error
-	select {
-	case <-ctx.Done():
-	case failed = <-p.failed:
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), p.s.ShutdownTimeout+5*time.Second)
-	defer cancel()
-	return errors.Join(failed, p.Shutdown(sctx))
+	return program.Run(ctx, p, p.s.ShutdownTimeout+drainMargin)
 }
 
-// Exit codes of Main.
-const (
-	ExitOK     = 0
-	ExitFailed = 1
-	ExitConfig = 2
-)
+// drainMargin is the time the NATS drain gets beyond the shutdown timeout.
+const drainMargin = 5 * time.Second
 
 // Main is cmd/submitter: it loads the settings from args (without the
 // program name), env (os.LookupEnv when nil) and the optional YAML file,
 // and runs until ctx ends. A setting error is one line on stderr naming the
-// setting, and ExitConfig.
+// setting, and program.ExitConfig.
 func Main(ctx context.Context, args []string, env func(string) (string, bool), stderr io.Writer) int {
 	var s Settings
-	if err := config.Load(&s, "submitter", args, env); err != nil {
-		if errors.Is(err, config.ErrHelp) {
-			return ExitOK
-		}
-		fmt.Fprintf(stderr, "submitter: %v\n", err)
-		return ExitConfig
-	}
-	if err := s.Validate(); err != nil {
-		fmt.Fprintf(stderr, "submitter: %v\n", oneLine(err))
-		return ExitConfig
-	}
-	log, err := logging.New(s.LogConfig, stderr)
-	if err != nil {
-		fmt.Fprintf(stderr, "submitter: %v\n", err)
-		return ExitConfig
-	}
-	if err := RunProgram(ctx, s, log); err != nil {
-		log.Error("submitter failed", "err", err)
-		return ExitFailed
-	}
-	return ExitOK
-}
-
-// oneLine keeps the first of joined errors: start-up names one setting.
-func oneLine(err error) error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		if errs := j.Unwrap(); len(errs) > 0 {
-			return errs[0]
-		}
-	}
-	return err
+	return program.Main(ctx, "submitter", args, env, stderr, &s,
+		func(log *slog.Logger) (program.Running, error) { return Start(s, log) },
+		func() time.Duration { return s.ShutdownTimeout + drainMargin })
 }

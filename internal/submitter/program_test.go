@@ -16,6 +16,7 @@ import (
 
 	"github.com/kreabus/kreabus/internal/config"
 	"github.com/kreabus/kreabus/internal/natstest"
+	"github.com/kreabus/kreabus/internal/program"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea/kreatest"
 )
@@ -47,14 +48,14 @@ func TestMainMissingSetting(t *testing.T) {
 	var stderr bytes.Buffer
 	code := Main(context.Background(), nil, lookup, &stderr)
 	out := stderr.String()
-	if code != ExitConfig || strings.Count(out, "\n") != 1 || !strings.Contains(out, "KREABUS_PUBLIC_URL") {
+	if code != program.ExitConfig || strings.Count(out, "\n") != 1 || !strings.Contains(out, "KREABUS_PUBLIC_URL") {
 		t.Errorf("exit %d, stderr %q", code, out)
 	}
 	env["KREABUS_PUBLIC_URL"] = "not a url"
 	stderr.Reset()
 	code = Main(context.Background(), nil, lookup, &stderr)
 	out = stderr.String()
-	if code != ExitConfig || strings.Count(out, "\n") != 1 || !strings.Contains(out, "KREABUS_PUBLIC_URL") ||
+	if code != program.ExitConfig || strings.Count(out, "\n") != 1 || !strings.Contains(out, "KREABUS_PUBLIC_URL") ||
 		strings.Contains(out, "tok-secret-123") || strings.Contains(out, "hook-secret-456") {
 		t.Errorf("exit %d, stderr %q", code, out)
 	}
@@ -179,7 +180,7 @@ func TestMainEndToEnd(t *testing.T) {
 	cancel()
 	select {
 	case code := <-exit:
-		if code != ExitOK {
+		if code != program.ExitOK {
 			t.Errorf("exit %d; logs:\n%s", code, logs.String())
 		}
 	case <-time.After(30 * time.Second):
