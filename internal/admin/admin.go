@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -31,6 +32,8 @@ const (
 // Config holds the admin listener setting.
 type Config struct {
 	Listen string `env:"KREABUS_ADMIN_LISTEN" flag:"admin-listen" default:":9090" usage:"admin listener (/metrics, /healthz, /readyz); empty turns it off"`
+	// Pprof is off by default: profiles reveal internals and cost CPU.
+	Pprof bool `env:"KREABUS_PPROF" flag:"pprof" default:"false" usage:"also serve /debug/pprof/ on the admin listener"`
 }
 
 // Check reports why the program is not ready, or nil.
@@ -43,6 +46,7 @@ type Server struct {
 	mu       sync.Mutex
 	checks   map[string]Check
 	draining atomic.Bool
+	pprof    bool
 	srv      *http.Server
 	ln       net.Listener
 }
@@ -97,6 +101,13 @@ func (s *Server) Ready(ctx context.Context) map[string]string {
 // Handler serves the admin endpoints.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
+	if s.pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -112,9 +123,11 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
-// Start listens on addr and serves in the background. An empty addr turns
-// the admin server off.
-func (s *Server) Start(addr string) error {
+// Start listens on c.Listen and serves in the background. An empty address
+// turns the admin server off.
+func (s *Server) Start(c Config) error {
+	s.pprof = c.Pprof
+	addr := c.Listen
 	if addr == "" {
 		return nil
 	}

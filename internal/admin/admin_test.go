@@ -32,7 +32,7 @@ func TestEndpoints(t *testing.T) {
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "kreabus_test_total", Help: "test"})
 	s.Registry().MustRegister(c)
 	c.Inc()
-	if err := s.Start("127.0.0.1:0"); err != nil {
+	if err := s.Start(Config{Listen: "127.0.0.1:0", Pprof: true}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
@@ -58,6 +58,9 @@ func TestEndpoints(t *testing.T) {
 	if code, _ := get(t, base+"/healthz"); code != http.StatusOK {
 		t.Fatalf("healthz while draining %d", code)
 	}
+	if code, _ := get(t, base+"/debug/pprof/cmdline"); code != http.StatusOK {
+		t.Errorf("pprof on: %d", code)
+	}
 	code, body = get(t, base+"/metrics")
 	for _, want := range []string{"kreabus_test_total 1", "go_goroutines", "process_resident_memory_bytes"} {
 		if code != http.StatusOK || !strings.Contains(body, want) {
@@ -68,7 +71,7 @@ func TestEndpoints(t *testing.T) {
 
 func TestOff(t *testing.T) {
 	s := New(logging.Discard)
-	if err := s.Start(""); err != nil || s.Addr() != "" {
+	if err := s.Start(Config{}); err != nil || s.Addr() != "" {
 		t.Fatalf("empty address: %v %q", err, s.Addr())
 	}
 	if err := s.Shutdown(context.Background()); err != nil {

@@ -106,7 +106,7 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 	if p.ln, err = net.Listen("tcp", s.Config.Listen); err != nil {
 		return fail(fmt.Errorf("KREABUS_LISTEN: %w", err))
 	}
-	if err := p.admin.Start(s.AdminConfig.Listen); err != nil {
+	if err := p.admin.Start(s.AdminConfig); err != nil {
 		return fail(fmt.Errorf("KREABUS_ADMIN_LISTEN: %w", err))
 	}
 

@@ -35,8 +35,11 @@ type CheckResult struct {
 	Mismatch []string `json:"mismatch,omitempty"`
 	// Unacknowledged: stored although never answered 200 (a timeout or a
 	// 503 after the store); allowed, the sender would retry.
-	Unacknowledged int    `json:"unacknowledged"`
-	Error          string `json:"error,omitempty"`
+	Unacknowledged int `json:"unacknowledged"`
+	// Restarts counts read consumers recreated after an error.
+	Restarts      int      `json:"consumer_restarts,omitempty"`
+	RestartErrors []string `json:"restart_errors,omitempty"`
+	Error         string   `json:"error,omitempty"`
 }
 
 // StartSeq returns the first stream sequence a run will write to: the
@@ -88,31 +91,56 @@ func Check(ctx context.Context, js jetstream.JetStream, from uint64, jobs []*Job
 	}
 	counts := make(map[string]int, len(jobs))
 	if from <= res.ToSeq {
-		cons, err := js.OrderedConsumer(ctx, events.StreamJobs, jetstream.OrderedConsumerConfig{
-			DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-			OptStartSeq:   from,
-		})
-		if err != nil {
-			return fail(fmt.Errorf("ordered consumer: %w", err))
-		}
 		last := from - 1
+		var cons jetstream.Consumer
+		failures := 0
 		for last < res.ToSeq {
 			if ctx.Err() != nil {
 				return fail(ctx.Err())
+			}
+			if failures > 0 {
+				// A consumer lost to a leader change or a slow cluster:
+				// start a fresh one after the last message read.
+				res.Restarts++
+				if len(res.RestartErrors) < 3 {
+					res.RestartErrors = append(res.RestartErrors, res.Error)
+				}
+				if failures > 10 {
+					return fail(fmt.Errorf("stream read stuck at sequence %d of %d: %v", last, res.ToSeq, res.Error))
+				}
+				cons = nil
+				time.Sleep(time.Duration(failures) * 200 * time.Millisecond)
+			}
+			if cons == nil {
+				c, err := js.OrderedConsumer(ctx, events.StreamJobs, jetstream.OrderedConsumerConfig{
+					DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+					OptStartSeq:   last + 1,
+				})
+				if err != nil {
+					res.Error = "ordered consumer: " + err.Error()
+					failures++
+					continue
+				}
+				cons = c
 			}
 			// Ask for no more than is left, or Fetch waits out its
 			// expiry for messages that will never come.
 			batch, err := cons.Fetch(int(min(1000, res.ToSeq-last)), jetstream.FetchMaxWait(5*time.Second))
 			if err != nil {
-				return fail(fmt.Errorf("fetch: %w", err))
+				res.Error = "fetch: " + err.Error()
+				failures++
+				continue
 			}
 			n := 0
 			for m := range batch.Messages() {
-				n++
 				meta, err := m.Metadata()
 				if err != nil {
 					return fail(err)
 				}
+				if meta.Sequence.Stream <= last {
+					continue // already counted before a restart
+				}
+				n++
 				last = meta.Sequence.Stream
 				res.Read++
 				h := m.Headers()
@@ -135,12 +163,18 @@ func Check(ctx context.Context, js jetstream.JetStream, from uint64, jobs []*Job
 				}
 			}
 			if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-				return fail(fmt.Errorf("fetch: %w", err))
+				res.Error = "fetch: " + err.Error()
+				failures++
+				continue
 			}
 			if n == 0 {
-				return fail(fmt.Errorf("stream read stalled at sequence %d of %d", last, res.ToSeq))
+				res.Error = fmt.Sprintf("no messages after sequence %d", last)
+				failures++
+				continue
 			}
+			failures = 0
 		}
+		res.Error = ""
 	}
 	for id, c := range counts {
 		if c > 1 {
@@ -173,6 +207,9 @@ func (c *CheckResult) WriteText(w io.Writer) {
 		verdict, c.FromSeq, c.ToSeq, c.Read, c.Expected, c.Stored, len(c.Missing), len(c.Twice), len(c.Mismatch), c.Unacknowledged)
 	if c.Error != "" {
 		fmt.Fprintf(w, "             error: %s\n", c.Error)
+	}
+	if c.Restarts > 0 {
+		fmt.Fprintf(w, "             (read consumer recreated %d times after: %s)\n", c.Restarts, strings.Join(c.RestartErrors, "; "))
 	}
 	for _, l := range []struct {
 		name string

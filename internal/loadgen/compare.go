@@ -258,7 +258,9 @@ func (cfg *CompareConfig) runTarget(ctx context.Context, name string, round int)
 	if err != nil {
 		return nil, nil, err
 	}
-	defer os.RemoveAll(dir)
+	if !cfg.KeepWorkDir {
+		defer os.RemoveAll(dir)
+	}
 	cfg.logf("%s (round %d): starting %d nats-server(s)...", name, round+1, cfg.NATS.Nodes)
 	ns, err := StartNATS(ctx, cfg.NATSBin, dir, cfg.NATS)
 	if err != nil {

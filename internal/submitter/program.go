@@ -128,7 +128,7 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 	}
 	p.admin.AddCheck("jetstream", p.checkJetStream)
 	p.admin.AddCheck("submitter", p.checkSubmitter)
-	if err := p.admin.Start(s.AdminConfig.Listen); err != nil {
+	if err := p.admin.Start(s.AdminConfig); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("KREABUS_ADMIN_LISTEN: %w", err)
 	}
