@@ -143,6 +143,9 @@ func (v *View) Stored(requestID, jobID string, status krea.Status) {
 	if jobID == "" {
 		return
 	}
+	// The caller's strings may be slices of a whole HTTP request line;
+	// keeping them would keep that line alive as long as the entry.
+	requestID, jobID = strings.Clone(requestID), strings.Clone(jobID)
 	now := v.now()
 	v.jobs.update(jobID, func(n *entry) *entry {
 		if n.other == "" {
