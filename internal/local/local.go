@@ -125,6 +125,9 @@ func Start(ctx context.Context, o Options) (_ *Pipeline, err error) {
 		StoreDir:   filepath.Join(o.DataDir, "jetstream"),
 		NoSigs:     true,
 		NoLog:      true,
+		// Room for the bridge's largest webhook (1 MiB) plus its headers,
+		// as config/nats-server.conf gives a production server.
+		MaxPayload: 2 << 20,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS: %w", err)
