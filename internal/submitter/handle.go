@@ -396,7 +396,7 @@ type rejection struct {
 	// model_unavailable, out_of_retries, malformed_response).
 	Kind string `json:"kind"`
 	// Status is the HTTP status of the API's refusal, when it refused.
-	Status int `json:"status,omitempty"`
+	HTTPStatus int `json:"http_status,omitempty"`
 	// Error is the API's error body, when it refused.
 	Error json.RawMessage `json:"error,omitempty"`
 	// Replacement is the model to use instead of a retired one (410).
@@ -408,7 +408,7 @@ func (s *Submitter) reject(ctx context.Context, d *delivery, kind, reason string
 	reason = truncate(reason, maxReasonLen)
 	body := rejection{RequestID: d.id, Path: d.path, Reason: reason, Kind: kind}
 	if apiErr != nil {
-		body.Status = apiErr.StatusCode
+		body.HTTPStatus = apiErr.StatusCode
 		body.Error = errorBody(apiErr.Body)
 		body.Replacement = apiErr.Replacement
 	}

@@ -269,14 +269,14 @@ func TestAPIRefusals(t *testing.T) {
 	ev := evs["retired"]["rejected"][0]
 	var body rejection
 	_ = json.Unmarshal(ev.Raw, &body)
-	if body.Kind != RejectModelUnavailable || body.Status != 410 || body.Replacement != "/generate/image/bfl/flux-1-dev" ||
+	if body.Kind != RejectModelUnavailable || body.HTTPStatus != 410 || body.Replacement != "/generate/image/bfl/flux-1-dev" ||
 		!strings.Contains(ev.Reason, "replacement: /generate/image/bfl/flux-1-dev") || !strings.Contains(string(body.Error), "model_unavailable") {
 		t.Errorf("410: reason %q, body %s", ev.Reason, ev.Raw)
 	}
 	ev = evs["bad-input"]["rejected"][0]
 	body = rejection{}
 	_ = json.Unmarshal(ev.Raw, &body)
-	if body.Kind != RejectRefused || body.Status != 400 || !strings.Contains(ev.Reason, "steps: must be at most 100") {
+	if body.Kind != RejectRefused || body.HTTPStatus != 400 || !strings.Contains(ev.Reason, "steps: must be at most 100") {
 		t.Errorf("400: reason %q, body %s", ev.Reason, ev.Raw)
 	}
 	for _, id := range []string{"retired", "bad-input"} {
