@@ -171,7 +171,8 @@ func New(cfg Config, d Deps) (*Bridge, error) {
 		b.aParse[e] = m.answer(http.StatusBadRequest, OutcomeBadRequest, e.Error())
 	}
 
-	r := mux.NewRouter()
+	// SkipClean: an unclean path is an unknown path (404), not a redirect.
+	r := mux.NewRouter().SkipClean(true)
 	wh := http.HandlerFunc(b.serveWebhook)
 	r.Handle(WebhookRoute, wh)
 	// A URL without a token is a missing token (401), not an unknown path.
@@ -293,7 +294,9 @@ func (b *Bridge) webhook(w http.ResponseWriter, r *http.Request, token string) {
 		b.reject(w, r, rid, b.aBadToken, slog.String("token_request_id", tokenRequestID(token)))
 		return
 	}
-	if !isJSONContentType(r.Header.Get("Content-Type")) {
+	// No Content-Type at all is let through to the body check: Krea does
+	// not document the header, and a JSON body proves itself below.
+	if ct := r.Header.Get("Content-Type"); ct != "" && !isJSONContentType(ct) {
 		b.reject(w, r, rid, b.aMediaType, slog.String("request_id", requestID),
 			slog.String("content_type", truncate(r.Header.Get("Content-Type"), 64)))
 		return

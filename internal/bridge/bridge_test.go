@@ -146,7 +146,6 @@ func TestRejected(t *testing.T) {
 		{name: "long token", url: e.base + "/webhooks/krea/" + strings.Repeat("a", 300) + "." + mac, body: good, code: 401, outcome: OutcomeUnauthorized},
 
 		{name: "text/plain", url: url, body: good, hdr: []string{"Content-Type", "text/plain"}, code: 415, outcome: OutcomeUnsupportedMediaType},
-		{name: "no content type", url: url, body: good, hdr: []string{"Content-Type", ""}, code: 415, outcome: OutcomeUnsupportedMediaType},
 		{name: "json-ish", url: url, body: good, hdr: []string{"Content-Type", "application/jsonx"}, code: 415, outcome: OutcomeUnsupportedMediaType},
 		{name: "form", url: url, body: good, hdr: []string{"Content-Type", "application/x-www-form-urlencoded"}, code: 415, outcome: OutcomeUnsupportedMediaType},
 		{name: "bad params", url: url, body: good, hdr: []string{"Content-Type", "application/json; ;;="}, code: 415, outcome: OutcomeUnsupportedMediaType},
@@ -176,6 +175,8 @@ func TestRejected(t *testing.T) {
 		{name: "unknown path", url: e.base + "/webhooks/other/" + token, body: good, code: 404, outcome: OutcomeNotFound},
 		{name: "root", method: http.MethodGet, url: e.base + "/", code: 404, outcome: OutcomeNotFound},
 		{name: "deeper path", url: url + "/x", body: good, code: 404, outcome: OutcomeNotFound},
+		{name: "unclean path", url: e.base + "/webhooks/krea//" + token, body: good, code: 404, outcome: OutcomeNotFound},
+		{name: "dot segment", url: e.base + "/webhooks/krea/./" + token, body: good, code: 404, outcome: OutcomeNotFound},
 	}
 	want := map[string]float64{}
 	for _, c := range cases {
@@ -287,6 +288,7 @@ func TestStatusInjection(t *testing.T) {
 		"comp leted", "COMPLETED", "Completed", "completed\n", "completed\t", "completed\r\nX: y",
 		"", "-completed", "1completed", "completed\u0000", "complétéd", strings.Repeat("a", 33),
 		"completed/x", "completed*",
+		"submitted", "rejected", // kreabus' own statuses, never Krea's
 	}
 	for _, s := range bad {
 		body, _ := json.Marshal(map[string]string{"job_id": uuid.NewString(), "status": s})
@@ -675,4 +677,22 @@ func TestServerHardened(t *testing.T) {
 		s.MaxHeaderBytes != DefaultMaxHeaderBytes || s.Addr != DefaultListen {
 		t.Errorf("server settings %+v", s)
 	}
+}
+
+// Krea does not document its webhook's Content-Type: a JSON body without
+// one is stored (a present non-JSON type is still 415, see TestRejected).
+func TestNoContentTypeStored(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	jobID := uuid.NewString()
+	body := jobBody(jobID, krea.StatusCompleted)
+	req, _ := http.NewRequest(http.MethodPost, e.webhookURL("no-ct"), bytes.NewReader(body))
+	r := e.do(req)
+	if r.code != http.StatusOK {
+		t.Fatalf("code %d %s, want 200", r.code, r.body)
+	}
+	msgs := e.stored()
+	if len(msgs) != 1 {
+		t.Fatalf("%d stored, want 1", len(msgs))
+	}
+	checkEvent(t, msgs[0], jobID, krea.StatusCompleted, "no-ct", body)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 
+	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
 
@@ -85,7 +86,9 @@ func ParseWebhook(body []byte) (Webhook, error) {
 		return w, ErrStatusInvalid
 	}
 	w.Status = internStatus(st)
-	if !w.Status.Valid() {
+	// submitted and rejected are kreabus' own events, never Krea's: a
+	// webhook naming them would take the submitter's de-duplication IDs.
+	if !w.Status.Valid() || w.Status == events.StatusSubmitted || w.Status == events.StatusRejected {
 		return Webhook{}, ErrStatusInvalid
 	}
 	return w, nil

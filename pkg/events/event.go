@@ -151,7 +151,18 @@ func DecodeEvent(subject string, h nats.Header, data []byte) (*Event, error) {
 				return e, fmt.Errorf("events: decode %s event body: not JSON", subject)
 			}
 		} else if err := json.Unmarshal(data, &e.Job); err != nil {
-			return e, fmt.Errorf("events: decode %s event body: %w", subject, err)
+			// The bridge stores what Krea sent once job_id and status check
+			// out; another field of an unexpected type (a numeric
+			// created_at, say) must not make consumers drop the job's only
+			// terminal event. Keep those two; Raw has the rest.
+			var min struct {
+				JobID  string      `json:"job_id"`
+				Status krea.Status `json:"status"`
+			}
+			if merr := json.Unmarshal(data, &min); merr != nil {
+				return e, fmt.Errorf("events: decode %s event body: %w", subject, err)
+			}
+			e.Job = krea.Job{JobID: min.JobID, Status: min.Status}
 		}
 	}
 	return e, nil

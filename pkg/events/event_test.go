@@ -205,3 +205,26 @@ func BenchmarkNewJobMsg(b *testing.B) {
 		_ = NewJobMsg(h, body)
 	}
 }
+
+// The bridge stores any body whose job_id and status check out; a field of
+// an unexpected type must not make DecodeEvent drop the job's event.
+func TestDecodeEventToleratesOddFields(t *testing.T) {
+	for _, body := range []string{
+		`{"job_id":"0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11","status":"completed","created_at":1735689600}`,
+		`{"job_id":"0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11","status":"completed","completed_at":""}`,
+		`{"job_id":"0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11","status":"completed","result":[]}`,
+	} {
+		m := NewJobMsg(EventHeaders{JobID: "0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11", Status: "completed", Source: SourceWebhook}, []byte(body))
+		ev, err := DecodeEvent(m.Subject, m.Header, m.Data)
+		if err != nil {
+			t.Errorf("%s: %v", body, err)
+			continue
+		}
+		if ev.Job.JobID != "0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11" || ev.Job.Status != "completed" || string(ev.Raw) != body {
+			t.Errorf("%s: event %+v", body, ev)
+		}
+	}
+	if _, err := DecodeEvent("krea.jobs.completed", nil, []byte(`{"job_id":`)); err == nil {
+		t.Error("a body that is not JSON decoded")
+	}
+}
