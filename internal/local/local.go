@@ -89,11 +89,12 @@ type Pipeline struct {
 	js        jetstream.JetStream
 	printer   *events.JobConsumer
 
-	mu      sync.Mutex
-	started map[string]time.Time // request id → publish time
-	ended   map[string]bool      // request ids that reached an end
-	allDone chan struct{}
-	want    int
+	mu       sync.Mutex
+	started  map[string]time.Time // request id → publish time
+	ended    map[string]bool      // request ids that reached an end
+	allDone  chan struct{}
+	doneOnce sync.Once // Done reports the first time all samples ended
+	want     int
 }
 
 // Start brings the pipeline up. Close it when done.
@@ -295,7 +296,7 @@ func (p *Pipeline) print(_ context.Context, ev *events.Event) error {
 		if _, ours := p.started[ev.RequestID]; ours && !p.ended[ev.RequestID] {
 			p.ended[ev.RequestID] = true
 			if len(p.ended) == p.want {
-				close(p.allDone)
+				p.doneOnce.Do(func() { close(p.allDone) })
 			}
 		}
 	}
