@@ -31,6 +31,9 @@ type ConflictError struct {
 }
 
 func (e *ConflictError) Error() string {
+	if e.Existing.JobID == "" {
+		return fmt.Sprintf("ledger: request %s is already recorded as %s", e.Existing.RequestID, e.Existing.Status)
+	}
 	return fmt.Sprintf("ledger: request %s is already recorded with job %s", e.Existing.RequestID, e.Existing.JobID)
 }
 
@@ -151,6 +154,44 @@ func (l *Ledger) TTL() time.Duration { return l.ttl }
 
 // KeyValue returns the underlying bucket, for diagnostics and tests.
 func (l *Ledger) KeyValue() jetstream.KeyValue { return l.kv }
+
+// PutRejection records that a request was rejected, before its rejected
+// event is published, so that a redelivery (a lost ack) re-publishes the
+// rejection instead of calling the API again. rec needs RequestID; its
+// Status, Terminal and JobID are set here. When the request is already
+// recorded with a job, the error is a *ConflictError naming it: the request
+// was submitted after all and must not be rejected. Recording the same
+// rejection again is a no-op.
+func (l *Ledger) PutRejection(ctx context.Context, rec Record) error {
+	if !validID(rec.RequestID) {
+		return fmt.Errorf("%w: request_id %q", ErrInvalidRecord, rec.RequestID)
+	}
+	now := time.Now().UTC()
+	rec.JobID, rec.Status, rec.Terminal = "", events.StatusRejected, true
+	rec.Source = events.SourceSubmitter
+	rec.UpdatedAt = now
+	if !hasMetadata(rec.Metadata) {
+		rec.Metadata = nil
+	}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("ledger: encode rejection record: %w", err)
+	}
+	key := RequestKey(rec.RequestID)
+	if _, err = l.kv.Create(ctx, key, data); err == nil {
+		return nil
+	} else if !errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("ledger: put %s: %w", key, err)
+	}
+	have, err := l.Request(ctx, rec.RequestID)
+	if err != nil {
+		return fmt.Errorf("ledger: put %s: exists, but reading it failed: %w", key, err)
+	}
+	if have.JobID != "" {
+		return &ConflictError{Existing: *have}
+	}
+	return nil
+}
 
 // PutRequest records that the API accepted request rec.RequestID as job
 // rec.JobID. The submitter calls it right after the API answered and before

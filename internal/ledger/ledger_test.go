@@ -646,3 +646,30 @@ func BenchmarkLookup(b *testing.B) {
 		}
 	})
 }
+
+func TestPutRejection(t *testing.T) {
+	e := setup(t, time.Minute, time.Hour)
+	rej := Record{RequestID: "rej-1", Path: "/generate/image/bfl/flux-1-dev", Reason: "refused", Rejection: json.RawMessage(`{"request_id":"rej-1"}`)}
+	if err := e.l.PutRejection(e.ctx, rej); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.l.PutRejection(e.ctx, rej); err != nil {
+		t.Fatalf("same rejection again: %v", err)
+	}
+	got, err := e.l.Request(e.ctx, "rej-1")
+	if err != nil || got.Status != events.StatusRejected || !got.Terminal || got.JobID != "" || got.Reason != "refused" || string(got.Rejection) != `{"request_id":"rej-1"}` {
+		t.Fatalf("record %+v, %v", got, err)
+	}
+	// A request recorded with a job must not be rejected: the conflict names the job.
+	jid := uuid.NewString()
+	if err := e.l.PutRequest(e.ctx, Record{RequestID: "sub-1", JobID: jid}); err != nil {
+		t.Fatal(err)
+	}
+	var ce *ConflictError
+	if err := e.l.PutRejection(e.ctx, Record{RequestID: "sub-1"}); !errors.As(err, &ce) || ce.Existing.JobID != jid {
+		t.Fatalf("want conflict naming %s, got %v", jid, err)
+	}
+	if err := e.l.PutRejection(e.ctx, Record{RequestID: "a.b"}); !errors.Is(err, ErrInvalidRecord) {
+		t.Fatalf("invalid request ID: %v", err)
+	}
+}

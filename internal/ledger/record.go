@@ -39,6 +39,11 @@ type Record struct {
 	UpdatedAt   time.Time       `json:"updated_at,omitzero"`
 	// Source is who produced the status: submitter, webhook or poll.
 	Source events.Source `json:"source,omitempty"`
+	// Reason and Rejection are set on the record of a rejected request
+	// (Status "rejected", no job): the reason and the rejected event's
+	// body, so a redelivery re-publishes it instead of calling the API.
+	Reason    string          `json:"reason,omitempty"`
+	Rejection json.RawMessage `json:"rejection,omitempty"`
 }
 
 // RequestKey is the bucket key of a request record.

@@ -50,7 +50,8 @@
 //
 // Krea has no idempotency key: a request sent twice is two paid jobs. The
 // ledger record written before the ack closes the window of a crash or lost
-// ack after the call. What remains:
+// ack after the call; a rejection is recorded too before its event, so a
+// rejected request redelivered is not sent again. What remains:
 //
 //   - A crash (or a ledger write that keeps failing) between the API's answer
 //     and the ledger write: the request is redelivered, the ledger knows

@@ -89,6 +89,10 @@ func (s *Submitter) process(ctx context.Context, msg jetstream.Msg, probe bool, 
 	rec, err := s.ledger.Request(lctx, d.id)
 	cancel()
 	switch {
+	case err == nil && rec.Status == events.StatusRejected:
+		release(outcomeNoCall, time.Time{}, 0)
+		s.republishRejection(ctx, d, rec)
+		return
 	case err == nil:
 		release(outcomeNoCall, time.Time{}, 0)
 		s.republish(ctx, d, rec)
@@ -416,6 +420,39 @@ func (s *Submitter) reject(ctx context.Context, d *delivery, kind, reason string
 	if err != nil { // cannot happen: Error is valid JSON
 		data, _ = json.Marshal(rejection{RequestID: d.id, Reason: reason, Kind: kind})
 	}
+	if kind != RejectInvalid {
+		// The API may have seen this request: record the rejection first,
+		// so a redelivery after a lost ack re-publishes it instead of
+		// calling the API (and maybe paying) again.
+		lctx, cancel := context.WithTimeout(ctx, defaultOpTimeout)
+		err := s.ledger.PutRejection(lctx, ledger.Record{RequestID: d.id, Path: d.path, Metadata: d.metadata, Reason: reason, Rejection: data})
+		cancel()
+		var conflict *ledger.ConflictError
+		switch {
+		case errors.As(err, &conflict):
+			s.republish(ctx, d, &conflict.Existing) // submitted after all
+			return
+		case err != nil:
+			s.m.ledgerErrs.Inc()
+			d.log.Error("could not record the rejection; request handed back", "err", err, "reason", reason)
+			s.nak(d, s.backoff(d.n))
+			return
+		}
+	}
+	s.publishRejection(ctx, d, kind, reason, data)
+}
+
+// republishRejection publishes again the rejection the ledger holds for a
+// redelivered request, and acks it: the API is not called.
+func (s *Submitter) republishRejection(ctx context.Context, d *delivery, rec *ledger.Record) {
+	s.m.republished.Inc()
+	d.log.Info("request already rejected (ledger); event published again, API not called")
+	s.publishRejection(ctx, d, "", rec.Reason, rec.Rejection)
+}
+
+// publishRejection publishes a krea.jobs.rejected event and acks the
+// request; kind, when not empty, counts it as a new rejection.
+func (s *Submitter) publishRejection(ctx context.Context, d *delivery, kind, reason string, data []byte) {
 	msg := events.NewJobMsg(events.EventHeaders{
 		Status:      events.StatusRejected,
 		RequestID:   d.id,
@@ -429,8 +466,10 @@ func (s *Submitter) reject(ctx context.Context, d *delivery, kind, reason string
 		s.nak(d, s.backoff(d.n))
 		return
 	}
-	s.m.rejections.WithLabelValues(kind).Inc()
-	d.log.Warn("request rejected", "kind", kind, "reason", reason, "path", d.path)
+	if kind != "" {
+		s.m.rejections.WithLabelValues(kind).Inc()
+		d.log.Warn("request rejected", "kind", kind, "reason", reason, "path", d.path)
+	}
 	s.ack(ctx, d)
 }
 

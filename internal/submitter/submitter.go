@@ -32,6 +32,9 @@ type Ledger interface {
 	Request(ctx context.Context, requestID string) (*ledger.Record, error)
 	// PutRequest records that the API accepted a request.
 	PutRequest(ctx context.Context, rec ledger.Record) error
+	// PutRejection records that a request is being rejected; an error
+	// matching ledger.ErrConflict says it was submitted after all.
+	PutRejection(ctx context.Context, rec ledger.Record) error
 }
 
 // Deps are what a Submitter works with.

@@ -765,3 +765,45 @@ func TestPauseDoesNotBurnRetries(t *testing.T) {
 		t.Errorf("%v calls answered 503, want 2", n)
 	}
 }
+
+// TestRejectionRedeliveryDoesNotCallAgain: a request the API refused, then
+// delivered again (a lost ack looks the same), is not sent to the API a
+// second time: the ledger holds the rejection, which is published again
+// and stored once.
+func TestRejectionRedeliveryDoesNotCallAgain(t *testing.T) {
+	e := newEnv(t, kreatest.Config{
+		CheckInput: func(string, json.RawMessage) error { return errors.New("prompt: too long") },
+	})
+	e.start(e.config())
+	e.publishAsync([]*events.Request{goodRequest("refused")})
+	natstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if n := e.countStatus("rejected"); n != 1 {
+			return fmt.Errorf("%d rejected", n)
+		}
+		return nil
+	})
+	rec, err := e.ledger.Request(context.Background(), "refused")
+	if err != nil || rec.Status != events.StatusRejected || !rec.Terminal || rec.JobID != "" || len(rec.Rejection) == 0 {
+		t.Fatalf("ledger record %+v, %v", rec, err)
+	}
+	e.publishAsync([]*events.Request{goodRequest("refused")})
+	natstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if e.metric("kreabus_submitter_republished_total") != 1 {
+			return errors.New("not republished yet")
+		}
+		if n := e.requestsLeft(); n != 0 {
+			return fmt.Errorf("%d requests left", n)
+		}
+		return nil
+	})
+	if n := e.sim.AttemptsByWebhookURL()[e.webhookURL("refused")]; n != 1 {
+		t.Errorf("%d API calls, want 1", n)
+	}
+	if n := e.countStatus("rejected"); n != 1 {
+		t.Errorf("%d rejected events stored, want 1", n)
+	}
+	ev := byRequest(e.events())["refused"]["rejected"][0]
+	if !strings.Contains(ev.Reason, "prompt: too long") {
+		t.Errorf("reason %q", ev.Reason)
+	}
+}
