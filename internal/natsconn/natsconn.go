@@ -38,6 +38,9 @@ type Config struct {
 	CA    string `env:"NATS_CA" flag:"nats-ca" usage:"CA certificate file to verify the NATS server"`
 	Cert  string `env:"NATS_CERT" flag:"nats-cert" usage:"client certificate file for NATS mutual TLS"`
 	Key   string `env:"NATS_KEY" flag:"nats-key" usage:"client key file for NATS mutual TLS"`
+	// Name tells replicas apart in the server's connection list (e.g. the
+	// pod name); empty means the program's name.
+	Name string `env:"KREABUS_NATS_NAME" flag:"nats-name" usage:"NATS connection name shown by the server (default: kreabus-bridge or kreabus-submitter)"`
 }
 
 // Validate checks the settings for consistency.
@@ -70,11 +73,14 @@ func (c *StreamsConfig) Options() events.StreamOptions {
 // Connect dials NATS. It returns once connected, or at once with a live but
 // disconnected *nats.Conn when the server is down (RetryOnFailedConnect):
 // the programs start, report not ready, and recover by themselves. name is
-// the connection name shown by the server. reg, when not nil, gets the
-// kreabus_nats_connected gauge.
+// the connection name shown by the server unless cfg.Name overrides it.
+// reg, when not nil, gets the kreabus_nats_connected gauge.
 func Connect(cfg Config, name string, log *slog.Logger, reg prometheus.Registerer, extra ...nats.Option) (*nats.Conn, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.Name != "" {
+		name = cfg.Name
 	}
 	opts := []nats.Option{
 		nats.Name(name),
