@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
@@ -671,5 +672,13 @@ func TestPutRejection(t *testing.T) {
 	}
 	if err := e.l.PutRejection(e.ctx, Record{RequestID: "a.b"}); !errors.Is(err, ErrInvalidRecord) {
 		t.Fatalf("invalid request ID: %v", err)
+	}
+}
+
+// The View holds one entry per request and per job of the TTL: its size is
+// the bridge's memory per job.
+func TestEntryStaysSmall(t *testing.T) {
+	if n := unsafe.Sizeof(entry{}); n > 64 {
+		t.Fatalf("entry is %d bytes, want at most 64", n)
 	}
 }

@@ -146,17 +146,13 @@ func (v *View) Stored(requestID, jobID string, status krea.Status) {
 	// The caller's strings may be slices of a whole HTTP request line;
 	// keeping them would keep that line alive as long as the entry.
 	requestID, jobID = strings.Clone(requestID), strings.Clone(jobID)
-	now := v.now()
+	now := v.now().UnixNano()
 	v.jobs.update(jobID, func(n *entry) *entry {
 		if n.other == "" {
 			n.other = requestID
 		}
-		switch {
-		case n.terminal:
-		case status.IsTerminal():
-			n.terminal, n.status = true, status
-		case status.Valid():
-			n.status = status
+		if status.IsTerminal() {
+			n.terminal = true
 		}
 		n.localAt = now
 		return n
@@ -317,7 +313,7 @@ func (v *View) apply(e jetstream.KeyValueEntry, gen uint64) {
 		if n.rev > rev {
 			return n
 		}
-		n.kv, n.rev, n.kvTime, n.gen = &rec, rev, created, gen
+		n.kv, n.rev, n.kvTime, n.gen = &rec, rev, created.UnixNano(), gen
 		return n
 	})
 }
@@ -357,11 +353,12 @@ func sweepInterval(ttl time.Duration) time.Duration {
 func (v *View) expire(now time.Time) {
 	for _, t := range []*table{&v.reqs, &v.jobs} {
 		t.filter(func(e *entry) *entry {
-			if e.kv != nil && now.Sub(e.kvTime) > v.ttl {
+			cutoff := now.Add(-v.ttl).UnixNano()
+			if e.kv != nil && e.kvTime < cutoff {
 				e.kv = nil
 			}
-			if !e.localAt.IsZero() && now.Sub(e.localAt) > v.ttl {
-				e.other, e.status, e.terminal, e.localAt = "", "", false, time.Time{}
+			if e.localAt != 0 && e.localAt < cutoff {
+				e.other, e.terminal, e.localAt = "", false, 0
 			}
 			return e
 		})
@@ -369,23 +366,24 @@ func (v *View) expire(now time.Time) {
 }
 
 // entry is what the View knows about one request or job. Entries are
-// immutable once published in a table: updates replace them.
+// immutable once published in a table: updates replace them. There is one
+// per request and one per job of the ledger's TTL, so it is kept small
+// (64 bytes): times are Unix nanoseconds.
 type entry struct {
 	// kv is the bucket's record, nil when the bucket holds none.
 	kv     *Record
 	rev    uint64
-	kvTime time.Time
+	kvTime int64 // when the bucket stored kv
 	gen    uint64
 
 	// Local knowledge from Stored. other is the request ID of a job entry,
 	// or the job ID of a request entry.
 	other    string
-	status   krea.Status
+	localAt  int64 // when Stored last saw it; 0: never
 	terminal bool
-	localAt  time.Time
 }
 
-func (e *entry) empty() bool { return e.kv == nil && e.localAt.IsZero() }
+func (e *entry) empty() bool { return e.kv == nil && e.localAt == 0 }
 
 // owner is the request a job entry belongs to, when known.
 func (e *entry) owner() string {
