@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -51,29 +50,12 @@ func bridgeBinary(t *testing.T) string {
 
 // command runs the bridge with only the given environment (and PATH), so
 // the machine's own settings do not leak in.
-func command(t *testing.T, env ...string) (*exec.Cmd, *syncBuffer) {
+func command(t *testing.T, env ...string) (*exec.Cmd, *natstest.Buffer) {
 	cmd := exec.Command(bridgeBinary(t))
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, env...)
-	out := &syncBuffer{}
+	out := &natstest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	return cmd, out
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestMissingSecret(t *testing.T) {

@@ -37,24 +37,6 @@ type okAnswer struct {
 	Duplicate *bool       `json:"duplicate"`
 }
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // testEnv is a bridge serving on loopback in front of a real JetStream.
 type testEnv struct {
 	t       testing.TB
@@ -65,7 +47,7 @@ type testEnv struct {
 	tok     *events.Tokenizer
 	reg     *prometheus.Registry
 	client  *http.Client
-	logs    *syncBuffer
+	logs    *natstest.Buffer
 	conns   *connCounter
 	missing chan struct{}
 }
@@ -105,7 +87,7 @@ func newEnv(t testing.TB, o envOptions) *testEnv {
 	if cfg.MaxInFlight == 0 {
 		cfg.MaxInFlight = 4096
 	}
-	e := &testEnv{t: t, nc: nc, js: js, reg: prometheus.NewRegistry(), logs: &syncBuffer{},
+	e := &testEnv{t: t, nc: nc, js: js, reg: prometheus.NewRegistry(), logs: &natstest.Buffer{},
 		conns: &connCounter{}, missing: make(chan struct{}, 16)}
 	level := slog.LevelDebug
 	if _, bench := t.(*testing.B); bench {

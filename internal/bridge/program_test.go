@@ -47,9 +47,9 @@ func testSettings(t testing.TB, url string, extra map[string]string) Settings {
 
 // startProgram starts the program with logs in a buffer, shut down (if
 // still running) when the test ends.
-func startProgram(t testing.TB, s Settings) (*Program, *syncBuffer) {
+func startProgram(t testing.TB, s Settings) (*Program, *natstest.Buffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &natstest.Buffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	p, err := Start(s, log)
 	if err != nil {

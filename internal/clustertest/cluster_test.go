@@ -3,7 +3,6 @@
 package clustertest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -34,24 +33,6 @@ const (
 	modelPath   = "/generate/image/bfl/flux-1-dev"
 	completedOn = "krea.jobs.completed"
 )
-
-// syncBuffer collects the programs' logs, shown only when the test fails.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // seen counts the terminal events the test's consumer received, by request.
 type seen struct {
@@ -95,7 +76,7 @@ func (s *seen) missing(ids []string) ([]string, error) {
 // more requests still each end in exactly one completed event, with Krea
 // called exactly once per request.
 func TestPipelineOnCluster(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &natstest.Buffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("program logs:\n%s", logs.String())

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,30 +19,12 @@ import (
 	"github.com/kreabus/kreabus/pkg/krea"
 )
 
-// syncBuffer is an io.Writer safe for the printer and the test at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestPipelineEndToEnd runs the whole pipeline in-process: a request
 // published by a service reaches the simulated Krea API through the
 // submitter, the simulator's webhook crosses real HTTP to the bridge, and a
 // service consumes the completed event, with the request's metadata.
 func TestPipelineEndToEnd(t *testing.T) {
-	out := &syncBuffer{}
+	out := &natstest.Buffer{}
 	ctx := context.Background()
 	p, err := Start(ctx, Options{DataDir: t.TempDir(), NATSPort: -1, Listen: "127.0.0.1:0", JobTime: 200 * time.Millisecond, Out: out})
 	if err != nil {
@@ -124,7 +105,7 @@ func TestPipelineEndToEnd(t *testing.T) {
 }
 
 func TestSamplesEnd(t *testing.T) {
-	out := &syncBuffer{}
+	out := &natstest.Buffer{}
 	p, err := Start(context.Background(), Options{DataDir: t.TempDir(), NATSPort: -1, Listen: "127.0.0.1:0", JobTime: 100 * time.Millisecond, Out: out})
 	if err != nil {
 		t.Fatal(err)
@@ -153,7 +134,7 @@ func errorf(format string, args ...any) error { return fmt.Errorf(format, args..
 func TestForeignJobRefused(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	p, err := Start(ctx, Options{DataDir: dir, NATSPort: -1, Listen: "127.0.0.1:0", JobTime: 100 * time.Millisecond, Out: &syncBuffer{}})
+	p, err := Start(ctx, Options{DataDir: dir, NATSPort: -1, Listen: "127.0.0.1:0", JobTime: 100 * time.Millisecond, Out: &natstest.Buffer{}})
 	if err != nil {
 		t.Fatal(err)
 	}
