@@ -140,6 +140,13 @@ func (r *Recorder) consumer(ctx context.Context) (jetstream.Consumer, error) {
 	return c, err
 }
 
+// recorderHeartbeat bounds a stall of Consume to two heartbeats: in
+// nats.go v1.55 Consume can skip its next pull when the last message it
+// asked for is handled before the goroutine that sent the pull has marked
+// it sent; only its heartbeat check then pulls again (by default after
+// 30 s, which would hold back the ledger and so the bridge's view).
+const recorderHeartbeat = time.Second
+
 // consume runs one consumption of cons until ctx ends or it fails.
 func (r *Recorder) consume(ctx context.Context, cons jetstream.Consumer) error {
 	workers := r.l.cfg.Workers
@@ -170,7 +177,7 @@ func (r *Recorder) consume(ctx context.Context, cons jetstream.Consumer) error {
 		case queues[h.Sum32()%uint32(workers)] <- m:
 		case <-stop:
 		}
-	}, jetstream.PullMaxMessages(4*workers), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+	}, jetstream.PullMaxMessages(4*workers), jetstream.PullHeartbeat(recorderHeartbeat), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
 			select {
 			case failed <- err:

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kreabus/kreabus/pkg/krea"
@@ -219,14 +220,23 @@ func defaultErrorHandler(err error) {
 // JobConsumer consumes job events; see ConsumeJobs.
 type JobConsumer struct {
 	cons    jetstream.Consumer
-	cc      jetstream.ConsumeContext
+	nc      *nats.Conn
 	handler JobHandler
 	o       consumeOpts
 
 	baseCtx    context.Context
 	cancelBase context.CancelFunc
 
-	sem      chan struct{} // handler slots when concurrency > 1
+	// fetchCtx ends every pull: on Stop, and when the connection closes.
+	fetchCtx    context.Context
+	cancelFetch context.CancelFunc
+	// pullMu guards cancelPull, which ends the current pull alone, so that
+	// after a reconnect the (possibly restarted) server is asked at once
+	// instead of when the lost pull's heartbeats are found missing.
+	pullMu     sync.Mutex
+	cancelPull context.CancelFunc
+
+	slots    chan struct{} // one per handler that may run
 	wg       sync.WaitGroup
 	stopping atomic.Bool
 	stopCh   chan struct{}
@@ -254,6 +264,10 @@ type JobConsumer struct {
 // (WithErrorHandler). Several processes may consume through the same
 // durable: JetStream shares the events among them. An empty durable creates
 // an ephemeral consumer that the server removes once unused.
+//
+// While NATS is unreachable the consumer keeps trying, reporting each
+// failed pull; it stops by itself when the connection is closed or the
+// JetStream consumer is deleted (Closed tells when).
 //
 // ctx bounds the creation of the consumer; handlers get a context carrying
 // its values but not its cancellation. Stop the consumer with Stop or
@@ -304,34 +318,16 @@ func ConsumeJobs(ctx context.Context, js jetstream.JetStream, durable string, ha
 
 	c := &JobConsumer{
 		cons:    cons,
+		nc:      js.Conn(),
 		handler: handler,
 		o:       o,
+		slots:   make(chan struct{}, o.concurrency),
 		stopCh:  make(chan struct{}),
 		done:    make(chan struct{}),
 	}
 	c.baseCtx, c.cancelBase = context.WithCancel(context.WithoutCancel(ctx))
-	if o.concurrency > 1 {
-		c.sem = make(chan struct{}, o.concurrency)
-	}
-	// Pull no more than the handlers can take at once, so that no event
-	// waits in a client buffer while its ack wait runs.
-	c.cc, err = cons.Consume(c.onMsg,
-		jetstream.PullMaxMessages(o.concurrency),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			c.o.onError(fmt.Errorf("events: consume %s: %w", StreamJobs, err))
-		}),
-	)
-	if err != nil {
-		c.cancelBase()
-		return nil, fmt.Errorf("events: consume %s: %w", StreamJobs, err)
-	}
-	closed := c.cc.Closed()
-	go func() {
-		<-closed    // no more callbacks, so no more wg.Add
-		c.wg.Wait() // handlers still running when concurrency > 1
-		c.cancelBase()
-		close(c.done)
-	}()
+	c.fetchCtx, c.cancelFetch = context.WithCancel(context.Background())
+	go c.run()
 	return c, nil
 }
 
@@ -349,11 +345,7 @@ func (c *JobConsumer) Stop() { _ = c.Shutdown(context.Background()) }
 // ctx.Err() without waiting further (their events are redelivered unless
 // they still return nil).
 func (c *JobConsumer) Shutdown(ctx context.Context) error {
-	c.stopOnce.Do(func() {
-		c.stopping.Store(true)
-		close(c.stopCh)
-		c.cc.Drain()
-	})
+	c.stop()
 	select {
 	case <-c.done:
 		return nil
@@ -363,43 +355,172 @@ func (c *JobConsumer) Shutdown(ctx context.Context) error {
 	}
 }
 
+// stop ends fetching; the handlers in flight go on.
+func (c *JobConsumer) stop() {
+	c.stopOnce.Do(func() {
+		c.stopping.Store(true)
+		close(c.stopCh)
+		c.cancelFetch()
+	})
+}
+
 // Closed returns a channel closed once the consumer has stopped, through
-// Stop, Shutdown or the connection closing, and no handler runs any more.
+// Stop, Shutdown, the connection closing or the consumer being deleted,
+// and no handler runs any more.
 func (c *JobConsumer) Closed() <-chan struct{} { return c.done }
 
-// onMsg is the JetStream callback; JetStream calls it for one message at a
-// time.
-func (c *JobConsumer) onMsg(msg jetstream.Msg) {
-	if c.stopping.Load() {
-		_ = msg.Nak() // fetched, not started: let another consumer have it now
-		return
+// Pull timing: a pull waits at the server up to fetchWait, with heartbeats
+// that reveal a lost pull within two of them.
+const (
+	fetchWait          = 30 * time.Second
+	fetchHeartbeat     = 5 * time.Second
+	fetchErrorPauseMin = 100 * time.Millisecond
+	fetchErrorPauseMax = 5 * time.Second
+)
+
+// run pulls events one Fetch at a time, for as many events as there are
+// free handler slots, so no event waits in a client buffer while its ack
+// wait runs. It does not use jetstream's Consume: in nats.go v1.55 Consume
+// skips its next pull when a message is handled before the goroutine that
+// sent the previous pull has marked it sent, and then stalls until its
+// heartbeat check fires, up to 30 s later (seen under CI load with one
+// event in flight).
+func (c *JobConsumer) run() {
+	defer func() {
+		c.stop()    // when it ended by itself
+		c.wg.Wait() // handlers still running when concurrency > 1
+		c.cancelBase()
+		close(c.done)
+	}()
+	status := c.nc.StatusChanged(nats.CONNECTED, nats.CLOSED)
+	defer c.nc.RemoveStatusListener(status)
+	go c.watch(status)
+	if c.nc.IsClosed() {
+		c.stop()
 	}
-	if c.sem == nil {
-		c.wg.Add(1)
-		defer c.wg.Done()
-		c.handle(msg)
-		return
-	}
-	select {
-	case c.sem <- struct{}{}:
-	default:
+
+	pause := fetchErrorPauseMin
+	for {
 		select {
-		case c.sem <- struct{}{}:
+		case <-c.stopCh: // before a free slot, which may be ready too
+			return
+		default:
+		}
+		select {
+		case c.slots <- struct{}{}:
 		case <-c.stopCh:
-			_ = msg.Nak()
 			return
 		}
-		// It waited for a slot: give the handler its full ack wait.
-		_ = msg.InProgress()
+		n := 1 + takeSlots(c.slots, c.o.concurrency-1)
+		got, err := c.fetch(n)
+		releaseSlots(c.slots, n-got)
+		switch {
+		case err == nil:
+			pause = fetchErrorPauseMin
+			continue
+		case c.stopping.Load():
+			return
+		case errors.Is(err, context.Canceled), // the connection came back
+			errors.Is(err, context.DeadlineExceeded): // the server's expiry answer was lost
+			continue
+		}
+		c.o.onError(fmt.Errorf("events: fetch from %s: %w", StreamJobs, err))
+		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, nats.ErrConnectionClosed) {
+			return
+		}
+		select {
+		case <-c.stopCh:
+			return
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, fetchErrorPauseMax)
 	}
-	c.wg.Add(1)
-	go func() {
-		defer func() {
-			<-c.sem
+}
+
+// fetch pulls up to n events and handles each as it arrives, inline when
+// concurrency is 1, else in a goroutine holding one slot until its handler
+// returns. It returns how many arrived.
+func (c *JobConsumer) fetch(n int) (int, error) {
+	// The deadline sets the pull's expiry (FetchContext takes it from
+	// there; it cannot be combined with FetchMaxWait).
+	ctx, cancel := context.WithTimeout(c.fetchCtx, fetchWait)
+	defer cancel()
+	c.pullMu.Lock()
+	c.cancelPull = cancel
+	c.pullMu.Unlock()
+
+	batch, err := c.cons.Fetch(n, jetstream.FetchHeartbeat(fetchHeartbeat), jetstream.FetchContext(ctx))
+	if err != nil {
+		return 0, err
+	}
+	got := 0
+	for msg := range batch.Messages() {
+		got++
+		if c.stopping.Load() {
+			_ = msg.Nak() // fetched, not started: let another consumer have it now
+			<-c.slots
+			continue
+		}
+		c.wg.Add(1)
+		if c.o.concurrency == 1 {
+			c.handle(msg)
+			<-c.slots
 			c.wg.Done()
+			continue
+		}
+		go func() {
+			defer func() {
+				<-c.slots
+				c.wg.Done()
+			}()
+			c.handle(msg)
 		}()
-		c.handle(msg)
-	}()
+	}
+	return got, batch.Error()
+}
+
+// watch ends the current pull when the connection is re-established, and
+// all pulling when it is closed for good.
+func (c *JobConsumer) watch(status <-chan nats.Status) {
+	for {
+		select {
+		case s, ok := <-status:
+			if !ok {
+				return
+			}
+			if s == nats.CLOSED {
+				c.stop()
+				return
+			}
+			c.pullMu.Lock()
+			if c.cancelPull != nil {
+				c.cancelPull()
+			}
+			c.pullMu.Unlock()
+		case <-c.stopCh:
+			return
+		}
+	}
+}
+
+// takeSlots takes up to n free slots without waiting and returns how many
+// it took.
+func takeSlots(slots chan struct{}, n int) int {
+	for i := range n {
+		select {
+		case slots <- struct{}{}:
+		default:
+			return i
+		}
+	}
+	return n
+}
+
+// releaseSlots frees n slots.
+func releaseSlots(slots chan struct{}, n int) {
+	for range n {
+		<-slots
+	}
 }
 
 type msgMetadataKey struct{}

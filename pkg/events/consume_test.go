@@ -712,3 +712,92 @@ func TestConsumeJobsRejectedBodyIsNotAJob(t *testing.T) {
 		t.Errorf("message errors %v", log.errs)
 	}
 }
+
+// TestConsumeJobsNeverStalls hands events over one at a time, the case in
+// which jetstream's Consume (nats.go v1.55) could skip a pull and wait for
+// its heartbeat check: no gap between two events may come near that.
+func TestConsumeJobsNeverStalls(t *testing.T) {
+	js := startStreams(t)
+	const n = 400
+	for i := range n {
+		publishEvent(t, js, fmt.Sprintf("j%03d", i), krea.StatusCompleted)
+	}
+	var rec recorder
+	c := consume(t, js, "steady", rec.handle)
+	natstest.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		if got := rec.count(); got < n {
+			return fmt.Errorf("handled %d events, want %d", got, n)
+		}
+		return nil
+	})
+	waitSettled(t, c)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	var worst time.Duration
+	for i := 1; i < len(rec.times); i++ {
+		worst = max(worst, rec.times[i].Sub(rec.times[i-1]))
+	}
+	if worst > 3*time.Second {
+		t.Errorf("longest gap between two events %v: the consumer stalled", worst)
+	}
+	t.Logf("%d events, longest gap %v", n, worst)
+}
+
+// TestConsumeJobsServerRestart kills the NATS server under a consumer:
+// once it is back, a new event is handled at once, not when the pull lost
+// with the old server is found dead by its missing heartbeats (10 s).
+func TestConsumeJobsServerRestart(t *testing.T) {
+	p := natstest.StartProcess(t)
+	nc := natstest.Connect(t, p.URL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := EnsureStreams(testCtx(t), js, StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var rec recorder
+	var log errorLog
+	// A short ack wait: the kill may lose the server's record of the first
+	// ack (consumer state is flushed lazily), and then that event comes
+	// again once its ack wait is over: at least once, as documented.
+	c := consume(t, js, "restart", rec.handle, WithErrorHandler(log.add), WithAckWait(time.Second))
+	publishEvent(t, js, "before", krea.StatusCompleted)
+	rec.waitFor(t, 1)
+
+	p.Stop()
+	p.Start()
+	natstest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		if !nc.IsConnected() {
+			return errors.New("not reconnected")
+		}
+		return nil
+	})
+	publishEvent(t, js, "after", krea.StatusCompleted)
+	published := time.Now()
+	natstest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if got := rec.count(); got < 2 {
+			return fmt.Errorf("handled %d events, want 2", got)
+		}
+		return nil
+	})
+	t.Logf("handled %v after publishing", time.Since(published))
+	waitSettled(t, c)
+	rec.mu.Lock()
+	var ids []string
+	for _, ev := range rec.events {
+		ids = append(ids, ev.JobID)
+	}
+	rec.mu.Unlock()
+	if ids[0] != "before" || ids[1] != "after" || len(ids) > 3 || (len(ids) == 3 && ids[2] != "before") {
+		t.Errorf("handled %v, want before, after and perhaps before again", ids)
+	}
+	if errs := log.messageErrors(); len(errs) != 0 {
+		t.Errorf("message errors: %v", errs)
+	}
+	select {
+	case <-c.Closed():
+		t.Error("consumer stopped over a server restart")
+	default:
+	}
+}
