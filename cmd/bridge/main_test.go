@@ -86,6 +86,7 @@ func freeAddr(t *testing.T) string {
 func TestSIGTERM(t *testing.T) {
 	srv := natstest.RunServer(t)
 	const secret = "process-test-secret-0123456789abcdef0123"
+	bridgeBinary(t) // build first: ports picked before a long build may be taken meanwhile
 	listen, adminAddr := freeAddr(t), freeAddr(t)
 	cmd, out := command(t,
 		"NATS_URL="+srv.ClientURL(),

@@ -82,7 +82,7 @@ func newEnv(t testing.TB, o envOptions) *testEnv {
 		cfg.Secret, cfg.SecretPrevious = testSecret, testPrevSecret
 	}
 	if cfg.PublishTimeout == 0 {
-		cfg.PublishTimeout = 3 * time.Second
+		cfg.PublishTimeout = 10 * time.Second // a loaded CI machine may be slow to ack
 	}
 	if cfg.MaxInFlight == 0 {
 		cfg.MaxInFlight = 4096

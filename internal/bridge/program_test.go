@@ -123,7 +123,7 @@ func TestProgramNATSRestart(t *testing.T) {
 			t.Fatalf("NATS down: code %d Retry-After %q body %s", r.code, r.header.Get("Retry-After"), r.body)
 		}
 		r.errMsg(t)
-		if el := time.Since(start); el > s.PublishTimeout+time.Second {
+		if el := time.Since(start); el > s.PublishTimeout+5*time.Second {
 			t.Errorf("503 after %v", el)
 		}
 	}
@@ -405,7 +405,7 @@ func TestProgramShutdownNATSDown(t *testing.T) {
 	if err := p.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if el := time.Since(start); el > 2*time.Second {
+	if el := time.Since(start); el > 8*time.Second { // the promise is 10 s
 		t.Errorf("shutdown took %v", el)
 	}
 }
@@ -415,7 +415,7 @@ func TestProgramShutdownNATSDown(t *testing.T) {
 // that still routes here meanwhile loses nothing.
 func TestProgramDrainDelay(t *testing.T) {
 	srv := natstest.RunServer(t)
-	s := testSettings(t, srv.ClientURL(), map[string]string{"KREABUS_DRAIN_DELAY": "1s"})
+	s := testSettings(t, srv.ClientURL(), map[string]string{"KREABUS_DRAIN_DELAY": "3s"})
 	p, _ := startProgram(t, s)
 	waitReadyz(t, p, http.StatusOK)
 

@@ -71,7 +71,7 @@ func E2E(ctx context.Context, js jetstream.JetStream, cfg Config, drain time.Dur
 			hist.Record(now.Sub(t))
 			received.Add(1)
 		}
-	})
+	}, jetstream.PullHeartbeat(time.Second)) // bounds a Consume stall (nats.go v1.55 skipped pull) to 2 s
 	if err != nil {
 		return nil, fmt.Errorf("e2e consume: %w", err)
 	}

@@ -420,7 +420,7 @@ func TestNotFound(t *testing.T) {
 func TestMaxAge(t *testing.T) {
 	e := newEnv(t, time.Minute, kreatest.Config{RunTime: time.Hour})
 	cfg := fast()
-	cfg.JobMaxAge = 1500 * time.Millisecond
+	cfg.JobMaxAge = 3 * time.Second // room for a poll before it, on a loaded machine
 	r := e.replica(cfg, nil)
 	_, jid := r.submit("a slow video")
 	got := e.waitTerminal(jid)
@@ -451,7 +451,7 @@ func TestMaxAge(t *testing.T) {
 func TestLateAndDuplicateWebhooksBeyondWindow(t *testing.T) {
 	const window = time.Second
 	e := newEnv(t, window, kreatest.Config{RunTime: 10 * time.Millisecond, Faults: kreatest.Faults{
-		LateWebhookRate: 1, LateWebhookDelay: 2 * time.Second, DuplicateWebhookRate: 1,
+		LateWebhookRate: 1, LateWebhookDelay: 5 * time.Second, DuplicateWebhookRate: 1,
 	}})
 	cfg := fast()
 	cfg.WebhookGrace = 100 * time.Millisecond

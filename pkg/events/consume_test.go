@@ -42,6 +42,12 @@ func (l *errorLog) add(err error) {
 	l.errs = append(l.errs, err)
 }
 
+func (l *errorLog) all() []error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.errs)
+}
+
 func (l *errorLog) messageErrors() []*MessageError {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -168,8 +174,8 @@ func TestConsumeJobsFilteredByStatus(t *testing.T) {
 	if rec.events[1].Status != krea.StatusFailed || rec.events[2].Status != StatusRejected || rec.events[2].RequestID != "req-r4" {
 		t.Errorf("events 2, 3 = %+v %+v", rec.events[1], rec.events[2])
 	}
-	if len(log.errs) != 0 {
-		t.Errorf("errors reported: %v", log.errs)
+	if errs := log.all(); len(errs) != 0 {
+		t.Errorf("errors reported: %v", errs)
 	}
 }
 
@@ -230,7 +236,7 @@ func TestConsumeJobsRedeliversWithBackoff(t *testing.T) {
 	}
 	mes := log.messageErrors()
 	if len(mes) != 3 {
-		t.Fatalf("reported %d message errors, want 3: %v", len(mes), log.errs)
+		t.Fatalf("reported %d message errors, want 3: %v", len(mes), log.all())
 	}
 	for i, want := range []time.Duration{min, 2 * min, 2 * min} {
 		me := mes[i]
@@ -335,7 +341,7 @@ func TestConsumeJobsTerminatesMalformed(t *testing.T) {
 	}
 	mes := log.messageErrors()
 	if len(mes) != 2 {
-		t.Fatalf("message errors %v", log.errs)
+		t.Fatalf("message errors %v", log.all())
 	}
 	for _, me := range mes {
 		if !errors.Is(me, ErrMalformedEvent) || !me.Terminated || me.NumDelivered != 1 {
@@ -427,7 +433,7 @@ func TestConsumeJobsStopWaitsForHandlers(t *testing.T) {
 				<-release
 				handled.Store(true)
 				return ctx.Err()
-			}, WithConcurrency(workers))
+			}, WithConcurrency(workers), WithAckWait(2*time.Second))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -468,7 +474,9 @@ func TestConsumeJobsStopWaitsForHandlers(t *testing.T) {
 				return nil
 			})
 			var rec recorder
-			c2 := consume(t, js, "stop", rec.handle)
+			// A short ack wait: j2 may have gone to the stopped consumer's
+			// pull before the server heard it was cancelled.
+			c2 := consume(t, js, "stop", rec.handle, WithAckWait(2*time.Second))
 			rec.waitFor(t, 1)
 			waitSettled(t, c2)
 			if rec.count() != 1 || rec.events[0].JobID != "j2" {
@@ -709,7 +717,7 @@ func TestConsumeJobsRejectedBodyIsNotAJob(t *testing.T) {
 		t.Errorf("event %+v", ev)
 	}
 	if mes := log.messageErrors(); len(mes) != 1 || mes[0].RequestID != "req-10" || !errors.Is(mes[0], ErrMalformedEvent) {
-		t.Errorf("message errors %v", log.errs)
+		t.Errorf("message errors %v", log.all())
 	}
 }
 
@@ -737,7 +745,7 @@ func TestConsumeJobsNeverStalls(t *testing.T) {
 	for i := 1; i < len(rec.times); i++ {
 		worst = max(worst, rec.times[i].Sub(rec.times[i-1]))
 	}
-	if worst > 3*time.Second {
+	if worst > 8*time.Second { // a stall lasts 10-30 s; a loaded CI machine may pause for a few
 		t.Errorf("longest gap between two events %v: the consumer stalled", worst)
 	}
 	t.Logf("%d events, longest gap %v", n, worst)
@@ -789,8 +797,14 @@ func TestConsumeJobsServerRestart(t *testing.T) {
 		ids = append(ids, ev.JobID)
 	}
 	rec.mu.Unlock()
-	if ids[0] != "before" || ids[1] != "after" || len(ids) > 3 || (len(ids) == 3 && ids[2] != "before") {
-		t.Errorf("handled %v, want before, after and perhaps before again", ids)
+	// "before" may come twice, in any place: its redelivery races the
+	// reconnect and the publishing of "after".
+	count := map[string]int{}
+	for _, id := range ids {
+		count[id]++
+	}
+	if count["after"] != 1 || count["before"] < 1 || count["before"] > 2 || len(count) != 2 {
+		t.Errorf("handled %v, want after once and before once or twice", ids)
 	}
 	if errs := log.messageErrors(); len(errs) != 0 {
 		t.Errorf("message errors: %v", errs)
