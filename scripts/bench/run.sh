@@ -6,10 +6,12 @@
 #   2. the same with jetstream { sync_interval: always };
 #   3. the same on a 3-node JetStream cluster on loopback with R3 streams;
 #   4. natscli's `nats bench js pub sync` at the same size and concurrency,
-#      when natscli is on PATH (go install github.com/nats-io/natscli/nats@v0.5.0).
+#      when natscli is on PATH (go install github.com/nats-io/natscli/nats@v0.5.0);
+#   5. latency below saturation: kreabus vs the baseline at fixed rates
+#      (open loop, up to $C requests in flight), one run per rate in RATES.
 # Every target gets fresh nats-server processes, built from go.mod's version.
 # Results (text and JSON) go to $OUT. Knobs: C, D, WARMUP, SIZE, ROUNDS,
-# E2E_RATE, E2E_D, NATS_MSGS, STEPS (e.g. STEPS="1 4").
+# E2E_RATE, E2E_D, NATS_MSGS, RATES, STEPS (e.g. STEPS="1 4").
 #
 # Usage: scripts/bench/run.sh            (from anywhere in the repository)
 set -euo pipefail
@@ -23,7 +25,8 @@ ROUNDS=${ROUNDS:-1}
 E2E_RATE=${E2E_RATE:-500}
 E2E_D=${E2E_D:-10s}
 NATS_MSGS=${NATS_MSGS:-100000}
-STEPS=${STEPS:-1 2 3 4}
+RATES=${RATES:-1000 3000 6000}
+STEPS=${STEPS:-1 2 3 4 5}
 OUT=${OUT:-${TMPDIR:-/tmp}/kreabus-bench-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 echo "results in $OUT"
@@ -100,6 +103,15 @@ if step 4; then
 		done
 	fi
 fi
+if step 5; then
+	for rate in $RATES; do
+		echo "== 5. fixed rate $rate/s, up to $C in flight"
+		uptime
+		"$OUT/loadgen" compare "${common[@]}" -rate "$rate" -ceiling=false \
+			-json-out "$OUT/5-rate-$rate.json" | tee "$OUT/5-rate-$rate.txt" || status=1
+	done
+fi
+
 uptime | tee -a "$OUT/machine.txt"
 echo "results in $OUT"
 [ "$status" = 0 ] || echo "FAIL: a stream check failed, see above"
