@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -686,5 +687,64 @@ func TestPutRejection(t *testing.T) {
 func TestEntryStaysSmall(t *testing.T) {
 	if n := unsafe.Sizeof(entry{}); n > 64 {
 		t.Fatalf("entry is %d bytes, want at most 64", n)
+	}
+}
+
+// TestViewMemoryPerJob measures what the View holds per job in production's
+// shape: a req.<id> record from the submitter and a terminal job.<id>
+// record from the Recorder, both through the bucket and the watch.
+func TestViewMemoryPerJob(t *testing.T) {
+	const n = 5000
+	// The server runs as its own process, so this one's heap is the View's
+	// and the client's alone.
+	p := natstest.StartProcess(t)
+	nc := natstest.Connect(t, p.URL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(t.Context(), js, Config{TTL: time.Hour, Create: true, Workers: 1, AckWait: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, ctx: t.Context(), js: js, l: l}
+	md := json.RawMessage(`{"user":"u-1234","campaign":"spring"}`)
+	for i := range n {
+		rid, jid := fmt.Sprintf("req-%06d-%s", i, uuid.NewString()[:8]), uuid.NewString()
+		if err := e.l.PutRequest(e.ctx, Record{RequestID: rid, JobID: jid, Path: "/generate/image/bfl/flux-1-dev", Metadata: md}); err != nil {
+			t.Fatal(err)
+		}
+		job := Record{RequestID: rid, JobID: jid, Path: "/generate/image/bfl/flux-1-dev", Status: krea.StatusCompleted, Terminal: true,
+			Metadata: md, SubmittedAt: time.Now().UTC(), UpdatedAt: time.Now().UTC(), Source: events.SourceWebhook}
+		data, _ := json.Marshal(job)
+		if _, err := e.l.kv.Put(e.ctx, JobKey(jid), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Measure the heap with the View and again once it is gone.
+	ctx, cancel := context.WithCancel(e.ctx)
+	defer cancel()
+	v, err := e.l.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, j := v.Size(); r != n || j != n {
+		t.Fatalf("view holds %d requests, %d jobs", r, j)
+	}
+	var with, without runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&with)
+	runtime.KeepAlive(v)
+	cancel()
+	<-v.Done()
+	v = nil
+	runtime.GC()
+	runtime.ReadMemStats(&without)
+	per := float64(with.HeapAlloc-without.HeapAlloc) / n
+	objs := float64(with.HeapObjects-without.HeapObjects) / n
+	t.Logf("view: %.0f bytes and %.1f heap objects per job (request and job records)", per, objs)
+	// Whole Records took 1102 bytes and 17 objects per job; 530 and 8 now.
+	if per > 800 {
+		t.Errorf("the view holds %.0f bytes per job, want under 800", per)
 	}
 }
