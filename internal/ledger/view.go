@@ -146,8 +146,11 @@ func (v *View) Stored(requestID, jobID string, status krea.Status) {
 		return
 	}
 	// The caller's strings may be slices of a whole HTTP request line;
-	// keeping them would keep that line alive as long as the entry.
-	requestID, jobID = strings.Clone(requestID), strings.Clone(jobID)
+	// keeping them (as keys too: a map assignment replaces the key) would
+	// keep that line alive as long as the entry. Use the copies the View
+	// holds when it has them, as it does for every job the ledger recorded,
+	// so a webhook usually allocates nothing here.
+	requestID, jobID = v.held(requestID, &v.jobs, jobID), v.held(jobID, &v.reqs, requestID)
 	now := v.now().UnixNano()
 	v.jobs.update(jobID, func(n *entry) *entry {
 		if n.other == "" {
@@ -168,6 +171,22 @@ func (v *View) Stored(requestID, jobID string, status krea.Status) {
 			return n
 		})
 	}
+}
+
+// held returns id as a string the View may keep: the one the entry of
+// linkedID in t links to when that is id, else a copy.
+func (v *View) held(id string, t *table, linkedID string) string {
+	if id == "" {
+		return ""
+	}
+	if linkedID != "" {
+		if e := t.get(linkedID); e != nil {
+			if l := e.linked(); l == id {
+				return l
+			}
+		}
+	}
+	return strings.Clone(id)
 }
 
 // Pending returns the jobs submitted at least grace before now that the
@@ -384,9 +403,10 @@ func (v *View) expire(now time.Time) {
 }
 
 // kvRecord is the part of a bucket Record the View keeps: what Lookup and
-// Pending need. With whole Records the View held 1102 bytes and 17 heap
-// objects per job (request and job record); with these, 526 and 8
-// (TestViewMemoryPerJob). It holds every job of the ledger's TTL.
+// Pending need. With whole Records the View held 1060 bytes and 17 heap
+// objects per job (request and job record, and the job's webhook); with
+// these, and IDs shared between entries, 500 and 7 (TestViewMemoryPerJob).
+// It holds every job of the ledger's TTL.
 type kvRecord struct {
 	// link is the other ID of the pair: a job record's request ID, a
 	// request record's job ID.
