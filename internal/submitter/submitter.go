@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -353,8 +354,10 @@ func (s *Submitter) fetchFailed(ctx context.Context, cons jetstream.Consumer, er
 	case <-time.After(*pause):
 	}
 	*pause = min(2**pause, maxFetchErrorPause)
+	// A pull to a consumer deleted while no pull was pending finds no
+	// responders rather than a "consumer deleted" answer.
 	if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
-		errors.Is(err, jetstream.ErrNoHeartbeat) {
+		errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, nats.ErrNoResponders) {
 		if c, err := s.ensureConsumer(ctx); err == nil {
 			return c
 		} else if ctx.Err() == nil {

@@ -814,3 +814,30 @@ func TestRejectionRedeliveryDoesNotCallAgain(t *testing.T) {
 		t.Errorf("reason %q", ev.Reason)
 	}
 }
+
+// TestConsumerDeletedUnderRun: an operator deletes the submitter's durable
+// consumer while it runs; it binds a new one and goes on submitting.
+func TestConsumerDeletedUnderRun(t *testing.T) {
+	e := newEnv(t, kreatest.Config{})
+	r := e.start(e.config())
+	e.publishAsync([]*events.Request{goodRequest("before-delete")})
+	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if n := e.countStatus("submitted"); n != 1 {
+			return fmt.Errorf("%d submitted", n)
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.js.DeleteConsumer(ctx, events.StreamRequests, DefaultConsumer); err != nil {
+		t.Fatal(err)
+	}
+	e.publishAsync([]*events.Request{goodRequest("after-delete")})
+	natstest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		if n := e.countStatus("submitted"); n != 2 {
+			return fmt.Errorf("%d submitted", n)
+		}
+		return nil
+	})
+	r.stop(t)
+}

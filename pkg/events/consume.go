@@ -267,7 +267,8 @@ type JobConsumer struct {
 //
 // While NATS is unreachable the consumer keeps trying, reporting each
 // failed pull; it stops by itself when the connection is closed or the
-// JetStream consumer is deleted (Closed tells when).
+// JetStream consumer is deleted (Closed tells when; the last error
+// reported then matches jetstream.ErrConsumerDeleted).
 //
 // ctx bounds the creation of the consumer; handlers get a context carrying
 // its values but not its cancellation. Stop the consumer with Stop or
@@ -425,7 +426,7 @@ func (c *JobConsumer) run() {
 			continue
 		}
 		c.o.onError(fmt.Errorf("events: fetch from %s: %w", StreamJobs, err))
-		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, nats.ErrConnectionClosed) {
+		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, nats.ErrConnectionClosed) || c.gone(err) {
 			return
 		}
 		select {
@@ -435,6 +436,23 @@ func (c *JobConsumer) run() {
 		}
 		pause = min(2*pause, fetchErrorPauseMax)
 	}
+}
+
+// gone reports, and reports to the error handler, that the JetStream
+// consumer no longer exists: a pull to a deleted consumer is not answered
+// (its heartbeats stop) or finds no responders.
+func (c *JobConsumer) gone(err error) bool {
+	if !c.nc.IsConnected() || !(errors.Is(err, jetstream.ErrNoHeartbeat) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrConsumerNotFound)) {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(c.fetchCtx, 5*time.Second)
+	defer cancel()
+	if _, err := c.cons.Info(ctx); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return false
+	}
+	c.o.onError(fmt.Errorf("events: consumer %q on %s: %w", c.cons.CachedInfo().Name, StreamJobs, jetstream.ErrConsumerDeleted))
+	return true
 }
 
 // fetch pulls up to n events and handles each as it arrives, inline when

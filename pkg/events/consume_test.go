@@ -815,3 +815,23 @@ func TestConsumeJobsServerRestart(t *testing.T) {
 	default:
 	}
 }
+
+// TestConsumeJobsConsumerDeleted: deleting the durable consumer under a
+// running JobConsumer stops it (Closed) and says why; it does not spin.
+func TestConsumeJobsConsumerDeleted(t *testing.T) {
+	js := startStreams(t)
+	var log errorLog
+	c := consume(t, js, "doomed", func(context.Context, *Event) error { return nil }, WithErrorHandler(log.add))
+	if err := js.DeleteConsumer(testCtx(t), StreamJobs, "doomed"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.Closed():
+	case <-time.After(15 * time.Second):
+		t.Fatalf("consumer still running after its deletion; errors: %v", log.all())
+	}
+	errs := log.all()
+	if len(errs) == 0 || !errors.Is(errs[len(errs)-1], jetstream.ErrConsumerDeleted) {
+		t.Errorf("errors reported: %v", errs)
+	}
+}
