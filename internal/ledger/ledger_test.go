@@ -756,3 +756,44 @@ func TestViewMemoryPerJob(t *testing.T) {
 		t.Errorf("the view holds %.0f bytes per job, want under 800", per)
 	}
 }
+
+// TestClaimPoll: one holder at a time; the holder keeps its claim; a claim
+// expires by itself.
+func TestClaimPoll(t *testing.T) {
+	e := setup(t, time.Minute, time.Hour)
+	jid := uuid.NewString()
+	claim := func(holder string) bool {
+		t.Helper()
+		ok, err := e.l.ClaimPoll(e.ctx, jid, holder, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	if !claim("a") {
+		t.Fatal("first claim refused")
+	}
+	if claim("b") {
+		t.Fatal("second holder got a live claim")
+	}
+	if !claim("a") {
+		t.Fatal("holder lost its own claim")
+	}
+	natstest.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		if !claim("b") {
+			return errors.New("claim of a has not expired")
+		}
+		return nil
+	})
+	if claim("a") {
+		t.Fatal("claim expired for a, then b's claim not respected")
+	}
+	if _, err := e.l.ClaimPoll(e.ctx, "a.b", "a", time.Second); !errors.Is(err, ErrInvalidRecord) {
+		t.Fatalf("invalid job ID: %v", err)
+	}
+	// The view ignores claims.
+	v := e.view()
+	if r, j := v.Size(); r != 0 || j != 0 {
+		t.Fatalf("view holds %d requests, %d jobs after claims", r, j)
+	}
+}

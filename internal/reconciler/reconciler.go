@@ -6,10 +6,12 @@
 // Krea no longer knows, or one still not terminal after KREABUS_JOB_MAX_AGE,
 // ends in one krea.jobs.failed event saying why.
 //
-// Several replicas may run it at once: JetStream drops the second event
-// with the same Nats-Msg-Id within the duplicate window, and each replica
-// checks the ledger's terminal flag (in memory, then in the bucket) before
-// it publishes, which covers later repeats.
+// Several replicas may run it at once. With Deps.Claims a job is polled by
+// one replica per round (a claim in the ledger bucket). Should two still
+// publish, JetStream drops the second event with the same Nats-Msg-Id
+// within the duplicate window, and each replica checks the ledger's
+// terminal flag (in memory, then in the bucket) before it publishes, which
+// covers later repeats.
 package reconciler
 
 import (
@@ -22,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
@@ -44,6 +47,12 @@ type View interface {
 	Pending(now time.Time, grace time.Duration) []ledger.Record
 }
 
+// Claims shares the polling of a job among replicas; *ledger.Ledger
+// implements it (see its ClaimPoll).
+type Claims interface {
+	ClaimPoll(ctx context.Context, jobID, holder string, ttl time.Duration) (bool, error)
+}
+
 // Store reads a job record from the ledger bucket itself; *ledger.Ledger
 // implements it.
 type Store interface {
@@ -63,6 +72,10 @@ type Deps struct {
 	// publishing, so a job another replica or a webhook settled moments
 	// ago is not published again even beyond the duplicate window.
 	Store Store
+	// Claims, when set (the *ledger.Ledger), has a replica poll a job only
+	// while it holds the job's claim, so several replicas cost the API one
+	// poll per job and round instead of one each.
+	Claims Claims
 	// Ready, when set, gates every scan: the submitter passes
 	// recorder.Synced && view.Ready, so nothing is polled before the
 	// ledger has caught up with the stream.
@@ -82,6 +95,7 @@ const (
 	OutcomeRetryableError = "retryable_error" // 429, 5xx, network: backing off
 	OutcomeAccountError   = "account_error"   // 401, 402, 403: polling paused
 	OutcomeError          = "error"           // anything else: backing off
+	OutcomeClaimed        = "claimed"         // another replica holds the job's polls: not polled here
 )
 
 // Failure codes of the failed events kreabus itself decides, in the
@@ -94,12 +108,14 @@ const (
 // Reconciler polls jobs whose terminal webhook is overdue. Create it with
 // New and call Run.
 type Reconciler struct {
-	cfg     Config
-	d       Deps
-	log     *slog.Logger
-	limiter *rate.Limiter
-	polls   *prometheus.CounterVec
-	pending prometheus.Gauge
+	cfg      Config
+	d        Deps
+	log      *slog.Logger
+	limiter  *rate.Limiter
+	holder   string // this replica's name in poll claims
+	warnOnce sync.Once
+	polls    *prometheus.CounterVec
+	pending  prometheus.Gauge
 
 	mu          sync.Mutex
 	jobs        map[string]*jobState
@@ -136,6 +152,7 @@ func New(cfg Config, d Deps) (*Reconciler, error) {
 		d:       d,
 		log:     log.With("component", "reconciler"),
 		limiter: rate.NewLimiter(rate.Limit(cfg.Rate), max(1, int(cfg.Rate))),
+		holder:  uuid.NewString(),
 		jobs:    map[string]*jobState{},
 	}
 	polls := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -154,7 +171,7 @@ func New(cfg Config, d Deps) (*Reconciler, error) {
 		return nil, err
 	}
 	for _, o := range []string{OutcomeTerminal, OutcomeNonTerminal, OutcomeNotFound, OutcomeExpired,
-		OutcomeRetryableError, OutcomeAccountError, OutcomeError} {
+		OutcomeRetryableError, OutcomeAccountError, OutcomeError, OutcomeClaimed} {
 		r.polls.WithLabelValues(o)
 	}
 	return r, nil
@@ -265,6 +282,11 @@ func (r *Reconciler) poll(ctx context.Context, rec ledger.Record) {
 	}
 	if wait := r.pause(); wait > 0 {
 		r.reschedule(rec.JobID, wait, false)
+		return
+	}
+	if !r.claim(ctx, rec.JobID) {
+		r.outcome(OutcomeClaimed)
+		r.reschedule(rec.JobID, 0, false)
 		return
 	}
 	if err := r.limiter.Wait(ctx); err != nil {
@@ -408,6 +430,31 @@ func (r *Reconciler) reschedule(jobID string, wait time.Duration, grow bool) {
 	}
 	d += time.Duration((rand.Float64()*0.2 - 0.1) * float64(d))
 	st.next = time.Now().Add(d)
+}
+
+// claim reports whether this replica may poll jobID now: it holds the
+// job's claim, or there are no claims. A claim lasts a little less than
+// the job's current backoff, so the holder's next round finds it expired
+// (or still its own) and another replica takes over within one round when
+// the holder is gone.
+func (r *Reconciler) claim(ctx context.Context, jobID string) bool {
+	if r.d.Claims == nil {
+		return true
+	}
+	r.mu.Lock()
+	ttl := MinBackoff
+	if st := r.jobs[jobID]; st != nil {
+		ttl = st.backoff
+	}
+	r.mu.Unlock()
+	ok, err := r.d.Claims.ClaimPoll(ctx, jobID, r.holder, ttl*9/10)
+	if err != nil && ctx.Err() == nil {
+		// Polling goes on without claims; say so once, not per job.
+		r.warnOnce.Do(func() {
+			r.log.Warn("cannot claim polls in the ledger; every replica polls every overdue job", "err", err)
+		})
+	}
+	return ok
 }
 
 func (r *Reconciler) forget(jobID string) {

@@ -109,7 +109,7 @@ func (e *env) replica(cfg Config, client JobGetter) *replica {
 		client = e.sim.NewClient()
 	}
 	rc, err := New(cfg, Deps{
-		JetStream: js, Krea: client, View: view, Store: l,
+		JetStream: js, Krea: client, View: view, Store: l, Claims: l,
 		Ready: func() bool { return rec.Synced() && view.Ready() },
 	})
 	if err != nil {
@@ -569,6 +569,14 @@ func TestReplicas(t *testing.T) {
 	e.waitTerminal(jobs...)
 	elapse(t, 300*time.Millisecond)
 	e.exactlyOne(e.terminalEvents(), jobs...)
+	// Claims share the polling: about one poll per job, not one per replica.
+	polls := counter(a.rc, OutcomeTerminal) + counter(b.rc, OutcomeTerminal) +
+		counter(a.rc, OutcomeNonTerminal) + counter(b.rc, OutcomeNonTerminal)
+	claimed := counter(a.rc, OutcomeClaimed) + counter(b.rc, OutcomeClaimed)
+	t.Logf("%d jobs: %v polls, %v left to the other replica", len(jobs), polls, claimed)
+	if polls > float64(len(jobs))+3 { // without claims: 15-16
+		t.Errorf("%v polls for %d jobs: replicas did not share them", polls, len(jobs))
+	}
 }
 
 // TestAccountErrorPausesPolling: a 401 stops all polling for the pause.

@@ -178,6 +178,7 @@ func (p *Program) run(ctx context.Context) {
 		Krea:      api,
 		View:      view,
 		Store:     led,
+		Claims:    led, // replicas share the polling
 		// Poll nothing before the ledger has caught up with KREA_JOBS.
 		Ready:      func() bool { return rec.Synced() && view.Ready() },
 		Log:        p.log,
