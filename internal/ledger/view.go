@@ -315,6 +315,9 @@ func (v *View) apply(e jetstream.KeyValueEntry, gen uint64) {
 	}
 	rev := e.Revision()
 	if e.Operation() != jetstream.KeyValuePut {
+		// The key is a slice of the watch subject; an entry that survives
+		// (local knowledge) would keep it as its key.
+		id = strings.Clone(id)
 		t.update(id, func(n *entry) *entry {
 			if n.rev > rev {
 				return n
@@ -442,9 +445,12 @@ func (k *kvRecord) record(requestID, jobID string) Record {
 	return r
 }
 
-// maxInterned bounds the interned paths: the submitter allows a configured
-// list, but the bucket may hold anything.
-const maxInterned = 1024
+// maxInterned and maxInternedLen bound the interned paths: the submitter
+// allows a configured list, but the bucket may hold anything.
+const (
+	maxInterned    = 1024
+	maxInternedLen = 256
+)
 
 // interner shares equal strings.
 type interner struct {
@@ -453,8 +459,8 @@ type interner struct {
 }
 
 func (in *interner) intern(s string) string {
-	if s == "" {
-		return ""
+	if s == "" || len(s) > maxInternedLen {
+		return s
 	}
 	in.mu.Lock()
 	defer in.mu.Unlock()

@@ -236,6 +236,8 @@ type JobConsumer struct {
 	pullMu     sync.Mutex
 	cancelPull context.CancelFunc
 
+	reconnected chan struct{} // signalled by watch on every reconnect
+
 	slots    chan struct{} // one per handler that may run
 	wg       sync.WaitGroup
 	stopping atomic.Bool
@@ -265,8 +267,9 @@ type JobConsumer struct {
 // durable: JetStream shares the events among them. An empty durable creates
 // an ephemeral consumer that the server removes once unused.
 //
-// While NATS is unreachable the consumer keeps trying, reporting each
-// failed pull; it stops by itself when the connection is closed or the
+// While NATS is unreachable the consumer waits for the connection to come
+// back (nats.go reconnects); it stops by itself when the connection is
+// closed or the
 // JetStream consumer is deleted (Closed tells when; the last error
 // reported then matches jetstream.ErrConsumerDeleted).
 //
@@ -323,8 +326,10 @@ func ConsumeJobs(ctx context.Context, js jetstream.JetStream, durable string, ha
 		handler: handler,
 		o:       o,
 		slots:   make(chan struct{}, o.concurrency),
-		stopCh:  make(chan struct{}),
-		done:    make(chan struct{}),
+
+		reconnected: make(chan struct{}, 1),
+		stopCh:      make(chan struct{}),
+		done:        make(chan struct{}),
 	}
 	c.baseCtx, c.cancelBase = context.WithCancel(context.WithoutCancel(ctx))
 	c.fetchCtx, c.cancelFetch = context.WithCancel(context.Background())
@@ -337,8 +342,10 @@ func (c *JobConsumer) Consumer() jetstream.Consumer { return c.cons }
 
 // Stop stops fetching events, hands the ones already fetched but not
 // started back to JetStream for redelivery, and waits for the handlers in
-// flight to return (each at most its ack wait). It is safe to call more
-// than once and from several goroutines.
+// flight to return (each at most its ack wait). An event the server sends
+// in the instant Stop ends the pending pull comes back only after its ack
+// wait. Stop is safe to call more than once and from several goroutines,
+// but not from a handler, which it would wait for.
 func (c *JobConsumer) Stop() { _ = c.Shutdown(context.Background()) }
 
 // Shutdown is Stop with a bound: when ctx ends before the handlers in
@@ -370,11 +377,14 @@ func (c *JobConsumer) stop() {
 // and no handler runs any more.
 func (c *JobConsumer) Closed() <-chan struct{} { return c.done }
 
-// Pull timing: a pull waits at the server up to fetchWait, with heartbeats
-// that reveal a lost pull within two of them.
+// Pull timing. A pull waits at the server up to fetchWait and is then
+// sent again, which bounds the wait after a pull was lost (a consumer
+// leader change) without heartbeats: nats.go keeps a fetch's heartbeat
+// timer, and so the fetch, alive for two heartbeats after it ended, which
+// adds up at thousands of events a second. A pull lost with its server is
+// replaced at once on reconnect (watch).
 const (
-	fetchWait          = 30 * time.Second
-	fetchHeartbeat     = 5 * time.Second
+	fetchWait          = 5 * time.Second
 	fetchErrorPauseMin = 100 * time.Millisecond
 	fetchErrorPauseMax = 5 * time.Second
 )
@@ -407,15 +417,36 @@ func (c *JobConsumer) run() {
 			return
 		default:
 		}
+		if !c.nc.IsConnected() {
+			// A pull sent now would wait in the reconnect buffer and reach
+			// the server after its inbox is gone: wait for the connection.
+			select {
+			case <-c.reconnected:
+			case <-c.stopCh:
+				return
+			}
+			continue
+		}
 		select {
 		case c.slots <- struct{}{}:
 		case <-c.stopCh:
 			return
 		}
 		n := 1 + takeSlots(c.slots, c.o.concurrency-1)
+		start := time.Now()
 		got, err := c.fetch(n)
 		releaseSlots(c.slots, n-got)
 		switch {
+		case err == nil && got == 0 && time.Since(start) < fetchWait/2:
+			// Answered empty long before its expiry (the server ended the
+			// pull): do not ask again at once.
+			select {
+			case <-c.stopCh:
+				return
+			case <-time.After(pause):
+			}
+			pause = min(2*pause, fetchErrorPauseMax)
+			continue
 		case err == nil:
 			pause = fetchErrorPauseMin
 			continue
@@ -467,7 +498,7 @@ func (c *JobConsumer) fetch(n int) (int, error) {
 	c.cancelPull = cancel
 	c.pullMu.Unlock()
 
-	batch, err := c.cons.Fetch(n, jetstream.FetchHeartbeat(fetchHeartbeat), jetstream.FetchContext(ctx))
+	batch, err := c.cons.Fetch(n, jetstream.FetchContext(ctx))
 	if err != nil {
 		return 0, err
 	}
@@ -507,6 +538,7 @@ func (c *JobConsumer) watch(status <-chan nats.Status) {
 				return
 			}
 			if s == nats.CLOSED {
+				c.o.onError(fmt.Errorf("events: consume %s: %w", StreamJobs, nats.ErrConnectionClosed))
 				c.stop()
 				return
 			}
@@ -515,6 +547,10 @@ func (c *JobConsumer) watch(status <-chan nats.Status) {
 				c.cancelPull()
 			}
 			c.pullMu.Unlock()
+			select {
+			case c.reconnected <- struct{}{}:
+			default:
+			}
 		case <-c.stopCh:
 			return
 		}

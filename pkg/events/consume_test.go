@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kreabus/kreabus/internal/natstest"
@@ -756,7 +757,13 @@ func TestConsumeJobsNeverStalls(t *testing.T) {
 // with the old server is found dead by its missing heartbeats (10 s).
 func TestConsumeJobsServerRestart(t *testing.T) {
 	p := natstest.StartProcess(t)
-	nc := natstest.Connect(t, p.URL())
+	// No reconnect buffer: a pull sent while disconnected fails at once,
+	// and nats.go then keeps its subscription, which the test would see.
+	nc, err := nats.Connect(p.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectBufSize(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -773,7 +780,22 @@ func TestConsumeJobsServerRestart(t *testing.T) {
 	publishEvent(t, js, "before", krea.StatusCompleted)
 	rec.waitFor(t, 1)
 
+	subs := nc.NumSubscriptions()
 	p.Stop()
+	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if nc.IsConnected() {
+			return errors.New("still connected")
+		}
+		return nil
+	})
+	// While the server is away the consumer sends no pulls: each would wait
+	// in the reconnect buffer with a subscription of its own and reach the
+	// server after its inbox is gone. Watch longer than a pull lasts.
+	for deadline := time.Now().Add(fetchWait + time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if n := nc.NumSubscriptions(); n > subs {
+			t.Fatalf("%d subscriptions while disconnected, %d before", n, subs)
+		}
+	}
 	p.Start()
 	natstest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
 		if !nc.IsConnected() {
