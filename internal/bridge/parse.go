@@ -150,10 +150,7 @@ func (p *scanner) ws() {
 
 // topObject scans the top-level object at p.i, recording job_id and status.
 func (p *scanner) topObject(jobID, status *field) bool {
-	p.i++ // '{'
-	p.ws()
-	if p.i < len(p.b) && p.b[p.i] == '}' {
-		p.i++
+	if p.open('}') {
 		return true
 	}
 	for {
@@ -213,21 +210,42 @@ func (p *scanner) topObject(jobID, status *field) bool {
 		} else if !p.value(1) {
 			return false
 		}
-		p.ws()
-		if p.i >= len(p.b) {
-			return false
-		}
-		switch p.b[p.i] {
-		case ',':
-			p.i++
-			p.ws()
-		case '}':
-			p.i++
-			return true
-		default:
-			return false
+		if end, ok := p.next('}'); !ok || end {
+			return ok
 		}
 	}
+}
+
+// open consumes the '{' or '[' at p.i and reports whether closer follows
+// at once (an empty object or array), consuming that too.
+func (p *scanner) open(closer byte) bool {
+	p.i++
+	p.ws()
+	if p.i < len(p.b) && p.b[p.i] == closer {
+		p.i++
+		return true
+	}
+	return false
+}
+
+// next consumes what follows a member or an element: a comma, after which
+// another comes, or closer, which ends the object or array (end). ok is
+// false for anything else.
+func (p *scanner) next(closer byte) (end, ok bool) {
+	p.ws()
+	if p.i >= len(p.b) {
+		return false, false
+	}
+	switch p.b[p.i] {
+	case ',':
+		p.i++
+		p.ws()
+		return false, true
+	case closer:
+		p.i++
+		return true, true
+	}
+	return false, false
 }
 
 func isASCII(b []byte) bool {
@@ -278,10 +296,7 @@ func (p *scanner) object(depth int) bool {
 	if depth > maxDepth {
 		return false
 	}
-	p.i++ // '{'
-	p.ws()
-	if p.i < len(p.b) && p.b[p.i] == '}' {
-		p.i++
+	if p.open('}') {
 		return true
 	}
 	for {
@@ -300,19 +315,8 @@ func (p *scanner) object(depth int) bool {
 		if !p.value(depth) {
 			return false
 		}
-		p.ws()
-		if p.i >= len(p.b) {
-			return false
-		}
-		switch p.b[p.i] {
-		case ',':
-			p.i++
-			p.ws()
-		case '}':
-			p.i++
-			return true
-		default:
-			return false
+		if end, ok := p.next('}'); !ok || end {
+			return ok
 		}
 	}
 }
@@ -321,29 +325,15 @@ func (p *scanner) array(depth int) bool {
 	if depth > maxDepth {
 		return false
 	}
-	p.i++ // '['
-	p.ws()
-	if p.i < len(p.b) && p.b[p.i] == ']' {
-		p.i++
+	if p.open(']') {
 		return true
 	}
 	for {
 		if !p.value(depth) {
 			return false
 		}
-		p.ws()
-		if p.i >= len(p.b) {
-			return false
-		}
-		switch p.b[p.i] {
-		case ',':
-			p.i++
-			p.ws()
-		case ']':
-			p.i++
-			return true
-		default:
-			return false
+		if end, ok := p.next(']'); !ok || end {
+			return ok
 		}
 	}
 }
