@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kreabus/kreabus/internal/admin"
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
@@ -47,7 +48,7 @@ func NewRecorder(l *Ledger, reg prometheus.Registerer) (*Recorder, error) {
 		Name: "kreabus_ledger_events_total",
 		Help: "Job events the ledger recorder handled, by outcome (applied, unchanged, ignored, error).",
 	}, []string{"outcome"})
-	cv, err := register(reg, cv)
+	cv, err := admin.Register(reg, cv)
 	if err != nil {
 		return nil, err
 	}
@@ -55,23 +56,6 @@ func NewRecorder(l *Ledger, reg prometheus.Registerer) (*Recorder, error) {
 		cv.WithLabelValues(o)
 	}
 	return &Recorder{l: l, events: cv}, nil
-}
-
-// register registers c on reg, reusing an identical collector already there.
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	if reg == nil {
-		return c, nil
-	}
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing, nil
-			}
-		}
-		return c, err
-	}
-	return c, nil
 }
 
 // Ready reports whether the Recorder is consuming.

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kreabus/kreabus/internal/admin"
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
@@ -132,12 +133,9 @@ func Connect(cfg Config, name string, log *slog.Logger, reg prometheus.Registere
 			}
 			return 0
 		})
-		if err := reg.Register(g); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				nc.Close()
-				return nil, err
-			}
+		if _, err := admin.Register(reg, g); err != nil {
+			nc.Close()
+			return nil, err
 		}
 	}
 	return nc, nil

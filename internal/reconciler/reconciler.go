@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
+	"github.com/kreabus/kreabus/internal/admin"
 	"github.com/kreabus/kreabus/internal/ledger"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
@@ -164,10 +165,10 @@ func New(cfg Config, d Deps) (*Reconciler, error) {
 		Help: "Jobs past the webhook grace without a terminal event, at the last scan.",
 	})
 	var err error
-	if r.polls, err = register(d.Registerer, polls); err != nil {
+	if r.polls, err = admin.Register(d.Registerer, polls); err != nil {
 		return nil, err
 	}
-	if r.pending, err = register(d.Registerer, pending); err != nil {
+	if r.pending, err = admin.Register(d.Registerer, pending); err != nil {
 		return nil, err
 	}
 	for _, o := range []string{OutcomeTerminal, OutcomeNonTerminal, OutcomeNotFound, OutcomeExpired,
@@ -175,22 +176,6 @@ func New(cfg Config, d Deps) (*Reconciler, error) {
 		r.polls.WithLabelValues(o)
 	}
 	return r, nil
-}
-
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	if reg == nil {
-		return c, nil
-	}
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing, nil
-			}
-		}
-		return c, err
-	}
-	return c, nil
 }
 
 // Run scans and polls until ctx ends, then waits for the polls in flight

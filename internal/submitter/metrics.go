@@ -1,9 +1,9 @@
 package submitter
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kreabus/kreabus/internal/admin"
 )
 
 // Rejection reasons, the values of kreabus_submitter_rejections_total's
@@ -88,41 +88,24 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	// A collector already registered (a submitter restarted in the same
 	// process) is reused so its counts continue.
-	register := func(c prometheus.Collector) (prometheus.Collector, error) {
-		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if errors.As(err, &are) {
-				return are.ExistingCollector, nil
-			}
-			return nil, err
-		}
-		return c, nil
-	}
+	var err error
 	for _, p := range []*prometheus.Counter{&m.consumed, &m.retries, &m.pauses, &m.submitted, &m.ledgerErrs, &m.republished} {
-		c, err := register(*p)
-		if err != nil {
+		if *p, err = admin.Register(reg, *p); err != nil {
 			return nil, err
 		}
-		*p = c.(prometheus.Counter)
 	}
 	for _, p := range []*prometheus.Gauge{&m.paused, &m.inFlight, &m.limit} {
-		c, err := register(*p)
-		if err != nil {
+		if *p, err = admin.Register(reg, *p); err != nil {
 			return nil, err
 		}
-		*p = c.(prometheus.Gauge)
 	}
 	for _, p := range []**prometheus.CounterVec{&m.apiCalls, &m.rejections} {
-		c, err := register(*p)
-		if err != nil {
+		if *p, err = admin.Register(reg, *p); err != nil {
 			return nil, err
 		}
-		*p = c.(*prometheus.CounterVec)
 	}
-	c, err := register(m.apiDuration)
-	if err != nil {
+	if m.apiDuration, err = admin.Register(reg, m.apiDuration); err != nil {
 		return nil, err
 	}
-	m.apiDuration = c.(prometheus.Histogram)
 	return m, nil
 }
