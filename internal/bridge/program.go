@@ -232,21 +232,7 @@ func (p *Program) Shutdown(ctx context.Context) error {
 	}
 	p.stop()
 	p.bg.Wait()
-
-	if err := natsconn.Drain(ctx, p.nc, p.closed); err != nil {
-		errs = append(errs, err)
-	}
-
-	actx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	if err := p.admin.Shutdown(actx); err != nil {
-		errs = append(errs, fmt.Errorf("admin server: %w", err))
-	}
-	err := errors.Join(errs...)
-	if err == nil {
-		p.log.Info("bridge stopped")
-	}
-	return err
+	return program.Finish(ctx, "bridge", p.log, p.nc, p.closed, p.admin, errs)
 }
 
 // Run starts the program and runs it until ctx ends (the signal), then

@@ -11,8 +11,12 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/kreabus/kreabus/internal/admin"
 	"github.com/kreabus/kreabus/internal/config"
 	"github.com/kreabus/kreabus/internal/logging"
+	"github.com/kreabus/kreabus/internal/natsconn"
 )
 
 // Exit codes of Main.
@@ -47,6 +51,30 @@ func Run(ctx context.Context, p Running, shutdownTimeout time.Duration) error {
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	return errors.Join(failed, p.Shutdown(sctx))
+}
+
+// adminStopTimeout bounds the admin server's shutdown: by then nothing
+// depends on its probes any more.
+const adminStopTimeout = time.Second
+
+// Finish is the end of every program's Shutdown, once its own parts have
+// stopped: the NATS connection drains (bounded by ctx; closed is its
+// closed handler's channel), the admin server stops, and errs, with what
+// went wrong here, are joined. "<name> stopped" is logged when nothing did.
+func Finish(ctx context.Context, name string, log *slog.Logger, nc *nats.Conn, closed <-chan struct{}, adm *admin.Server, errs []error) error {
+	if err := natsconn.Drain(ctx, nc, closed); err != nil {
+		errs = append(errs, err)
+	}
+	actx, cancel := context.WithTimeout(context.Background(), adminStopTimeout)
+	defer cancel()
+	if err := adm.Shutdown(actx); err != nil {
+		errs = append(errs, fmt.Errorf("admin server: %w", err))
+	}
+	err := errors.Join(errs...)
+	if err == nil {
+		log.Info(name + " stopped")
+	}
+	return err
 }
 
 // Main loads s (a pointer to the settings) from args, env and the optional

@@ -285,19 +285,7 @@ func (p *Program) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		errs = append(errs, fmt.Errorf("finishing requests in hand: %w", ctx.Err()))
 	}
-	if err := natsconn.Drain(ctx, p.nc, p.closed); err != nil {
-		errs = append(errs, err)
-	}
-	actx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	if err := p.admin.Shutdown(actx); err != nil {
-		errs = append(errs, fmt.Errorf("admin server: %w", err))
-	}
-	err := errors.Join(errs...)
-	if err == nil {
-		p.log.Info("submitter stopped")
-	}
-	return err
+	return program.Finish(ctx, "submitter", p.log, p.nc, p.closed, p.admin, errs)
 }
 
 // RunProgram starts the program and runs it until ctx ends (the signal) or
