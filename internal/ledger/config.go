@@ -67,7 +67,7 @@ func (c *Config) setDefaults() {
 func (c *Config) Validate() error {
 	cc := *c
 	cc.setDefaults()
-	if !validBucket(cc.Bucket) {
+	if !keyToken(cc.Bucket) {
 		return fmt.Errorf("KREABUS_LEDGER_BUCKET: %q is not a valid bucket name ([A-Za-z0-9_-]+)", cc.Bucket)
 	}
 	if cc.TTL < MinTTL {
@@ -77,17 +77,4 @@ func (c *Config) Validate() error {
 		return errors.New("KREABUS_LEDGER_REPLICAS: at most 5")
 	}
 	return nil
-}
-
-func validBucket(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '_' && c != '-' {
-			return false
-		}
-	}
-	return true
 }

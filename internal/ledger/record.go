@@ -54,12 +54,16 @@ func JobKey(jobID string) string { return JobKeyPrefix + jobID }
 
 // validID reports whether id can be a key token: 1 to MaxIDLen characters
 // of [A-Za-z0-9_-]. Request IDs and Krea's UUID job IDs all are.
-func validID(id string) bool {
-	if len(id) == 0 || len(id) > MaxIDLen {
+func validID(id string) bool { return len(id) <= MaxIDLen && keyToken(id) }
+
+// keyToken reports whether s is a non-empty run of [A-Za-z0-9_-]: safe as a
+// key or name token, with no dots, wildcards or spaces.
+func keyToken(s string) bool {
+	if s == "" {
 		return false
 	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
+	for i := 0; i < len(s); i++ {
+		c := s[i]
 		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '_' && c != '-' {
 			return false
 		}
