@@ -56,7 +56,8 @@ type Deps struct {
 	Logger *slog.Logger
 	// Registerer gets the bridge's metrics; nil keeps them private.
 	Registerer prometheus.Registerer
-	// Ledger, when not nil, is asked who owns a job before publishing.
+	// Ledger, when not nil, is asked who owns a job before publishing; a
+	// webhook it cannot answer for gets 503.
 	Ledger ledger.Index
 	// StreamMissing, when not nil, is called when JetStream answers that
 	// no stream captures an event (KREA_JOBS deleted or not created yet),
@@ -337,7 +338,19 @@ func (b *Bridge) webhook(w http.ResponseWriter, r *http.Request, token string) {
 
 	var own ledger.Ownership
 	if b.ledger != nil {
-		own = b.ledger.Lookup(requestID, wh.JobID)
+		lstart := time.Now()
+		lctx, cancel := context.WithTimeout(r.Context(), b.cfg.PublishTimeout)
+		own, err = b.ledger.Lookup(lctx, requestID, wh.JobID)
+		cancel()
+		b.m.lookup.Observe(time.Since(lstart).Seconds())
+		if err != nil {
+			// Without the ledger a foreign job cannot be told from ours:
+			// storing it could hand another request's result out.
+			h["Retry-After"] = b.retryAfterUnavailable
+			b.reject(w, r, rid, b.aUnavailable, slog.String("request_id", requestID),
+				slog.String("job_id", wh.JobID), slog.String("status", string(wh.Status)), slog.String("err", "ledger: "+err.Error()))
+			return
+		}
 		if own.Foreign {
 			b.reject(w, r, rid, b.aForbidden, slog.String("request_id", requestID),
 				slog.String("job_id", wh.JobID), slog.String("status", string(wh.Status)))
@@ -359,6 +372,7 @@ func (b *Bridge) webhook(w http.ResponseWriter, r *http.Request, token string) {
 		RequestID: requestID,
 		Source:    events.SourceWebhook,
 		Metadata:  own.Metadata,
+		ExtraJob:  own.Extra,
 	}
 	if tp := r.Header.Get("Traceparent"); tp != "" && validTraceParent(tp) {
 		hdr.TraceParent = tp
@@ -371,7 +385,13 @@ func (b *Bridge) webhook(w http.ResponseWriter, r *http.Request, token string) {
 		return
 	}
 	if b.ledger != nil {
-		b.ledger.Stored(requestID, wh.JobID, wh.Status)
+		b.ledger.Stored(requestID, wh.JobID, wh.Status, own)
+	}
+	if own.Extra && !ack.Duplicate {
+		b.m.extraJobs.Inc()
+		b.log.Warn("stored a webhook of a second job of its request (Krea was paid twice)",
+			slog.String("req_id", rid), slog.String("request_id", requestID),
+			slog.String("job_id", wh.JobID), slog.String("status", string(wh.Status)))
 	}
 	if ack.Duplicate {
 		b.m.duplicates.Inc()

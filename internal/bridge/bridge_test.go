@@ -2,7 +2,9 @@ package bridge
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -347,22 +349,37 @@ func TestUppercaseJobID(t *testing.T) {
 	checkEvent(t, msgs[0], jobID, krea.StatusCompleted, "r", upper)
 }
 
-// TestOwnership uses a ledger: foreign jobs are refused, terminal repeats
-// are answered without publishing, metadata is carried.
+// TestOwnership runs against the real job ledger: foreign jobs are
+// refused, terminal repeats are answered without publishing, metadata is
+// carried, and a second job of a request is stored, marked extra.
 func TestOwnership(t *testing.T) {
-	led := newFakeLedger()
-	e := newEnv(t, envOptions{ledger: led})
-	reqID, jobID := events.NewRequestID(), uuid.NewString()
+	e := newEnv(t, envOptions{realLedger: true})
+	ctx := context.Background()
+	rec, err := ledger.NewRecorder(e.led, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := json.RawMessage(`{"user":"42"}`)
 
-	led.set(reqID, jobID, ledger.Ownership{Foreign: true})
+	// A job the ledger gives to another request.
+	reqID, jobID := events.NewRequestID(), uuid.NewString()
+	if err := e.led.RecordSubmission(ctx, ledger.Record{RequestID: events.NewRequestID(), JobID: jobID}); err != nil {
+		t.Fatal(err)
+	}
 	r := e.post(e.webhookURL(reqID), jobBody(jobID, krea.StatusCompleted))
 	if r.code != http.StatusForbidden {
 		t.Fatalf("foreign job: code %d", r.code)
 	}
 	r.errMsg(t)
 
+	// A job already terminal in the ledger, past any duplicate window.
 	reqID2, jobID2 := events.NewRequestID(), uuid.NewString()
-	led.set(reqID2, jobID2, ledger.Ownership{Terminal: true})
+	if err := e.led.RecordSubmission(ctx, ledger.Record{RequestID: reqID2, JobID: jobID2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rec.Apply(ctx, &events.Event{JobID: jobID2, RequestID: reqID2, Status: krea.StatusCompleted}); err != nil {
+		t.Fatal(err)
+	}
 	a := e.post(e.webhookURL(reqID2), jobBody(jobID2, krea.StatusFailed)).ok(t)
 	if !*a.Duplicate {
 		t.Fatalf("terminal repeat: %+v", a)
@@ -370,15 +387,17 @@ func TestOwnership(t *testing.T) {
 	if msgs := e.stored(); len(msgs) != 0 {
 		t.Fatalf("%d messages stored", len(msgs))
 	}
-
 	// Terminal known, but a non-terminal status is still its own event.
 	pbody := jobBody(jobID2, krea.StatusProcessing)
 	if a := e.post(e.webhookURL(reqID2), pbody).ok(t); *a.Duplicate {
 		t.Fatalf("non-terminal after terminal marked duplicate")
 	}
 
+	// The request's own job: stored with its metadata.
 	reqID3, jobID3 := events.NewRequestID(), uuid.NewString()
-	led.set(reqID3, jobID3, ledger.Ownership{Metadata: json.RawMessage(`{"user":"42"}`)})
+	if err := e.led.RecordSubmission(ctx, ledger.Record{RequestID: reqID3, JobID: jobID3, Metadata: md}); err != nil {
+		t.Fatal(err)
+	}
 	body3 := jobBody(jobID3, krea.StatusCompleted)
 	e.post(e.webhookURL(reqID3), body3).ok(t)
 	msgs := e.stored()
@@ -386,15 +405,56 @@ func TestOwnership(t *testing.T) {
 		t.Fatalf("%d messages stored", len(msgs))
 	}
 	checkEvent(t, msgs[1], jobID3, krea.StatusCompleted, reqID3, body3)
-	if got := msgs[1].Headers().Get(events.HeaderMetadata); got != `{"user":"42"}` {
+	if got := msgs[1].Headers().Get(events.HeaderMetadata); got != string(md) {
 		t.Errorf("metadata header %q", got)
 	}
-	want := []string{reqID2 + "/" + jobID2 + "/processing", reqID3 + "/" + jobID3 + "/completed"}
-	if got := led.storedCalls(); fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("Stored calls %v, want %v", got, want)
+	if got := msgs[1].Headers().Get(events.HeaderExtraJob); got != "" {
+		t.Errorf("the request's own job marked extra: %q", got)
+	}
+	// Its repeat is answered from the cache as a duplicate.
+	if a := e.post(e.webhookURL(reqID3), body3).ok(t); !*a.Duplicate {
+		t.Fatalf("repeat of a stored terminal webhook: %+v", a)
+	}
+
+	// A second job of request 3 (Krea was paid twice): stored, marked.
+	extraJob := uuid.NewString()
+	bodyX := jobBody(extraJob, krea.StatusCompleted)
+	if a := e.post(e.webhookURL(reqID3), bodyX).ok(t); *a.Duplicate {
+		t.Fatalf("extra job answered duplicate")
+	}
+	msgs = e.stored()
+	if len(msgs) != 3 {
+		t.Fatalf("%d messages stored", len(msgs))
+	}
+	checkEvent(t, msgs[2], extraJob, krea.StatusCompleted, reqID3, bodyX)
+	if got := msgs[2].Headers().Get(events.HeaderExtraJob); got != "true" {
+		t.Errorf("extra job's %s header %q", events.HeaderExtraJob, got)
+	}
+	if got := msgs[2].Headers().Get(events.HeaderMetadata); got != string(md) {
+		t.Errorf("extra job's metadata header %q", got)
+	}
+	if got := counter(t, e.reg, ExtraJobsMetric, "source", "webhook"); got != 1 {
+		t.Errorf("extra jobs counter %v, want 1", got)
 	}
 	if got := counter(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", OutcomeForbidden, "code", "403"); got != 1 {
 		t.Errorf("forbidden counter %v", got)
+	}
+}
+
+// TestLedgerUnreadable: a webhook whose owner cannot be learned gets 503
+// with Retry-After and is not stored: a foreign job cannot be told from
+// ours without the ledger.
+func TestLedgerUnreadable(t *testing.T) {
+	led := newFakeLedger()
+	led.err = errors.New("nats: timeout")
+	e := newEnv(t, envOptions{ledger: led})
+	r := e.post(e.webhookURL("r"), jobBody(uuid.NewString(), krea.StatusCompleted))
+	if r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
+		t.Fatalf("code %d, Retry-After %q", r.code, r.header.Get("Retry-After"))
+	}
+	r.errMsg(t)
+	if msgs := e.stored(); len(msgs) != 0 {
+		t.Fatalf("%d messages stored", len(msgs))
 	}
 }
 

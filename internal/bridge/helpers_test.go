@@ -50,13 +50,17 @@ type testEnv struct {
 	logs    *natstest.Buffer
 	conns   *connCounter
 	missing chan struct{}
+	led     *ledger.Ledger // with envOptions.realLedger
 }
 
 type envOptions struct {
-	cfg      Config
-	ledger   ledger.Index
-	noStream bool   // do not create KREA_JOBS
-	natsURL  string // use this server instead of an embedded JetStream
+	cfg    Config
+	ledger ledger.Index
+	// realLedger opens the job ledger on the env's server (testEnv.led)
+	// and serves ownership from it, as the bridge program does.
+	realLedger bool
+	noStream   bool   // do not create KREA_JOBS
+	natsURL    string // use this server instead of an embedded JetStream
 }
 
 func newEnv(t testing.TB, o envOptions) *testEnv {
@@ -77,6 +81,15 @@ func newEnv(t testing.TB, o envOptions) *testEnv {
 			t.Fatal(err)
 		}
 	}
+	var led *ledger.Ledger
+	if o.realLedger {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if led, err = ledger.Open(ctx, js, ledger.Config{Create: true, TTL: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+		o.ledger = led.Owners(0)
+	}
 	cfg := o.cfg
 	if cfg.Secret == "" {
 		cfg.Secret, cfg.SecretPrevious = testSecret, testPrevSecret
@@ -88,7 +101,7 @@ func newEnv(t testing.TB, o envOptions) *testEnv {
 		cfg.MaxInFlight = 4096
 	}
 	e := &testEnv{t: t, nc: nc, js: js, reg: prometheus.NewRegistry(), logs: &natstest.Buffer{},
-		conns: &connCounter{}, missing: make(chan struct{}, 16)}
+		conns: &connCounter{}, missing: make(chan struct{}, 16), led: led}
 	level := slog.LevelDebug
 	if _, bench := t.(*testing.B); bench {
 		level = slog.LevelInfo // as in production
@@ -359,10 +372,11 @@ func counter(t testing.TB, reg *prometheus.Registry, name string, labels ...stri
 	return 0
 }
 
-// fakeLedger is a ledger.Index with set answers; it can hold Lookup until
-// released.
+// fakeLedger is a ledger.Index with set answers, for what the real ledger
+// cannot be made to do on cue: it can hold Lookup until released, and fail.
 type fakeLedger struct {
 	mu      sync.Mutex
+	err     error // when set, every Lookup fails with it
 	own     map[string]ledger.Ownership
 	stored  []string
 	hold    chan struct{} // when not nil, Lookup waits for it to close
@@ -379,9 +393,9 @@ func (f *fakeLedger) set(requestID, jobID string, o ledger.Ownership) {
 	f.mu.Unlock()
 }
 
-func (f *fakeLedger) Lookup(requestID, jobID string) ledger.Ownership {
+func (f *fakeLedger) Lookup(_ context.Context, requestID, jobID string) (ledger.Ownership, error) {
 	f.mu.Lock()
-	hold := f.hold
+	hold, err := f.hold, f.err
 	o := f.own[requestID+"/"+jobID]
 	f.mu.Unlock()
 	select {
@@ -391,10 +405,10 @@ func (f *fakeLedger) Lookup(requestID, jobID string) ledger.Ownership {
 	if hold != nil {
 		<-hold
 	}
-	return o
+	return o, err
 }
 
-func (f *fakeLedger) Stored(requestID, jobID string, status krea.Status) {
+func (f *fakeLedger) Stored(requestID, jobID string, status krea.Status, _ ledger.Ownership) {
 	f.mu.Lock()
 	f.stored = append(f.stored, requestID+"/"+jobID+"/"+string(status))
 	f.mu.Unlock()

@@ -22,10 +22,17 @@ const (
 	OutcomeTooManyRequests      = "too_many_requests"
 )
 
+// ExtraJobsMetric counts second jobs of a request: Krea was paid twice.
+// The bridge counts them with source="webhook", the submitter with
+// source="submitter".
+const ExtraJobsMetric = "kreabus_extra_jobs_total"
+
 type metrics struct {
 	webhooks   *prometheus.CounterVec
 	duplicates prometheus.Counter
 	publish    prometheus.Histogram
+	lookup     prometheus.Histogram
+	extraJobs  prometheus.Counter
 	inFlight   prometheus.Gauge
 }
 
@@ -44,16 +51,26 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time from publishing a job event to its JetStream PubAck (or failure).",
 			Buckets: prometheus.ExponentialBuckets(0.00025, 2, 16), // 0.25 ms to 8 s
 		}),
+		lookup: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "kreabus_bridge_ledger_lookup_duration_seconds",
+			Help:    "Time to learn a webhook's job owner from the job ledger (cache or key reads).",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16), // 50 µs to 1.6 s
+		}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "kreabus_bridge_requests_in_flight",
 			Help: "Webhook requests being handled.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.webhooks, m.duplicates, m.publish, m.inFlight} {
+	extra := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: ExtraJobsMetric,
+		Help: "Events of second (paid) jobs of a request stored, marked Kreabus-Extra-Job, by who stored them.",
+	}, []string{"source"})
+	for _, c := range []prometheus.Collector{m.webhooks, m.duplicates, m.publish, m.lookup, extra, m.inFlight} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
+	m.extraJobs = extra.WithLabelValues("webhook")
 	return m, nil
 }
 

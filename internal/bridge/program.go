@@ -44,7 +44,7 @@ type Program struct {
 	stop     context.CancelFunc
 	bg       sync.WaitGroup
 
-	ledger lateView // ownership, terminal state and metadata of jobs
+	ledger lateOwners // ownership, terminal state and metadata of jobs
 
 	mu        sync.Mutex
 	streamErr error // KREA_JOBS exists but is unusable

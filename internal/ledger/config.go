@@ -37,6 +37,8 @@ type Config struct {
 	Replicas int           `env:"KREABUS_LEDGER_REPLICAS" flag:"ledger-replicas" default:"0" usage:"replicas of the ledger bucket when created (0: as KREABUS_STREAM_REPLICAS)"`
 	TTL      time.Duration `env:"KREABUS_LEDGER_TTL" flag:"ledger-ttl" default:"168h" usage:"how long a ledger entry is kept after its last write (bounds the ledger; must exceed KREABUS_JOB_MAX_AGE)"`
 	Workers  int           `env:"KREABUS_LEDGER_WORKERS" flag:"ledger-workers" default:"8" usage:"job events the ledger recorder applies concurrently"`
+	// CacheSize bounds the bridge's cache of settled jobs.
+	CacheSize int `env:"KREABUS_LEDGER_CACHE" flag:"ledger-cache" default:"16384" usage:"settled jobs the bridge keeps in memory to answer repeated webhooks without a ledger read (-1: none)"`
 
 	// Create lets Open create the bucket and the Recorder create its
 	// durable consumer when missing.
@@ -57,6 +59,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Workers <= 0 {
 		c.Workers = DefaultWorkers
+	}
+	if c.CacheSize == 0 {
+		c.CacheSize = DefaultCacheSize
 	}
 	if c.AckWait <= 0 {
 		c.AckWait = DefaultAckWait

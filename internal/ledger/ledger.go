@@ -23,6 +23,9 @@ var (
 	ErrConflict = errors.New("ledger: request already recorded with another job")
 	// ErrInvalidRecord is returned for a record whose IDs cannot be keys.
 	ErrInvalidRecord = errors.New("ledger: invalid record")
+	// ErrChanged is returned by PutRequestAt when the record is no longer
+	// at the revision the caller read: another writer got there first.
+	ErrChanged = errors.New("ledger: record changed meanwhile")
 )
 
 // ConflictError says which job a request is already recorded with.
@@ -123,7 +126,7 @@ func (l *Ledger) bind(ctx context.Context) (jetstream.KeyValue, error) {
 	}
 	kcfg := jetstream.KeyValueConfig{
 		Bucket:         l.cfg.Bucket,
-		Description:    "kreabus job ledger: req.<request_id> and job.<job_id>",
+		Description:    "kreabus job ledger: req.<request_id>, job.<job_id>, open.<job_id>, poll.<job_id>",
 		History:        1,
 		TTL:            l.cfg.TTL,
 		Storage:        jetstream.FileStorage,
@@ -155,99 +158,17 @@ func (l *Ledger) TTL() time.Duration { return l.ttl }
 // KeyValue returns the underlying bucket, for diagnostics and tests.
 func (l *Ledger) KeyValue() jetstream.KeyValue { return l.kv }
 
-// PutRejection records that a request was rejected, before its rejected
-// event is published, so that a redelivery (a lost ack) re-publishes the
-// rejection instead of calling the API again. rec needs RequestID; its
-// Status, Terminal and JobID are set here. When the request is already
-// recorded with a job, the error is a *ConflictError naming it: the request
-// was submitted after all and must not be rejected. Recording the same
-// rejection again is a no-op.
-func (l *Ledger) PutRejection(ctx context.Context, rec Record) error {
-	if !validID(rec.RequestID) {
-		return fmt.Errorf("%w: request_id %q", ErrInvalidRecord, rec.RequestID)
-	}
-	now := time.Now().UTC()
-	rec.JobID, rec.Status, rec.Terminal = "", events.StatusRejected, true
-	rec.Source = events.SourceSubmitter
-	rec.UpdatedAt = now
-	if !hasMetadata(rec.Metadata) {
-		rec.Metadata = nil
-	}
-	data, err := json.Marshal(rec)
-	if err != nil {
-		return fmt.Errorf("ledger: encode rejection record: %w", err)
-	}
-	key := RequestKey(rec.RequestID)
-	if _, err = l.kv.Create(ctx, key, data); err == nil {
-		return nil
-	} else if !errors.Is(err, jetstream.ErrKeyExists) {
-		return fmt.Errorf("ledger: put %s: %w", key, err)
-	}
-	have, err := l.Request(ctx, rec.RequestID)
-	if err != nil {
-		return fmt.Errorf("ledger: put %s: exists, but reading it failed: %w", key, err)
-	}
-	if have.JobID != "" {
-		return &ConflictError{Existing: *have}
-	}
-	return nil
-}
-
-// PutRequest records that the API accepted request rec.RequestID as job
-// rec.JobID. The submitter calls it right after the API answered and before
-// it acknowledges the request message, so a redelivered request finds the
-// record (Request) and is not paid twice.
-//
-// Empty SubmittedAt and UpdatedAt become now, an empty Status "submitted"
-// and an empty Source "submitter". Recording the same pair again is a no-op;
-// a request already recorded with another job is a *ConflictError
-// (ErrConflict) and the first record stays.
-func (l *Ledger) PutRequest(ctx context.Context, rec Record) error {
-	if !validID(rec.RequestID) || !validID(rec.JobID) {
-		return fmt.Errorf("%w: request_id %q, job_id %q", ErrInvalidRecord, rec.RequestID, rec.JobID)
-	}
-	now := time.Now().UTC()
-	if rec.SubmittedAt.IsZero() {
-		rec.SubmittedAt = now
-	}
-	if rec.UpdatedAt.IsZero() {
-		rec.UpdatedAt = now
-	}
-	if rec.Status == "" {
-		rec.Status = events.StatusSubmitted
-	}
-	if rec.Source == "" {
-		rec.Source = events.SourceSubmitter
-	}
-	if !hasMetadata(rec.Metadata) {
-		rec.Metadata = nil
-	}
-	data, err := json.Marshal(rec)
-	if err != nil {
-		return fmt.Errorf("ledger: encode request record: %w", err)
-	}
-	key := RequestKey(rec.RequestID)
-	_, err = l.kv.Create(ctx, key, data)
-	if err == nil {
-		return nil
-	}
-	if !errors.Is(err, jetstream.ErrKeyExists) {
-		return fmt.Errorf("ledger: put %s: %w", key, err)
-	}
-	have, gerr := l.Request(ctx, rec.RequestID)
-	if gerr != nil {
-		return fmt.Errorf("ledger: put %s: exists, but reading it failed: %w", key, gerr)
-	}
-	if have.JobID != rec.JobID {
-		return &ConflictError{Existing: *have}
-	}
-	return nil
-}
-
 // Request returns the record of a request, or ErrNotFound.
 func (l *Ledger) Request(ctx context.Context, requestID string) (*Record, error) {
+	rec, _, err := l.RequestAt(ctx, requestID)
+	return rec, err
+}
+
+// RequestAt returns the record of a request and its revision, or
+// ErrNotFound. The revision is what PutRequestAt checks.
+func (l *Ledger) RequestAt(ctx context.Context, requestID string) (*Record, uint64, error) {
 	if !validID(requestID) {
-		return nil, ErrNotFound
+		return nil, 0, ErrNotFound
 	}
 	return l.record(ctx, RequestKey(requestID))
 }
@@ -257,15 +178,16 @@ func (l *Ledger) Job(ctx context.Context, jobID string) (*Record, error) {
 	if !validID(jobID) {
 		return nil, ErrNotFound
 	}
-	return l.record(ctx, JobKey(jobID))
+	rec, _, err := l.record(ctx, JobKey(jobID))
+	return rec, err
 }
 
-func (l *Ledger) record(ctx context.Context, key string) (*Record, error) {
-	rec, _, err := l.get(ctx, key)
+func (l *Ledger) record(ctx context.Context, key string) (*Record, uint64, error) {
+	rec, rev, err := l.get(ctx, key)
 	if err == nil && rec == nil {
 		err = ErrNotFound
 	}
-	return rec, err
+	return rec, rev, err
 }
 
 // get reads a record and its revision. A value that does not decode is
@@ -285,4 +207,274 @@ func (l *Ledger) get(ctx context.Context, key string) (*Record, uint64, error) {
 		return nil, e.Revision(), nil
 	}
 	return &rec, e.Revision(), nil
+}
+
+// put writes rec under key if the key is still at revision rev (0: absent).
+func (l *Ledger) put(ctx context.Context, key string, rec *Record, rev uint64) (uint64, error) {
+	if !hasMetadata(rec.Metadata) {
+		rec.Metadata = nil
+	}
+	if rec.UpdatedAt.IsZero() {
+		rec.UpdatedAt = time.Now().UTC()
+	}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return 0, fmt.Errorf("ledger: encode %s: %w", key, err)
+	}
+	if rev == 0 {
+		rev, err = l.kv.Create(ctx, key, data)
+	} else {
+		rev, err = l.kv.Update(ctx, key, data, rev)
+	}
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return 0, ErrChanged
+	}
+	if err != nil {
+		return 0, fmt.Errorf("ledger: put %s: %w", key, err)
+	}
+	return rev, nil
+}
+
+// maxCASAttempts bounds the read-modify-write retries of one update.
+const maxCASAttempts = 16
+
+// update is a revision-checked read-modify-write of key: f gets the current
+// record (nil when absent) and returns the record to write, or nil to write
+// nothing. It returns what the key holds afterwards.
+func (l *Ledger) update(ctx context.Context, key string, f func(cur *Record) (*Record, error)) (*Record, error) {
+	for range maxCASAttempts {
+		cur, rev, err := l.get(ctx, key)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return nil, err
+		}
+		next, err := f(cur)
+		if err != nil || next == nil {
+			return cur, err
+		}
+		next.UpdatedAt = time.Now().UTC()
+		_, err = l.put(ctx, key, next, rev)
+		if err == nil {
+			return next, nil
+		}
+		if !errors.Is(err, ErrChanged) {
+			return nil, err
+		}
+		// Lost a race with another writer: read again.
+	}
+	return nil, fmt.Errorf("ledger: write %s: too many concurrent updates", key)
+}
+
+// PutRequestAt writes rec as the request's record if the record is still at
+// revision rev (0: absent), and returns the new revision. ErrChanged says
+// another writer got there first: read again and decide again. The
+// submitter moves a request through its lifecycle this way (intent,
+// retrying, uncertain), so two deliveries of one request can never both
+// send it.
+func (l *Ledger) PutRequestAt(ctx context.Context, rec Record, rev uint64) (uint64, error) {
+	if !validID(rec.RequestID) {
+		return 0, fmt.Errorf("%w: request_id %q", ErrInvalidRecord, rec.RequestID)
+	}
+	if rec.Source == "" {
+		rec.Source = events.SourceSubmitter
+	}
+	rec.UpdatedAt = time.Now().UTC()
+	return l.put(ctx, RequestKey(rec.RequestID), &rec, rev)
+}
+
+// isExtra reports whether job jobID, made for the request whose record is
+// req, is beyond the request's one outcome: the request is recorded with
+// another job, or was rejected.
+func isExtra(req *Record, jobID string) bool {
+	if req == nil {
+		return false
+	}
+	if req.JobID != "" {
+		return req.JobID != jobID
+	}
+	return req.Status == events.StatusRejected
+}
+
+// ExtraJobError is returned by RecordSubmission when the request already
+// has its outcome (another job, or a rejection): the new job is a second,
+// paid job of the request, recorded as extra.
+type ExtraJobError struct {
+	Existing Record
+}
+
+func (e *ExtraJobError) Error() string {
+	if e.Existing.JobID == "" {
+		return fmt.Sprintf("ledger: request %s is already recorded as %s", e.Existing.RequestID, e.Existing.Status)
+	}
+	return fmt.Sprintf("ledger: request %s is already recorded with job %s", e.Existing.RequestID, e.Existing.JobID)
+}
+
+// Is makes errors.Is(err, ErrConflict) true.
+func (e *ExtraJobError) Is(target error) bool { return target == ErrConflict }
+
+// RecordSubmission records that Krea accepted request rec.RequestID as job
+// rec.JobID: job.<job_id> first (so the bridge knows the job's owner from
+// this moment), open.<job_id> (so the reconciler follows it), then the
+// request record, moved to submitted whatever attempt state it was in.
+// Recording the same pair again is a no-op. When the request already has
+// its outcome (another job, or a rejection), the job is recorded as extra
+// and the error is an *ExtraJobError (matching ErrConflict).
+//
+// Empty SubmittedAt becomes now; Status is set to submitted.
+func (l *Ledger) RecordSubmission(ctx context.Context, rec Record) error {
+	if !validID(rec.RequestID) || !validID(rec.JobID) {
+		return fmt.Errorf("%w: request_id %q, job_id %q", ErrInvalidRecord, rec.RequestID, rec.JobID)
+	}
+	now := time.Now().UTC()
+	if rec.SubmittedAt.IsZero() {
+		rec.SubmittedAt = now
+	}
+	if rec.Source == "" {
+		rec.Source = events.SourceSubmitter
+	}
+	rec.Status, rec.Terminal, rec.Reason, rec.Rejection = events.StatusSubmitted, false, "", nil
+	if !hasMetadata(rec.Metadata) {
+		rec.Metadata = nil
+	}
+	// The request's record decides whether this job is its one job or an
+	// extra one; read it first so the job record says so from the start.
+	req, _, err := l.RequestAt(ctx, rec.RequestID)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	extra := isExtra(req, rec.JobID)
+	job := rec
+	job.Attempt, job.IntentAt, job.Extra = 0, time.Time{}, extra
+	stored, err := l.update(ctx, JobKey(rec.JobID), func(cur *Record) (*Record, error) {
+		if cur != nil {
+			return nil, nil // the Recorder or a webhook was first: it knows
+		}
+		return &job, nil
+	})
+	if err != nil {
+		return err
+	}
+	if stored != nil && !stored.Terminal {
+		if err := l.PutOpen(ctx, *stored); err != nil {
+			return err
+		}
+	}
+	if extra {
+		return &ExtraJobError{Existing: *req}
+	}
+	var conflict *Record
+	_, err = l.update(ctx, RequestKey(rec.RequestID), func(cur *Record) (*Record, error) {
+		conflict = nil
+		switch {
+		case cur == nil:
+			r := rec
+			r.Attempt = max(r.Attempt, 1)
+			return &r, nil
+		case cur.JobID == rec.JobID:
+			return nil, nil
+		case isExtra(cur, rec.JobID):
+			conflict = cur
+			return nil, nil
+		}
+		r := *cur
+		r.JobID, r.Status, r.SubmittedAt, r.Source = rec.JobID, events.StatusSubmitted, rec.SubmittedAt, rec.Source
+		if !hasMetadata(r.Metadata) {
+			r.Metadata = rec.Metadata
+		}
+		if r.Path == "" {
+			r.Path = rec.Path
+		}
+		return &r, nil
+	})
+	if err != nil {
+		return err
+	}
+	if conflict != nil {
+		// Settled by someone else between the two reads: this job is extra.
+		if _, err := l.update(ctx, JobKey(rec.JobID), func(cur *Record) (*Record, error) {
+			if cur == nil || cur.Extra {
+				return nil, nil
+			}
+			r := *cur
+			r.Extra = true
+			return &r, nil
+		}); err != nil {
+			return err
+		}
+		return &ExtraJobError{Existing: *conflict}
+	}
+	return nil
+}
+
+// PutRejection records that a request was rejected, before its rejected
+// event is published, so that a redelivery (a lost ack) re-publishes the
+// rejection instead of calling the API again. rec needs RequestID; its
+// Status, Terminal and JobID are set here. When the request is already
+// recorded with a job, the error is a *ConflictError naming it: the request
+// was submitted after all and must not be rejected. Recording a request
+// already rejected is a no-op.
+func (l *Ledger) PutRejection(ctx context.Context, rec Record) error {
+	if !validID(rec.RequestID) {
+		return fmt.Errorf("%w: request_id %q", ErrInvalidRecord, rec.RequestID)
+	}
+	rec.JobID, rec.Status, rec.Terminal = "", events.StatusRejected, true
+	rec.Source = events.SourceSubmitter
+	var conflict *Record
+	_, err := l.update(ctx, RequestKey(rec.RequestID), func(cur *Record) (*Record, error) {
+		conflict = nil
+		switch {
+		case cur == nil:
+			r := rec
+			return &r, nil
+		case cur.JobID != "":
+			conflict = cur
+			return nil, nil
+		case cur.Status == events.StatusRejected:
+			return nil, nil
+		}
+		r := rec
+		r.Attempt, r.IntentAt, r.SubmittedAt = cur.Attempt, cur.IntentAt, cur.SubmittedAt
+		if r.Path == "" {
+			r.Path = cur.Path
+		}
+		if !hasMetadata(r.Metadata) {
+			r.Metadata = cur.Metadata
+		}
+		return &r, nil
+	})
+	if err != nil {
+		return err
+	}
+	if conflict != nil {
+		return &ConflictError{Existing: *conflict}
+	}
+	return nil
+}
+
+// LinkEvidence records what an event of job jobID carrying requestID's
+// token proves: the request made that job. A request record still without
+// a job (sending, retrying or uncertain) becomes submitted with it; this
+// is how a webhook settles a call whose answer was lost. It reports
+// whether the job is extra: the request has another job already, or was
+// rejected. A request the ledger does not hold is left alone.
+func (l *Ledger) LinkEvidence(ctx context.Context, requestID, jobID string, at time.Time, source events.Source) (extra bool, err error) {
+	if !validID(requestID) || !validID(jobID) {
+		return false, nil
+	}
+	_, err = l.update(ctx, RequestKey(requestID), func(cur *Record) (*Record, error) {
+		extra = false
+		switch {
+		case cur == nil || cur.JobID == jobID:
+			return nil, nil
+		case isExtra(cur, jobID):
+			extra = true
+			return nil, nil
+		}
+		r := *cur
+		r.JobID, r.Status, r.Source = jobID, events.StatusSubmitted, source
+		if r.SubmittedAt.IsZero() {
+			r.SubmittedAt = at.UTC()
+		}
+		return &r, nil
+	})
+	return extra, err
 }

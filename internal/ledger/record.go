@@ -9,28 +9,54 @@ import (
 	"github.com/kreabus/kreabus/pkg/krea"
 )
 
-// Key prefixes in the bucket.
+// Key prefixes in the bucket. Every key is one of these followed by one
+// ID token, so each kind of record is a subject space of its own that can
+// be read or watched without touching the others.
 const (
-	// RequestKeyPrefix prefixes req.<request_id>: written by the submitter
-	// once the API accepted the request.
+	// RequestKeyPrefix prefixes req.<request_id>: the request's lifecycle,
+	// written by the submitter (intent, outcome) and by the Recorder when
+	// a webhook proves which job a request made.
 	RequestKeyPrefix = "req."
-	// JobKeyPrefix prefixes job.<job_id>: written by the Recorder from the
-	// job events on KREA_JOBS.
+	// JobKeyPrefix prefixes job.<job_id>: the job's owner and state,
+	// created by the submitter when Krea answers and kept up to date by
+	// the Recorder from the job events on KREA_JOBS.
 	JobKeyPrefix = "job."
+	// OpenKeyPrefix prefixes open.<job_id>: present while a job is not
+	// terminal. It is the reconciler's work list: a watch on open.> holds
+	// the jobs in flight only, however many the bucket keeps.
+	OpenKeyPrefix = "open."
 )
 
 // MaxIDLen bounds request and job IDs used as keys.
 const MaxIDLen = 128
 
-// Record is one ledger entry, stored as JSON under req.<request_id> or
-// job.<job_id>.
+// Request lifecycle statuses of a req.<request_id> record, besides
+// events.StatusSubmitted (Krea made job JobID) and events.StatusRejected.
+const (
+	// StatusSending: attempt Attempt was about to be sent at IntentAt; a
+	// job may exist once the call reached Krea.
+	StatusSending krea.Status = "sending"
+	// StatusRetrying: attempt Attempt certainly made no job (429, a 4xx
+	// other than a refusal, or a connection that failed before the request
+	// was sent); the request is free to be sent again.
+	StatusRetrying krea.Status = "retrying"
+	// StatusUncertain: attempt Attempt reached Krea (or may have) and no
+	// usable answer came back: a job may exist. It is not sent again
+	// until evidence settles it (see the submitter's resolution).
+	StatusUncertain krea.Status = "uncertain"
+)
+
+// Record is one ledger entry, stored as JSON under req.<request_id>,
+// job.<job_id> or open.<job_id>.
 type Record struct {
 	RequestID string `json:"request_id,omitempty"`
 	JobID     string `json:"job_id,omitempty"`
 	// Path is the Krea API path the request named, when known.
 	Path string `json:"path,omitempty"`
-	// Status is the latest status known: "submitted", a Krea status, or
-	// the terminal status once Terminal is set (it never changes then).
+	// Status: on a request record its lifecycle (sending, retrying,
+	// uncertain, submitted, rejected); on a job record "submitted", a Krea
+	// status, or the terminal status once Terminal is set (it never
+	// changes then).
 	Status   krea.Status `json:"status,omitempty"`
 	Terminal bool        `json:"terminal"`
 	// Metadata is the request's metadata as compact JSON, when it had any.
@@ -44,6 +70,15 @@ type Record struct {
 	// body, so a redelivery re-publishes it instead of calling the API.
 	Reason    string          `json:"reason,omitempty"`
 	Rejection json.RawMessage `json:"rejection,omitempty"`
+	// Attempt counts the API calls made for a request that count towards
+	// its retries; IntentAt is when the latest one was about to be sent,
+	// EndedAt when an uncertain one ended (an answer that said nothing
+	// usable, or the client's timeout).
+	Attempt  int       `json:"attempt,omitempty"`
+	IntentAt time.Time `json:"intent_at,omitzero"`
+	EndedAt  time.Time `json:"ended_at,omitzero"`
+	// Extra marks a job record as a second (paid) job of its request.
+	Extra bool `json:"extra,omitempty"`
 }
 
 // RequestKey is the bucket key of a request record.
@@ -51,6 +86,9 @@ func RequestKey(requestID string) string { return RequestKeyPrefix + requestID }
 
 // JobKey is the bucket key of a job record.
 func JobKey(jobID string) string { return JobKeyPrefix + jobID }
+
+// OpenKey is the bucket key that lists a job as not terminal.
+func OpenKey(jobID string) string { return OpenKeyPrefix + jobID }
 
 // validID reports whether id can be a key token: 1 to MaxIDLen characters
 // of [A-Za-z0-9_-]. Request IDs and Krea's UUID job IDs all are.
@@ -76,11 +114,21 @@ func hasMetadata(m json.RawMessage) bool {
 	return len(m) > 0 && !bytes.Equal(m, []byte("null"))
 }
 
-// sameContent compares two records, ignoring UpdatedAt.
+// Settled reports whether a request record is final: submitted (a job
+// exists) or rejected.
+func (r *Record) Settled() bool {
+	return r.Status == events.StatusSubmitted || r.Status == events.StatusRejected
+}
+
+// Unresolved reports whether a request record names no job and is not
+// rejected: an attempt is sending, uncertain or to be retried.
+func (r *Record) Unresolved() bool { return r.JobID == "" && r.Status != events.StatusRejected }
+
+// sameContent compares two job records, ignoring UpdatedAt.
 func sameContent(a, b *Record) bool {
 	return a.RequestID == b.RequestID && a.JobID == b.JobID && a.Path == b.Path &&
 		a.Status == b.Status && a.Terminal == b.Terminal && bytes.Equal(a.Metadata, b.Metadata) &&
-		a.SubmittedAt.Equal(b.SubmittedAt) && a.Source == b.Source
+		a.SubmittedAt.Equal(b.SubmittedAt) && a.Source == b.Source && a.Extra == b.Extra
 }
 
 // applyEvent returns the job record cur becomes once ev is applied, and
@@ -90,7 +138,8 @@ func sameContent(a, b *Record) bool {
 //   - a terminal record never changes status again (the first terminal
 //     event recorded wins);
 //   - request ID, metadata, path and submission time are filled in once;
-//   - a non-terminal status replaces another non-terminal one.
+//   - a non-terminal status replaces another non-terminal one;
+//   - an extra job stays extra.
 func applyEvent(cur *Record, ev *events.Event, now time.Time) (Record, bool) {
 	var r Record
 	if cur != nil {
@@ -107,6 +156,9 @@ func applyEvent(cur *Record, ev *events.Event, now time.Time) (Record, bool) {
 	}
 	if r.SubmittedAt.IsZero() {
 		r.SubmittedAt = eventSubmittedAt(ev, now)
+	}
+	if ev.ExtraJob && r.RequestID == ev.RequestID {
+		r.Extra = true
 	}
 	switch {
 	case r.Terminal:

@@ -2,7 +2,6 @@ package ledger
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -252,98 +251,71 @@ func (r *Recorder) handle(ctx context.Context, m jetstream.Msg) {
 	}
 }
 
-// maxCASAttempts bounds the read-modify-write retries of one update.
-const maxCASAttempts = 16
-
 // Apply writes one job event into the ledger, as the Recorder does for
 // every event it consumes, and reports whether the job record changed. It
 // is idempotent. ev.JobID must be set.
+//
+// Beyond the job record it keeps the rest of the ledger true to the event:
+//   - an event for a job the ledger lacks, carrying a request's token,
+//     proves which job the request made: a request still without a job
+//     (its call's answer was lost) becomes submitted with it, and a
+//     request that has its outcome already makes this job extra;
+//   - a submitted event for a job the ledger lacks (the submitter's write
+//     failed, or a program calls Krea itself) records the submission;
+//   - a terminal event takes the job off the open list.
 func (r *Recorder) Apply(ctx context.Context, ev *events.Event) (bool, error) {
 	l := r.l
 	if !validID(ev.JobID) {
 		return false, fmt.Errorf("%w: job_id %q", ErrInvalidRecord, ev.JobID)
 	}
-	var req *Record
-	if ev.Status == events.StatusSubmitted && validID(ev.RequestID) {
-		var err error
-		if req, err = r.ensureRequest(ctx, ev); err != nil {
+	extra := ev.ExtraJob
+	if validID(ev.RequestID) {
+		known, err := l.Job(ctx, ev.JobID)
+		switch {
+		case err != nil && !errors.Is(err, ErrNotFound):
 			return false, err
-		}
-	}
-	key := JobKey(ev.JobID)
-	for range maxCASAttempts {
-		cur, rev, err := l.get(ctx, key)
-		if err != nil && !errors.Is(err, ErrNotFound) {
-			return false, err
-		}
-		next, changed := applyEvent(cur, ev, time.Now())
-		if req != nil && req.JobID == ev.JobID && next.RequestID == req.RequestID {
-			// The submitter's record knows what the event does not.
-			if next.Path == "" && req.Path != "" {
-				next.Path, changed = req.Path, true
+		case known != nil:
+		case ev.Status == events.StatusSubmitted:
+			err := l.RecordSubmission(ctx, Record{
+				RequestID: ev.RequestID, JobID: ev.JobID, Metadata: ev.Metadata,
+				SubmittedAt: eventSubmittedAt(ev, time.Now()), Source: ev.Source,
+			})
+			var xe *ExtraJobError
+			switch {
+			case errors.As(err, &xe):
+				extra = true
+				l.log.Warn("submitted event names a second job of its request",
+					"request_id", ev.RequestID, "job_id", ev.JobID, "ledger_job_id", xe.Existing.JobID)
+			case err != nil:
+				return false, err
 			}
-			if !hasMetadata(next.Metadata) && hasMetadata(req.Metadata) {
-				next.Metadata, changed = req.Metadata, true
+		default:
+			x, err := l.LinkEvidence(ctx, ev.RequestID, ev.JobID, eventSubmittedAt(ev, time.Now()), ev.Source)
+			if err != nil {
+				return false, err
 			}
+			extra = extra || x
 		}
-		if !changed {
-			return false, nil
+	}
+	changed := false
+	_, err := l.update(ctx, JobKey(ev.JobID), func(cur *Record) (*Record, error) {
+		next, ch := applyEvent(cur, ev, time.Now())
+		if extra && !next.Extra && next.RequestID == ev.RequestID {
+			next.Extra, ch = true, true
 		}
-		next.UpdatedAt = time.Now().UTC()
-		data, err := json.Marshal(next)
-		if err != nil {
-			return false, err
+		changed = ch
+		if !ch {
+			return nil, nil
 		}
-		if rev == 0 {
-			_, err = l.kv.Create(ctx, key, data)
-		} else {
-			_, err = l.kv.Update(ctx, key, data, rev)
+		return &next, nil
+	})
+	if err != nil {
+		return false, err
+	}
+	if ev.Status.IsTerminal() {
+		if err := l.CloseOpen(ctx, ev.JobID); err != nil {
+			return changed, err
 		}
-		if err == nil {
-			return true, nil
-		}
-		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			return false, fmt.Errorf("ledger: write %s: %w", key, err)
-		}
-		// Lost a race with another writer: read again.
 	}
-	return false, fmt.Errorf("ledger: write %s: too many concurrent updates", key)
-}
-
-// ensureRequest returns the request record of a submitted event, creating
-// it when the submitter did not (a program that calls Krea itself and only
-// publishes the event).
-func (r *Recorder) ensureRequest(ctx context.Context, ev *events.Event) (*Record, error) {
-	l := r.l
-	rec, err := l.Request(ctx, ev.RequestID)
-	if err == nil {
-		return rec, nil
-	}
-	if !errors.Is(err, ErrNotFound) {
-		return nil, err
-	}
-	now := time.Now().UTC()
-	nr := Record{
-		RequestID:   ev.RequestID,
-		JobID:       ev.JobID,
-		Status:      events.StatusSubmitted,
-		SubmittedAt: eventSubmittedAt(ev, now),
-		UpdatedAt:   now,
-		Source:      ev.Source,
-	}
-	if hasMetadata(ev.Metadata) {
-		nr.Metadata = ev.Metadata
-	}
-	err = l.PutRequest(ctx, nr)
-	switch {
-	case err == nil:
-		return &nr, nil
-	case errors.Is(err, ErrConflict):
-		var ce *ConflictError
-		errors.As(err, &ce)
-		l.log.Warn("submitted event names a job the ledger does not map its request to",
-			"request_id", ev.RequestID, "job_id", ev.JobID, "ledger_job_id", ce.Existing.JobID)
-		return &ce.Existing, nil
-	}
-	return nil, err
+	return changed, nil
 }

@@ -41,11 +41,14 @@ type JobGetter interface {
 	GetJob(ctx context.Context, id string) (*krea.Job, json.RawMessage, error)
 }
 
-// View is what the reconciler needs from the in-memory ledger view;
-// *ledger.View implements it.
-type View interface {
-	ledger.Index
+// Open is the list of jobs not terminal, in memory; *ledger.OpenJobs
+// implements it. It holds the jobs in flight only, so a scan costs what is
+// in flight, not what the ledger keeps.
+type Open interface {
+	// Pending returns the open jobs submitted at least grace before now.
 	Pending(now time.Time, grace time.Duration) []ledger.Record
+	// Forget drops a job the reconciler settled or saw settled.
+	Forget(jobID string)
 }
 
 // Claims shares the polling of a job among replicas; *ledger.Ledger
@@ -54,10 +57,11 @@ type Claims interface {
 	ClaimPoll(ctx context.Context, jobID, holder string, ttl time.Duration) (bool, error)
 }
 
-// Store reads a job record from the ledger bucket itself; *ledger.Ledger
-// implements it.
+// Store reads a job record from the ledger bucket and takes a job off the
+// open list; *ledger.Ledger implements it.
 type Store interface {
 	Job(ctx context.Context, jobID string) (*ledger.Record, error)
+	CloseOpen(ctx context.Context, jobID string) error
 }
 
 // Deps are the reconciler's collaborators.
@@ -66,19 +70,20 @@ type Deps struct {
 	JetStream jetstream.JetStream
 	// Krea polls jobs (required): a *krea.Client.
 	Krea JobGetter
-	// View lists pending jobs and answers Lookup (required): the
-	// *ledger.View of the process.
-	View View
-	// Store, when set (the *ledger.Ledger), is read right before
-	// publishing, so a job another replica or a webhook settled moments
-	// ago is not published again even beyond the duplicate window.
+	// Open lists the jobs not terminal (required): the *ledger.OpenJobs
+	// of the process.
+	Open Open
+	// Store (required; the *ledger.Ledger) is read before each poll and
+	// right before publishing, so a job another replica or a webhook
+	// settled moments ago is neither polled nor published again, even
+	// beyond the duplicate window.
 	Store Store
 	// Claims, when set (the *ledger.Ledger), has a replica poll a job only
 	// while it holds the job's claim, so several replicas cost the API one
 	// poll per job and round instead of one each.
 	Claims Claims
 	// Ready, when set, gates every scan: the submitter passes
-	// recorder.Synced && view.Ready, so nothing is polled before the
+	// recorder.Synced && open.Ready, so nothing is polled before the
 	// ledger has caught up with the stream.
 	Ready func() bool
 	// Log defaults to discarding.
@@ -137,12 +142,8 @@ func New(cfg Config, d Deps) (*Reconciler, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
-	if d.JetStream == nil || d.Krea == nil || d.View == nil {
-		return nil, errors.New("reconciler: JetStream, Krea and View are required")
-	}
-	if v, ok := d.View.(interface{ TTL() time.Duration }); ok && v.TTL() <= cfg.JobMaxAge {
-		// The ledger would forget jobs before they could expire here.
-		return nil, fmt.Errorf("reconciler: KREABUS_LEDGER_TTL (%v) must exceed KREABUS_JOB_MAX_AGE (%v)", v.TTL(), cfg.JobMaxAge)
+	if d.JetStream == nil || d.Krea == nil || d.Open == nil || d.Store == nil {
+		return nil, errors.New("reconciler: JetStream, Krea, Open and Store are required")
 	}
 	log := d.Log
 	if log == nil {
@@ -213,7 +214,7 @@ func (r *Reconciler) scan(ctx context.Context, work chan<- ledger.Record) {
 		return
 	}
 	now := time.Now()
-	pending := r.d.View.Pending(now, r.cfg.WebhookGrace)
+	pending := r.d.Open.Pending(now, r.cfg.WebhookGrace)
 	r.pending.Set(float64(len(pending)))
 
 	r.mu.Lock()
@@ -261,8 +262,7 @@ func (r *Reconciler) scan(ctx context.Context, work chan<- ledger.Record) {
 
 // poll polls one job and publishes what it finds.
 func (r *Reconciler) poll(ctx context.Context, rec ledger.Record) {
-	if own := r.d.View.Lookup(rec.RequestID, rec.JobID); own.Terminal {
-		r.forget(rec.JobID)
+	if r.settled(ctx, rec) {
 		return
 	}
 	if wait := r.pause(); wait > 0 {
@@ -330,29 +330,18 @@ func (r *Reconciler) poll(ctx context.Context, rec ledger.Record) {
 // the job as terminal.
 func (r *Reconciler) publish(ctx context.Context, rec ledger.Record, status krea.Status, body []byte, reason string) {
 	log := r.log.With("job_id", rec.JobID, "request_id", rec.RequestID, "status", status)
-	own := r.d.View.Lookup(rec.RequestID, rec.JobID)
-	if !own.Terminal && r.d.Store != nil {
-		if jr, err := r.d.Store.Job(ctx, rec.JobID); err == nil && jr.Terminal {
-			own.Terminal = true
-			r.d.View.Stored(rec.RequestID, rec.JobID, jr.Status)
-		}
-	}
-	if own.Terminal {
+	if r.settled(ctx, rec) {
 		log.Debug("job settled meanwhile; not publishing")
-		r.forget(rec.JobID)
 		return
-	}
-	md := rec.Metadata
-	if len(md) == 0 {
-		md = own.Metadata
 	}
 	msg := events.NewJobMsg(events.EventHeaders{
 		JobID:     rec.JobID,
 		Status:    status,
 		RequestID: rec.RequestID,
 		Source:    events.SourcePoll,
-		Metadata:  md,
+		Metadata:  rec.Metadata,
 		Reason:    reason,
+		ExtraJob:  rec.Extra,
 	}, body)
 	pctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
 	defer cancel()
@@ -362,9 +351,30 @@ func (r *Reconciler) publish(ctx context.Context, rec ledger.Record, status krea
 		r.reschedule(rec.JobID, 0, true)
 		return
 	}
-	r.d.View.Stored(rec.RequestID, rec.JobID, status)
-	r.forget(rec.JobID)
+	r.close(ctx, rec.JobID)
 	log.Info("published polled event", "duplicate", ack.Duplicate, "seq", ack.Sequence)
+}
+
+// settled reports whether the ledger holds the job as terminal already,
+// and then takes it off the open list: its webhook, or another replica,
+// was first. A ledger that cannot be read says no: the poll goes on, and
+// JetStream's duplicate window still guards the event.
+func (r *Reconciler) settled(ctx context.Context, rec ledger.Record) bool {
+	jr, err := r.d.Store.Job(ctx, rec.JobID)
+	if err != nil || !jr.Terminal {
+		return false
+	}
+	r.close(ctx, rec.JobID)
+	return true
+}
+
+// close takes a settled job off the open list and out of the schedule.
+func (r *Reconciler) close(ctx context.Context, jobID string) {
+	if err := r.d.Store.CloseOpen(ctx, jobID); err != nil {
+		r.log.Warn("cannot take a settled job off the open list; the Recorder will", "job_id", jobID, "err", err)
+	}
+	r.d.Open.Forget(jobID)
+	r.forget(jobID)
 }
 
 // failedBody is the job object of a failure kreabus decided.

@@ -28,7 +28,7 @@ import (
 const flux = "/generate/image/bfl/flux-1-dev"
 
 // env is one NATS server with KREA_JOBS and the ledger bucket, a Krea
-// simulator, and any number of kreabus "replicas" (ledger, recorder, view,
+// simulator, and any number of kreabus "replicas" (ledger, recorder, open list,
 // reconciler, and a minimal bridge).
 type env struct {
 	t   *testing.T
@@ -62,13 +62,14 @@ func newEnv(t *testing.T, dup time.Duration, sim kreatest.Config) *env {
 	return &env{t: t, ctx: ctx, url: s.ClientURL(), js: js, sim: srv, tok: tok}
 }
 
-// replica is one kreabus process: its own NATS connection, ledger, view,
+// replica is one kreabus process: its own NATS connection, ledger, open list,
 // recorder, reconciler and bridge.
 type replica struct {
 	e      *env
 	js     jetstream.JetStream
 	l      *ledger.Ledger
-	view   *ledger.View
+	owners *ledger.Owners
+	open   *ledger.OpenJobs
 	rec    *ledger.Recorder
 	rc     *Reconciler
 	bridge *httptest.Server
@@ -100,17 +101,14 @@ func (e *env) replica(cfg Config, client JobGetter) *replica {
 			t.Errorf("recorder: %v", err)
 		}
 	})
-	view, err := l.Watch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wg.Go(func() { <-view.Done() })
+	open := l.WatchOpen(ctx)
+	wg.Go(func() { <-open.Done() })
 	if client == nil {
 		client = e.sim.NewClient()
 	}
 	rc, err := New(cfg, Deps{
-		JetStream: js, Krea: client, View: view, Store: l, Claims: l,
-		Ready: func() bool { return rec.Synced() && view.Ready() },
+		JetStream: js, Krea: client, Open: open, Store: l, Claims: l,
+		Ready: func() bool { return rec.Synced() && open.Ready() },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -120,7 +118,7 @@ func (e *env) replica(cfg Config, client JobGetter) *replica {
 			t.Errorf("reconciler: %v", err)
 		}
 	})
-	r := &replica{e: e, js: js, l: l, view: view, rec: rec, rc: rc}
+	r := &replica{e: e, js: js, l: l, owners: l.Owners(0), open: open, rec: rec, rc: rc}
 	r.bridge = httptest.NewServer(http.HandlerFunc(r.webhook))
 	t.Cleanup(r.bridge.Close)
 	return r
@@ -140,8 +138,11 @@ func (r *replica) webhook(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, `{"error":"bad job"}`, http.StatusBadRequest)
 		return
 	}
-	own := r.view.Lookup(rid, job.JobID)
+	own, err := r.owners.Lookup(req.Context(), rid, job.JobID)
 	switch {
+	case err != nil:
+		http.Error(w, `{"error":"ledger unavailable"}`, http.StatusServiceUnavailable)
+		return
 	case own.Foreign:
 		r.foreign.Add(1)
 		http.Error(w, `{"error":"foreign"}`, http.StatusForbidden)
@@ -158,7 +159,7 @@ func (r *replica) webhook(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, `{"error":"unavailable"}`, http.StatusServiceUnavailable)
 		return
 	}
-	r.view.Stored(rid, job.JobID, job.Status)
+	r.owners.Stored(rid, job.JobID, job.Status, own)
 	if ack.Duplicate {
 		r.duplicates.Add(1)
 	} else {
@@ -187,7 +188,7 @@ func (r *replica) record(rid, jid string, body []byte) {
 	t := r.e.t
 	t.Helper()
 	md := json.RawMessage(fmt.Sprintf(`{"request":%q}`, rid))
-	if err := r.l.PutRequest(r.e.ctx, ledger.Record{RequestID: rid, JobID: jid, Path: flux, Metadata: md}); err != nil {
+	if err := r.l.RecordSubmission(r.e.ctx, ledger.Record{RequestID: rid, JobID: jid, Path: flux, Metadata: md}); err != nil {
 		t.Fatal(err)
 	}
 	msg := events.NewJobMsg(events.EventHeaders{JobID: jid, Status: events.StatusSubmitted, RequestID: rid,
@@ -302,9 +303,9 @@ func TestConfig(t *testing.T) {
 	if c.WebhookGrace != 5*time.Minute || c.JobMaxAge != 3*time.Hour || c.Rate != 5 || c.MaxBackoff != 5*time.Minute {
 		t.Fatalf("defaults %+v", c)
 	}
-	if _, err := New(Config{}, Deps{JetStream: nopJS{}, Krea: nopKrea{}, View: shortView{}}); err == nil ||
-		!strings.Contains(err.Error(), "KREABUS_LEDGER_TTL") {
-		t.Fatalf("ledger TTL below the max age: %v", err)
+	if _, err := New(Config{}, Deps{JetStream: nopJS{}, Krea: nopKrea{}}); err == nil ||
+		!strings.Contains(err.Error(), "Open and Store are required") {
+		t.Fatalf("missing open list and store: %v", err)
 	}
 	bad := []Config{{Rate: -1}, {Concurrency: -1}, {WebhookGrace: time.Hour, JobMaxAge: time.Minute}, {MaxBackoff: time.Millisecond}}
 	for _, c := range bad {
@@ -353,7 +354,7 @@ func TestDroppedWebhooks(t *testing.T) {
 				return fmt.Errorf("job %s not terminal in the ledger: %+v %v", j, rec, err)
 			}
 		}
-		if p := r.view.Pending(time.Now(), 0); len(p) != 0 {
+		if p := r.open.Pending(time.Now(), 0); len(p) != 0 {
 			return fmt.Errorf("%d still pending", len(p))
 		}
 		return nil
@@ -649,8 +650,8 @@ func TestForeignWebhook(t *testing.T) {
 		return nil
 	})
 	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		if !r.view.Lookup("other", jid).Foreign {
-			return errors.New("view has not loaded the job")
+		if own, err := r.owners.Lookup(e.ctx, "other", jid); err != nil || !own.Foreign {
+			return fmt.Errorf("the ledger does not give the job away: %+v %v", own, err)
 		}
 		return nil
 	})
@@ -675,10 +676,3 @@ type nopKrea struct{}
 func (nopKrea) GetJob(context.Context, string) (*krea.Job, json.RawMessage, error) {
 	return nil, nil, errors.New("nop")
 }
-
-type shortView struct{}
-
-func (shortView) Lookup(string, string) ledger.Ownership           { return ledger.Ownership{} }
-func (shortView) Stored(string, string, krea.Status)               {}
-func (shortView) Pending(time.Time, time.Duration) []ledger.Record { return nil }
-func (shortView) TTL() time.Duration                               { return time.Hour }

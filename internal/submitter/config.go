@@ -21,6 +21,15 @@ const (
 	DefaultConsumer        = "kreabus-submitter"
 	DefaultAPITimeout      = 30 * time.Second
 	DefaultShutdownTimeout = 25 * time.Second
+	// DefaultUncertainSettle is how long after an uncertain call's timeout
+	// Krea's job listing is trusted to show the job the call made, if any;
+	// it is also how often an uncertain request is checked again.
+	DefaultUncertainSettle = 30 * time.Second
+	// DefaultUncertainWait is how long after an uncertain call the request
+	// waits for a webhook while jobs nobody owns were made around it.
+	DefaultUncertainWait = time.Hour
+	// DefaultUncertainAction is what happens then.
+	DefaultUncertainAction = UncertainActionReject
 	// MaxConcurrency bounds KREABUS_SUBMIT_CONCURRENCY.
 	MaxConcurrency = 4096
 )
@@ -53,8 +62,9 @@ const (
 	defaultPublishPatience = 2 * time.Minute
 	// defaultOpTimeout bounds one JetStream operation.
 	defaultOpTimeout = 10 * time.Second
-	// maxPausedTracked bounds the memory of deliveries spent in pauses.
-	maxPausedTracked = 100_000
+	// maxCallMargin bounds what is added to the API timeout for how long
+	// after its intent a call may still be running.
+	maxCallMargin = 5 * time.Second
 	// Pauses after a failed pull.
 	defaultFetchErrorPause = 500 * time.Millisecond
 	maxFetchErrorPause     = 5 * time.Second
@@ -81,6 +91,11 @@ type Config struct {
 
 	Consumer        string        `env:"KREABUS_CONSUMER" flag:"consumer" default:"kreabus-submitter" usage:"durable consumer name on KREA_REQUESTS"`
 	APITimeout      time.Duration `env:"KREABUS_API_TIMEOUT" flag:"api-timeout" default:"30s" usage:"bound of one Krea API call"`
+	AckWait         time.Duration `env:"KREABUS_ACK_WAIT" flag:"ack-wait" default:"0s" usage:"how long a request held by a submitter that stopped answering stays with it before another takes it over (0: KREABUS_API_TIMEOUT + 1m)"`
+	UncertainSettle time.Duration `env:"KREABUS_UNCERTAIN_SETTLE" flag:"uncertain-settle" default:"30s" usage:"after an uncertain call (timeout, lost answer, 5xx) and its API timeout, how long until Krea's job listing is trusted to show a job it made; also how often such a request is checked again"`
+	UncertainWait   time.Duration `env:"KREABUS_UNCERTAIN_WAIT" flag:"uncertain-wait" default:"1h" usage:"how long after an uncertain call its request waits for a webhook while jobs nobody owns were made around it"`
+	UncertainAction string        `env:"KREABUS_UNCERTAIN_ACTION" flag:"uncertain-action" default:"reject" usage:"what an uncertain request becomes after KREABUS_UNCERTAIN_WAIT: reject (never pay twice) or resend (never go without)"`
+
 	ShutdownTimeout time.Duration `env:"KREABUS_SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"25s" usage:"how long a graceful stop waits for calls in flight to publish their events"`
 
 	// Create lets Run create the durable consumer when missing. Not a
@@ -119,6 +134,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.UncertainSettle == 0 {
+		c.UncertainSettle = DefaultUncertainSettle
+	}
+	if c.UncertainWait == 0 {
+		c.UncertainWait = DefaultUncertainWait
+	}
+	if c.UncertainAction == "" {
+		c.UncertainAction = DefaultUncertainAction
 	}
 }
 
@@ -175,6 +199,18 @@ func (c *Config) Validate() error {
 	if c.ShutdownTimeout <= 0 {
 		bad("KREABUS_SHUTDOWN_TIMEOUT", "must be positive")
 	}
+	if c.AckWait < 0 || (c.AckWait > 0 && c.AckWait < time.Second) {
+		bad("KREABUS_ACK_WAIT", "%v: want 0 (derived) or at least 1s", c.AckWait)
+	}
+	if c.UncertainSettle <= 0 {
+		bad("KREABUS_UNCERTAIN_SETTLE", "must be positive")
+	}
+	if c.UncertainWait <= 0 {
+		bad("KREABUS_UNCERTAIN_WAIT", "must be positive")
+	}
+	if c.UncertainAction != UncertainActionReject && c.UncertainAction != UncertainActionResend {
+		bad("KREABUS_UNCERTAIN_ACTION", "%q is neither %s nor %s", c.UncertainAction, UncertainActionReject, UncertainActionResend)
+	}
 	return errors.Join(errs...)
 }
 
@@ -207,9 +243,17 @@ func validConsumerName(name string) bool {
 	})
 }
 
-// ackWait is the consumer's AckWait: longer than one API call plus the
-// ledger write and the event publication that follow it.
-func (c *Config) ackWait() time.Duration { return c.APITimeout + ackWaitMargin }
+// ackWait is the consumer's AckWait: by default longer than one API call
+// plus the ledger write and the event publication that follow it. A
+// request whose handling takes longer is kept alive by InProgress beats,
+// so a shorter setting only makes a dead submitter's requests come back
+// sooner.
+func (c *Config) ackWait() time.Duration {
+	if c.AckWait > 0 {
+		return c.AckWait
+	}
+	return c.APITimeout + ackWaitMargin
+}
 
 // maxAckPending bounds unacknowledged requests on the consumer. Requests
 // waiting out a retry delay count too, so it is far above the concurrency.

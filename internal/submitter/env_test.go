@@ -42,7 +42,7 @@ type env struct {
 
 	inflight, maxInflight atomic.Int64
 	calls                 atomic.Int64
-	deny                  atomic.Int32 // when not 0: answer every call with this status
+	deny                  atomic.Int32 // when not 0: answer every submission (POST) with this status
 
 	mu        sync.Mutex
 	callTimes []time.Time
@@ -103,7 +103,7 @@ func (e *env) proxy(w http.ResponseWriter, r *http.Request) {
 	e.mu.Lock()
 	e.callTimes = append(e.callTimes, time.Now())
 	e.mu.Unlock()
-	if code := e.deny.Load(); code != 0 {
+	if code := e.deny.Load(); code != 0 && r.Method == http.MethodPost {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(int(code))
 		fmt.Fprintf(w, `{"error":%q}`, http.StatusText(int(code)))
@@ -127,6 +127,8 @@ func (e *env) config() Config {
 		PauseBackoffMin: 100 * time.Millisecond,
 		PauseBackoffMax: 400 * time.Millisecond,
 		APITimeout:      5 * time.Second,
+		UncertainSettle: 100 * time.Millisecond,
+		UncertainWait:   time.Minute,
 		ShutdownTimeout: 20 * time.Second,
 		Create:          true,
 	}

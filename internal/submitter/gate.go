@@ -27,6 +27,9 @@ const (
 	outcomeFailed
 	// outcomeAccount: 401/402/403.
 	outcomeAccount
+	// outcomeSlow: the call timed out: the API is slower than our
+	// timeout, and more calls at once only make more of them time out.
+	outcomeSlow
 )
 
 // gate decides when the submitter may take another request off the queue.
@@ -226,7 +229,7 @@ func (g *gate) done(probe bool, o outcome, started time.Time, retryAfter time.Du
 			g.factor = min(1, g.factor+1/(float64(g.limitLocked())*float64(g.maxSlots)))
 			g.applyRateLocked()
 		}
-	case outcomeThrottled:
+	case outcomeThrottled, outcomeSlow:
 		if started.After(g.lastCut) || started.Equal(g.lastCut) {
 			g.factor = max(g.factor/2, 1/float64(g.maxSlots))
 			g.lastCut = now

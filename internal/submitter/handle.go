@@ -67,11 +67,6 @@ func (s *Submitter) process(ctx context.Context, msg jetstream.Msg, probe bool, 
 		return
 	}
 	d, reason := s.decode(msg, md)
-	if d.req == nil {
-		release(outcomeNoCall, time.Time{}, 0)
-		s.reject(ctx, d, RejectInvalid, reason, nil)
-		return
-	}
 	if !s.claim(d.id) {
 		// Another copy of this request is being handled here right now:
 		// let it finish; this one will then find the ledger record.
@@ -80,34 +75,139 @@ func (s *Submitter) process(ctx context.Context, msg jetstream.Msg, probe bool, 
 	}
 	defer s.unclaim(d.id)
 
-	if s.Paused() && !probe {
+	if s.Paused() && !probe && d.req != nil {
 		s.pauseNak(d)
 		return
 	}
 
 	lctx, cancel := context.WithTimeout(ctx, defaultOpTimeout)
-	rec, err := s.ledger.Request(lctx, d.id)
+	rec, rev, err := s.ledger.RequestAt(lctx, d.id)
 	cancel()
-	switch {
-	case err == nil && rec.Status == events.StatusRejected:
+	if d.req == nil && errors.Is(err, ledger.ErrNotFound) {
 		release(outcomeNoCall, time.Time{}, 0)
-		s.republishRejection(ctx, d, rec)
+		s.reject(ctx, d, RejectInvalid, reason, nil)
 		return
-	case err == nil:
-		release(outcomeNoCall, time.Time{}, 0)
-		s.republish(ctx, d, rec)
-		return
-	case !errors.Is(err, ledger.ErrNotFound):
+	}
+	if err != nil && !errors.Is(err, ledger.ErrNotFound) {
 		// Without the ledger we cannot tell whether the API already has
 		// this request: calling it could pay twice. Try again later.
 		release(outcomeNoCall, time.Time{}, 0)
 		s.m.ledgerErrs.Inc()
-		s.retry(ctx, d, fmt.Errorf("ledger unavailable: %w", err), 0)
+		s.retry(ctx, d, 0, fmt.Errorf("ledger unavailable: %w", err), 0)
+		return
+	}
+	if rec != nil && !rec.Unresolved() {
+		// One request ID, one outcome: whatever this copy says, the
+		// request was submitted or rejected already.
+		release(outcomeNoCall, time.Time{}, 0)
+		if rec.Status == events.StatusRejected {
+			s.republishRejection(ctx, d, rec)
+		} else {
+			s.republish(ctx, d, rec)
+		}
+		return
+	}
+	if d.req == nil {
+		// An invalid copy of a request whose valid first copy is being
+		// sent: the first decides the request's one outcome.
+		release(outcomeNoCall, time.Time{}, 0)
+		d.log.Warn("invalid copy of a request already in progress; dropped as a duplicate", "reason", reason)
+		s.ack(ctx, d)
+		return
+	}
+	if rec != nil {
+		switch rec.Status {
+		case ledger.StatusSending:
+			if wait := s.cfg.APITimeout + s.callMargin() - time.Since(rec.IntentAt); wait > 0 {
+				// Another delivery (here or on another replica) may be
+				// calling right now: let it finish.
+				release(outcomeNoCall, time.Time{}, 0)
+				s.nak(d, wait)
+				return
+			}
+			// The call's process died mid-call: its outcome is unknown.
+			if rev, err = s.markUncertain(ctx, d, rec, rev, "the submitter handling it stopped during the call"); err != nil {
+				release(outcomeNoCall, time.Time{}, 0)
+				s.nak(d, s.cfg.RetryBackoffMin)
+				return
+			}
+			rec.Status = ledger.StatusUncertain
+			fallthrough
+		case ledger.StatusUncertain:
+			if !s.resolveUncertain(ctx, d, rec) {
+				release(outcomeNoCall, time.Time{}, 0)
+				return
+			}
+			// Proven: no job was made, or the wait is over and the
+			// setting says send again. The record moves on from here.
+			if rec.Attempt >= s.cfg.MaxDeliveries {
+				release(outcomeNoCall, time.Time{}, 0)
+				s.reject(ctx, d, RejectOutOfRetries, fmt.Sprintf("out of retries after %d attempts (the last one's outcome was unknown, and it made no job)", rec.Attempt), nil)
+				return
+			}
+			s.m.retries.Inc()
+		}
+	}
+	s.send(ctx, d, rec, rev, release)
+}
+
+// callMargin is added to the API timeout for how long after its intent a
+// call may still be running (clocks of two replicas, a paused process):
+// past it, a request still "sending" lost the process that called.
+func (s *Submitter) callMargin() time.Duration { return min(maxCallMargin, s.cfg.UncertainSettle) }
+
+// settleAt is when Krea's job listing can be trusted to show the job an
+// uncertain call made, if it made one: KREABUS_UNCERTAIN_SETTLE after the
+// call ended (its answer, or its timeout; for a call whose process died,
+// the latest it could have ended).
+func (s *Submitter) settleAt(rec *ledger.Record) time.Time {
+	return s.callEnd(rec).Add(s.cfg.UncertainSettle)
+}
+
+// callEnd is when an uncertain call ended, or the latest it could have.
+func (s *Submitter) callEnd(rec *ledger.Record) time.Time {
+	if !rec.EndedAt.IsZero() {
+		return rec.EndedAt
+	}
+	return rec.IntentAt.Add(s.cfg.APITimeout + s.callMargin())
+}
+
+// send records the intent of the next attempt, calls the API and settles
+// the request by what came back. prev is the request's record at revision
+// rev (nil, 0 when the ledger holds none).
+func (s *Submitter) send(ctx context.Context, d *delivery, prev *ledger.Record, rev uint64, release releaseFunc) {
+	attempt := 1
+	if prev != nil {
+		attempt = prev.Attempt + 1
+	}
+	intent := ledger.Record{
+		RequestID: d.id,
+		Path:      d.req.Path,
+		Metadata:  d.req.Metadata,
+		Status:    ledger.StatusSending,
+		Attempt:   attempt,
+		IntentAt:  time.Now().UTC(),
+	}
+	lctx, cancel := context.WithTimeout(ctx, defaultOpTimeout)
+	rev, err := s.ledger.PutRequestAt(lctx, intent, rev)
+	cancel()
+	if err != nil {
+		release(outcomeNoCall, time.Time{}, 0)
+		if errors.Is(err, ledger.ErrChanged) {
+			// Another delivery moved the request on meanwhile: decide again
+			// on the next delivery, from what it wrote.
+			s.nak(d, s.cfg.RetryBackoffMin)
+			return
+		}
+		s.m.ledgerErrs.Inc()
+		s.retry(ctx, d, attempt-1, fmt.Errorf("ledger unavailable: %w", err), 0)
 		return
 	}
 
 	started := time.Now()
+	stopBeats := s.beatDuring(d)
 	res, err := s.api.Submit(ctx, d.req.Path, d.req.Input, s.tok.URL(s.cfg.PublicURL, d.id))
+	stopBeats()
 	s.m.apiDuration.Observe(time.Since(started).Seconds())
 	s.m.apiCalls.WithLabelValues(apiCode(err)).Inc()
 	var apiErr *krea.APIError
@@ -115,11 +215,14 @@ func (s *Submitter) process(ctx context.Context, msg jetstream.Msg, probe bool, 
 	switch {
 	case err == nil:
 		release(outcomeOK, started, 0)
-		s.submitted(ctx, d, res)
+		s.submitted(ctx, d, res, attempt)
 
 	case errors.Is(err, krea.ErrAccount):
 		s.gate.pause(err.Error())
 		release(outcomeAccount, started, 0)
+		// Refused before any work: no job, and the call does not count
+		// towards KREABUS_MAX_DELIVERIES.
+		s.markRetrying(ctx, d, intent, rev, attempt-1)
 		s.pauseNak(d)
 
 	case errors.Is(err, krea.ErrInvalidRequest):
@@ -133,24 +236,92 @@ func (s *Submitter) process(ctx context.Context, msg jetstream.Msg, probe bool, 
 		}
 		s.reject(ctx, d, kind, reason, apiErr)
 
-	case errors.Is(err, krea.ErrMalformedResponse):
-		// A 2xx the client cannot use: a job may well exist, so sending the
-		// request again could pay twice. Reject it loudly instead.
-		release(outcomeRefused, started, 0)
-		d.log.Error("Krea answered 2xx with an unusable body; not retrying (a job may exist)", "err", err)
-		s.reject(ctx, d, RejectMalformedResponse, "unusable Krea API answer (a job may have been created): "+trimKrea(err.Error()), nil)
+	case mayHaveMadeJob(err):
+		// The request reached Krea (or may have) and no usable answer came
+		// back: a job may exist and be paid for. Never send it blindly
+		// again: evidence decides (see resolveUncertain).
+		if nerr := (*krea.NetworkError)(nil); errors.As(err, &nerr) && nerr.Timeout {
+			release(outcomeSlow, started, 0)
+		} else {
+			release(outcomeFailed, started, 0)
+		}
+		intent.Status, intent.EndedAt = ledger.StatusUncertain, time.Now().UTC()
+		s.m.uncertain.WithLabelValues(UncertainNew).Inc()
+		d.log.Warn("call outcome unknown: a job may exist; the request waits for evidence before it is sent again",
+			"err", err, "attempt", attempt, "recheck_in", s.cfg.UncertainSettle)
+		lctx, cancel := context.WithTimeout(ctx, defaultOpTimeout)
+		_, lerr := s.ledger.PutRequestAt(lctx, intent, rev)
+		cancel()
+		if lerr != nil && !errors.Is(lerr, ledger.ErrChanged) {
+			// Still "sending" in the ledger: the next delivery finds it
+			// past the call bound and takes it as uncertain all the same.
+			s.m.ledgerErrs.Inc()
+		}
+		s.nak(d, time.Until(s.settleAt(&intent)))
 
 	default:
-		// Retryable (429, 408, 5xx, network, timeouts) or anything unknown,
-		// our own shutdown cutting a call included.
+		// Certainly no job: 429, 408, or a connection that failed before
+		// the request was sent.
 		ra, _ := krea.RetryAfter(err)
 		if apiErr != nil && apiErr.StatusCode == http.StatusTooManyRequests {
 			release(outcomeThrottled, started, ra)
 		} else {
 			release(outcomeFailed, started, 0)
 		}
-		s.retry(ctx, d, err, ra)
+		s.markRetrying(ctx, d, intent, rev, attempt)
+		s.retry(ctx, d, attempt, err, ra)
 	}
+}
+
+// mayHaveMadeJob reports whether a failed submission may have created a
+// job: a 5xx (the server may have failed after creating it; Krea does not
+// say), a 2xx without a usable body, a call that timed out or broke after
+// the request was sent, our own stop cutting a call, or anything unknown.
+// Certainly no job: 429 and 408 (refused before any work), account errors
+// and refusals (handled before this is asked), and a connection that
+// failed before the request was written.
+func mayHaveMadeJob(err error) bool {
+	var apiErr *krea.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.StatusCode >= 500
+	}
+	var nerr *krea.NetworkError
+	if errors.As(err, &nerr) {
+		return nerr.RequestSent || nerr.Timeout
+	}
+	return true
+}
+
+// markRetrying records that attempt made no job, counting it as attempts
+// towards KREABUS_MAX_DELIVERIES; the request is free to be sent again.
+func (s *Submitter) markRetrying(ctx context.Context, d *delivery, intent ledger.Record, rev uint64, attempts int) {
+	intent.Status, intent.Attempt = ledger.StatusRetrying, attempts
+	lctx, cancel := context.WithTimeout(ctx, defaultOpTimeout)
+	defer cancel()
+	if _, err := s.ledger.PutRequestAt(lctx, intent, rev); err != nil && !errors.Is(err, ledger.ErrChanged) {
+		// Still "sending": the next delivery will wait out the call bound
+		// and check the job listing before sending. Slower, never unsafe.
+		s.m.ledgerErrs.Inc()
+		d.log.Warn("could not record a failed attempt; the next delivery checks for a job first", "err", err)
+	}
+}
+
+// markUncertain moves a request stuck in "sending" to "uncertain".
+func (s *Submitter) markUncertain(ctx context.Context, d *delivery, rec *ledger.Record, rev uint64, why string) (uint64, error) {
+	r := *rec
+	r.Status = ledger.StatusUncertain
+	lctx, cancel := context.WithTimeout(ctx, defaultOpTimeout)
+	defer cancel()
+	rev, err := s.ledger.PutRequestAt(lctx, r, rev)
+	if err != nil {
+		if !errors.Is(err, ledger.ErrChanged) {
+			s.m.ledgerErrs.Inc()
+		}
+		return 0, err
+	}
+	s.m.uncertain.WithLabelValues(UncertainNew).Inc()
+	d.log.Warn("call outcome unknown: a job may exist", "why", why, "attempt", r.Attempt, "intent_at", r.IntentAt)
+	return rev, nil
 }
 
 // decode parses and validates the request. For an invalid request the
@@ -234,7 +405,7 @@ func usableMetadata(raw json.RawMessage) json.RawMessage {
 }
 
 // submitted finishes a request the API accepted: ledger, event, ack.
-func (s *Submitter) submitted(ctx context.Context, d *delivery, res *krea.SubmitResult) {
+func (s *Submitter) submitted(ctx context.Context, d *delivery, res *krea.SubmitResult, attempt int) {
 	job := res.Job
 	at := time.Now().UTC()
 	if job.CreatedAt != nil && !job.CreatedAt.IsZero() {
@@ -252,8 +423,9 @@ func (s *Submitter) submitted(ctx context.Context, d *delivery, res *krea.Submit
 		Metadata:    d.req.Metadata,
 		SubmittedAt: at,
 		Source:      events.SourceSubmitter,
+		Attempt:     attempt,
 	}
-	recorded := s.record(ctx, d, log, rec)
+	recorded, extra := s.record(ctx, d, log, rec)
 
 	msg := events.NewJobMsg(events.EventHeaders{
 		JobID:       job.JobID,
@@ -263,50 +435,48 @@ func (s *Submitter) submitted(ctx context.Context, d *delivery, res *krea.Submit
 		Metadata:    d.req.Metadata,
 		TraceParent: d.traceParent,
 		Time:        at,
+		ExtraJob:    extra,
 	}, res.Raw)
 	patience := defaultPublishPatience
 	if !recorded {
-		// Handing the request back now would submit it again: hold it
-		// until the event is stored or we are stopped.
+		// Handing the request back now would find it "sending" and wait
+		// for evidence (the webhook) before sending it again; the event
+		// is quicker: hold the request until it is stored or we stop.
 		patience = 0
 	}
 	if err := s.publish(ctx, d, msg, patience); err != nil {
-		if recorded {
-			log.Error("could not publish the submitted event; the redelivery will publish it from the ledger", "err", err)
-		} else {
-			log.Error("could not publish the submitted event nor write the ledger; the redelivery will submit the request again (paid twice)", "err", err)
-		}
+		log.Error("could not publish the submitted event; the redelivery will publish it from the ledger or the job's webhook settles it", "err", err)
 		s.nak(d, s.backoff(d.n))
 		return
 	}
 	if !recorded {
 		// One more try: the ack below might get lost.
-		recorded = s.record(ctx, d, log, rec)
+		s.record(ctx, d, log, rec)
 	}
 	s.m.submitted.Inc()
-	log.Info("request submitted", "status", job.Status, "path", d.req.Path)
+	log.Info("request submitted", "status", job.Status, "path", d.req.Path, "attempt", attempt)
 	s.ack(ctx, d)
 }
 
-// record writes the ledger record, retrying a few times. It reports whether
-// the ledger holds the request now.
-func (s *Submitter) record(ctx context.Context, d *delivery, log *slog.Logger, rec ledger.Record) bool {
+// record writes the submission to the ledger, retrying a few times. It
+// reports whether the ledger holds it now, and whether the job is extra:
+// the request already had its outcome (both jobs are paid).
+func (s *Submitter) record(ctx context.Context, d *delivery, log *slog.Logger, rec ledger.Record) (recorded, extra bool) {
 	var err error
 	backoff := publishRetryMin
 	for attempt := 1; ; attempt++ {
 		lctx, cancel := context.WithTimeout(ctx, defaultOpTimeout)
-		err = s.ledger.PutRequest(lctx, rec)
+		err = s.ledger.RecordSubmission(lctx, rec)
 		cancel()
 		if err == nil {
-			return true
+			return true, false
 		}
-		var ce *ledger.ConflictError
-		if errors.As(err, &ce) {
-			// Only two copies of one request submitted at once get here.
-			s.m.ledgerErrs.Inc()
-			log.Error("request was submitted twice: the ledger already maps it to another job (both are paid)",
-				"ledger_job_id", ce.Existing.JobID)
-			return true
+		var xe *ledger.ExtraJobError
+		if errors.As(err, &xe) {
+			s.m.extraJobs.Inc()
+			log.Error("Krea made a second job for this request (both are paid); its events are marked Kreabus-Extra-Job",
+				"first_job_id", xe.Existing.JobID, "first_status", xe.Existing.Status)
+			return true, true
 		}
 		if errors.Is(err, ledger.ErrInvalidRecord) || attempt >= ledgerAttempts || ctx.Err() != nil {
 			break
@@ -318,8 +488,8 @@ func (s *Submitter) record(ctx context.Context, d *delivery, log *slog.Logger, r
 		s.heartbeat(d)
 	}
 	s.m.ledgerErrs.Inc()
-	log.Error("ledger write failed after the API accepted the request; a redelivery would submit it again", "err", err)
-	return false
+	log.Error("ledger write failed after the API accepted the request; its event or webhook will settle it", "err", err)
+	return false, false
 }
 
 // republish publishes the submitted event of a request the ledger already
@@ -341,7 +511,7 @@ func (s *Submitter) republish(ctx context.Context, d *delivery, rec *ledger.Reco
 	body, _ := json.Marshal(krea.Job{JobID: rec.JobID, Status: status, CreatedAt: created})
 	md := rec.Metadata
 	if len(md) == 0 {
-		md = d.req.Metadata
+		md = d.metadata
 	}
 	msg := events.NewJobMsg(events.EventHeaders{
 		JobID:       rec.JobID,
@@ -363,15 +533,13 @@ func (s *Submitter) republish(ctx context.Context, d *delivery, rec *ledger.Reco
 }
 
 // retry hands the request back for a delayed redelivery, or rejects it once
-// it has been delivered MaxDeliveries times.
-func (s *Submitter) retry(ctx context.Context, d *delivery, cause error, retryAfter time.Duration) {
-	// Deliveries spent waiting out a pause do not count (as far as this
-	// process knows).
-	if n := d.n - min(d.n, s.pausedDeliveries(d.id)); n >= uint64(s.cfg.MaxDeliveries) {
-		s.reject(ctx, d, RejectOutOfRetries, fmt.Sprintf("out of retries after %d deliveries: %s", n, trimKrea(cause.Error())), nil)
+// attempts calls certainly failed (KREABUS_MAX_DELIVERIES).
+func (s *Submitter) retry(ctx context.Context, d *delivery, attempts int, cause error, retryAfter time.Duration) {
+	if attempts >= s.cfg.MaxDeliveries {
+		s.reject(ctx, d, RejectOutOfRetries, fmt.Sprintf("out of retries after %d attempts: %s", attempts, trimKrea(cause.Error())), nil)
 		return
 	}
-	delay := s.backoff(d.n)
+	delay := s.backoff(uint64(max(attempts, 1)))
 	if retryAfter > delay {
 		delay = min(retryAfter, maxRetryAfterHonoured)
 	}
@@ -420,10 +588,11 @@ func (s *Submitter) reject(ctx context.Context, d *delivery, kind, reason string
 	if err != nil { // cannot happen: Error is valid JSON
 		data, _ = json.Marshal(rejection{RequestID: d.id, Reason: reason, Kind: kind})
 	}
-	if kind != RejectInvalid {
-		// The API may have seen this request: record the rejection first,
-		// so a redelivery after a lost ack re-publishes it instead of
-		// calling the API (and maybe paying) again.
+	{
+		// Record the rejection first, so a redelivery after a lost ack,
+		// or the same request ID published again, re-publishes it instead
+		// of calling the API (and maybe paying): one request ID, one
+		// outcome.
 		lctx, cancel := context.WithTimeout(ctx, defaultOpTimeout)
 		err := s.ledger.PutRejection(lctx, ledger.Record{RequestID: d.id, Path: d.path, Metadata: d.metadata, Reason: reason, Rejection: data})
 		cancel()
@@ -541,6 +710,30 @@ func (s *Submitter) publish(ctx context.Context, d *delivery, msg *nats.Msg, pat
 	}
 }
 
+// beatDuring tells JetStream every third of the ack wait that the request
+// is still being worked on, until the returned func is called: an API call
+// may outlast a short KREABUS_ACK_WAIT.
+func (s *Submitter) beatDuring(d *delivery) (stop func()) {
+	every := s.cfg.ackWait() / 3
+	if every >= s.cfg.APITimeout {
+		return func() {} // the call ends (or times out) first
+	}
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				_ = d.msg.InProgress()
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
 // heartbeat tells JetStream the request is still being worked on, when the
 // last sign of life is a third of the ack wait old.
 func (s *Submitter) heartbeat(d *delivery) {
@@ -552,31 +745,11 @@ func (s *Submitter) heartbeat(d *delivery) {
 	}
 }
 
-// pauseNak hands a request back because submission is paused, and notes
-// that this delivery must not count towards KREABUS_MAX_DELIVERIES.
-func (s *Submitter) pauseNak(d *delivery) {
-	s.pausedMu.Lock()
-	if len(s.paused) >= maxPausedTracked {
-		clear(s.paused) // best effort: forget rather than grow without bound
-	}
-	s.paused[d.id]++
-	s.pausedMu.Unlock()
-	s.nak(d, s.gate.pauseDelay())
-}
-
-// pausedDeliveries is how many deliveries of a request this process handed
-// back because of a pause.
-func (s *Submitter) pausedDeliveries(id string) uint64 {
-	s.pausedMu.Lock()
-	defer s.pausedMu.Unlock()
-	return s.paused[id]
-}
+// pauseNak hands a request back because submission is paused.
+func (s *Submitter) pauseNak(d *delivery) { s.nak(d, s.gate.pauseDelay()) }
 
 // ack acknowledges the request and waits for JetStream to confirm it.
 func (s *Submitter) ack(ctx context.Context, d *delivery) {
-	s.pausedMu.Lock()
-	delete(s.paused, d.id)
-	s.pausedMu.Unlock()
 	actx, cancel := context.WithTimeout(ctx, defaultOpTimeout)
 	defer cancel()
 	if err := d.msg.DoubleAck(actx); err != nil {

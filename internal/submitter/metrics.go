@@ -13,7 +13,8 @@ const (
 	RejectRefused           = "api_refused"        // the API answered 400/404/409/422
 	RejectModelUnavailable  = "model_unavailable"  // the API answered 410
 	RejectOutOfRetries      = "out_of_retries"     // retryable failures until KREABUS_MAX_DELIVERIES
-	RejectMalformedResponse = "malformed_response" // a 2xx answer without a usable job
+	RejectMalformedResponse = "malformed_response" // a 2xx answer without a usable job (no longer produced: it is an uncertain call now)
+	RejectUncertain         = "uncertain"          // a call's outcome stayed unknown past KREABUS_UNCERTAIN_WAIT
 )
 
 type metrics struct {
@@ -29,6 +30,8 @@ type metrics struct {
 	submitted   prometheus.Counter
 	ledgerErrs  prometheus.Counter
 	republished prometheus.Counter
+	uncertain   *prometheus.CounterVec
+	extraJobs   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -82,8 +85,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "kreabus_submitter_republished_total",
 			Help: "Redelivered requests already in the ledger: the submitted event was published again, the API not called.",
 		}),
+		uncertain: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kreabus_submitter_uncertain_total",
+			Help: "Calls whose outcome was unknown (a job may exist), and how they were settled, by outcome.",
+		}, []string{"outcome"}),
+	}
+	extra := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kreabus_extra_jobs_total",
+		Help: "Events of second (paid) jobs of a request stored, marked Kreabus-Extra-Job, by who stored them.",
+	}, []string{"source"})
+	for _, o := range []string{UncertainNew, UncertainNoJob, UncertainLinked, UncertainWaiting, UncertainResent, UncertainRejected} {
+		m.uncertain.WithLabelValues(o)
 	}
 	if reg == nil {
+		m.extraJobs = extra.WithLabelValues("submitter")
 		return m, nil
 	}
 	// A collector already registered (a submitter restarted in the same
@@ -99,7 +114,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			return nil, err
 		}
 	}
-	for _, p := range []**prometheus.CounterVec{&m.apiCalls, &m.rejections} {
+	if extra, err = admin.Register(reg, extra); err != nil {
+		return nil, err
+	}
+	m.extraJobs = extra.WithLabelValues("submitter")
+	for _, p := range []**prometheus.CounterVec{&m.apiCalls, &m.rejections, &m.uncertain} {
 		if *p, err = admin.Register(reg, *p); err != nil {
 			return nil, err
 		}

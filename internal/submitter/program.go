@@ -172,15 +172,15 @@ func (p *Program) run(ctx context.Context) {
 		p.fail(err)
 		return
 	}
-	view := led.StartWatch(ctx)
+	open := led.WatchOpen(ctx)
 	rc, err := reconciler.New(p.s.ReconcilerConfig, reconciler.Deps{
 		JetStream: p.js,
 		Krea:      api,
-		View:      view,
+		Open:      open,
 		Store:     led,
 		Claims:    led, // replicas share the polling
 		// Poll nothing before the ledger has caught up with KREA_JOBS.
-		Ready:      func() bool { return rec.Synced() && view.Ready() },
+		Ready:      func() bool { return rec.Synced() && open.Ready() },
 		Log:        p.log,
 		Registerer: p.admin.Registry(),
 	})
@@ -214,7 +214,7 @@ func (p *Program) run(ctx context.Context) {
 		}
 	})
 	wg.Wait()
-	<-view.Done()
+	<-open.Done()
 }
 
 func (p *Program) fail(err error) {

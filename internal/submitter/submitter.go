@@ -23,19 +23,29 @@ import (
 // implements it.
 type API interface {
 	Submit(ctx context.Context, path string, input json.RawMessage, webhookURL string) (*krea.SubmitResult, error)
+	// ListJobs is how an uncertain call is checked for the job it may
+	// have made.
+	ListJobs(ctx context.Context, opts krea.ListOptions) (*krea.JobList, error)
 }
 
 // Ledger is the part of the job ledger the submitter uses; *ledger.Ledger
 // implements it.
 type Ledger interface {
-	// Request returns the record of a request, or an error matching
-	// ledger.ErrNotFound.
-	Request(ctx context.Context, requestID string) (*ledger.Record, error)
-	// PutRequest records that the API accepted a request.
-	PutRequest(ctx context.Context, rec ledger.Record) error
+	// RequestAt returns the record of a request and its revision, or an
+	// error matching ledger.ErrNotFound.
+	RequestAt(ctx context.Context, requestID string) (*ledger.Record, uint64, error)
+	// PutRequestAt moves a request on (intent, retrying, uncertain) if
+	// its record is still at the revision read; ledger.ErrChanged if not.
+	PutRequestAt(ctx context.Context, rec ledger.Record, rev uint64) (uint64, error)
+	// RecordSubmission records that the API accepted a request; a
+	// *ledger.ExtraJobError says the request had its outcome already.
+	RecordSubmission(ctx context.Context, rec ledger.Record) error
 	// PutRejection records that a request is being rejected; an error
 	// matching ledger.ErrConflict says it was submitted after all.
 	PutRejection(ctx context.Context, rec ledger.Record) error
+	// Job returns the record of a job, or an error matching
+	// ledger.ErrNotFound: who owns a job an uncertain call may have made.
+	Job(ctx context.Context, jobID string) (*ledger.Record, error)
 }
 
 // Deps are what a Submitter works with.
@@ -72,9 +82,6 @@ type Submitter struct {
 
 	idsMu sync.Mutex
 	ids   map[string]struct{} // request IDs being handled in this process
-
-	pausedMu sync.Mutex
-	paused   map[string]uint64 // deliveries handed back during a pause, by request ID
 
 	runOnce sync.Once
 
@@ -127,7 +134,6 @@ func New(cfg Config, deps Deps) (*Submitter, error) {
 		gate:      newGate(cfg.Concurrency, cfg.Rate, cfg.PauseBackoffMin, cfg.PauseBackoffMax, cfg.RetryBackoffMax),
 		fetchWait: defaultFetchWait,
 		ids:       map[string]struct{}{},
-		paused:    map[string]uint64{},
 	}
 	s.gate.onPause = s.onPause
 	m.paused.Set(0)

@@ -169,10 +169,13 @@ func TestChaosExactlyOnce(t *testing.T) {
 	}
 }
 
-// TestOutOfRetries: a request failing with 5xx on every delivery ends in
-// one rejected event after MaxDeliveries calls.
+// TestOutOfRetries: a request failing with 5xx on every call ends in one
+// rejected event after MaxDeliveries calls. A 5xx leaves the call's outcome
+// unknown; each time the job listing proves no job was made before the
+// request is sent again.
 func TestOutOfRetries(t *testing.T) {
-	e := newEnv(t, kreatest.Config{Faults: kreatest.Faults{Rate5xx: 1}})
+	e := newEnv(t, kreatest.Config{})
+	e.deny.Store(http.StatusBadGateway)
 	cfg := e.config()
 	cfg.MaxDeliveries = 3
 	e.start(cfg)
@@ -185,7 +188,7 @@ func TestOutOfRetries(t *testing.T) {
 		return nil
 	})
 	ev := byRequest(e.events())["doomed"]["rejected"][0]
-	if !strings.Contains(ev.Reason, "out of retries after 3 deliveries") {
+	if !strings.Contains(ev.Reason, "out of retries after 3 attempts") {
 		t.Errorf("reason %q", ev.Reason)
 	}
 	var body rejection
@@ -193,8 +196,8 @@ func TestOutOfRetries(t *testing.T) {
 	if body.Kind != RejectOutOfRetries || body.Path != "/generate/image/bfl/flux-1-dev" {
 		t.Errorf("body %s", ev.Raw)
 	}
-	if n := e.sim.AttemptsByWebhookURL()[e.webhookURL("doomed")]; n != 3 {
-		t.Errorf("%d API calls, want 3", n)
+	if n := e.metric("kreabus_submitter_api_calls_total", "code", "502"); n != 3 {
+		t.Errorf("%v API calls, want 3", n)
 	}
 	if string(ev.Metadata) != `{"user":"42","n":"doomed"}` {
 		t.Errorf("metadata %s", ev.Metadata)
@@ -207,6 +210,9 @@ func TestOutOfRetries(t *testing.T) {
 	})
 	if got := e.metric("kreabus_submitter_retries_total"); got != 2 {
 		t.Errorf("retries_total = %v, want 2", got)
+	}
+	if got := e.metric("kreabus_submitter_uncertain_total", "outcome", UncertainNoJob); got != 3 {
+		t.Errorf("uncertain_total{no_job} = %v, want 3", got)
 	}
 }
 
@@ -407,7 +413,7 @@ func TestRedeliveryAfterSuccess(t *testing.T) {
 	e := newEnv(t, kreatest.Config{})
 	const jobID = "1f0c3a52-7e0b-4c59-9a51-0d1c9f5b8e11"
 	submittedAt := time.Date(2026, 2, 13, 2, 20, 58, 265e6, time.UTC)
-	if err := e.ledger.PutRequest(context.Background(), ledger.Record{
+	if err := e.ledger.RecordSubmission(context.Background(), ledger.Record{
 		RequestID: "already", JobID: jobID, Path: "/generate/image/bfl/flux-1-dev",
 		Metadata: json.RawMessage(`{"user":"42","n":"already"}`), SubmittedAt: submittedAt,
 	}); err != nil {
@@ -706,23 +712,29 @@ func TestRunTwice(t *testing.T) {
 var _ API = (*krea.Client)(nil)
 var _ Ledger = (*ledger.Ledger)(nil)
 
-// TestSlowAnswerTimesOut: an answer slower than KREABUS_API_TIMEOUT is a
-// retryable timeout; the simulator creates no job for an abandoned call, so
-// the request still ends in one job once answers are fast again.
+// TestSlowAnswerTimesOut: an answer slower than KREABUS_API_TIMEOUT leaves
+// the call's outcome unknown; the request is not sent again while Krea's
+// job listing cannot be read (it is as slow), and once it can, the listing
+// proves the abandoned call made no job (this simulator drops abandoned
+// calls) and the request ends in one job.
 func TestSlowAnswerTimesOut(t *testing.T) {
-	// The timeout stays when the fault is cleared: it must be far above a
-	// fast answer on a loaded machine, or the retry is abandoned too.
 	e := newEnv(t, kreatest.Config{Faults: kreatest.Faults{Latency: 10 * time.Second}})
 	cfg := e.config()
 	cfg.APITimeout = time.Second
 	e.start(cfg)
 	e.publishAsync([]*events.Request{goodRequest("slow")})
 	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		if e.metric("kreabus_submitter_api_calls_total", "code", "timeout") < 2 {
-			return errors.New("waiting for two timeouts")
+		if e.metric("kreabus_submitter_api_calls_total", "code", "timeout") < 1 {
+			return errors.New("waiting for the timeout")
+		}
+		if e.metric("kreabus_submitter_uncertain_total", "outcome", UncertainWaiting) < 1 {
+			return errors.New("waiting for a listing that cannot be read")
 		}
 		return nil
 	})
+	if n := e.metric("kreabus_submitter_api_calls_total", "code", "timeout"); n != 1 {
+		t.Fatalf("%v submissions timed out: sent again while its outcome was unknown", n)
+	}
 	e.sim.SetFaults(kreatest.Faults{})
 	natstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		if n := e.countStatus("submitted"); n != 1 {
@@ -735,6 +747,9 @@ func TestSlowAnswerTimesOut(t *testing.T) {
 	}
 	if n := e.countStatus("rejected"); n != 0 {
 		t.Errorf("%d rejected", n)
+	}
+	if n := e.metric("kreabus_submitter_uncertain_total", "outcome", UncertainNoJob); n != 1 {
+		t.Errorf("uncertain_total{no_job} = %v, want 1", n)
 	}
 }
 
@@ -765,7 +780,7 @@ func TestPauseDoesNotBurnRetries(t *testing.T) {
 		return nil
 	})
 	ev := byRequest(e.events())["patient"]["rejected"][0]
-	if !strings.Contains(ev.Reason, "out of retries after 2 deliveries") || !strings.Contains(ev.Reason, "503") {
+	if !strings.Contains(ev.Reason, "out of retries after 2 attempts") {
 		t.Errorf("reason %q", ev.Reason)
 	}
 	if n := e.metric("kreabus_submitter_api_calls_total", "code", "503"); n != 2 {

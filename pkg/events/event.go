@@ -23,6 +23,9 @@ type EventHeaders struct {
 	Metadata json.RawMessage
 	// Reason explains a rejected event or a failure kreabus decided.
 	Reason string
+	// ExtraJob marks the events of a second job of the request
+	// (Kreabus-Extra-Job: true).
+	ExtraJob bool
 	// TraceParent is a W3C traceparent to carry on, when one came in.
 	TraceParent string
 	// Time is the ce-time; zero means now.
@@ -62,8 +65,8 @@ func NewJobMsg(h EventHeaders, body []byte) *nats.Msg {
 	}
 	status := string(h.Status)
 	// One backing array for every header value: this runs once per webhook.
-	vals := make([]string, 0, 14)
-	hdr := make(nats.Header, 14)
+	vals := make([]string, 0, 15)
+	hdr := make(nats.Header, 15)
 	// NATS headers are case-sensitive: names are written exactly as the
 	// contract spells them.
 	put := func(name, v string) {
@@ -86,6 +89,9 @@ func NewJobMsg(h EventHeaders, body []byte) *nats.Msg {
 	}
 	if h.Reason != "" {
 		put(HeaderReason, sanitizeHeader(h.Reason))
+	}
+	if h.ExtraJob {
+		put(HeaderExtraJob, "true")
 	}
 	if h.TraceParent != "" {
 		put(HeaderTraceParent, h.TraceParent)
@@ -121,6 +127,9 @@ type Event struct {
 	Source    Source
 	Reason    string
 	Metadata  json.RawMessage
+	// ExtraJob is set on the events of a second job of the request
+	// (Kreabus-Extra-Job: true): Krea made, and charged, two jobs for it.
+	ExtraJob bool
 	// Job is the decoded body; Raw the body as stored.
 	Job  krea.Job
 	Raw  []byte
@@ -136,6 +145,7 @@ func DecodeEvent(subject string, h nats.Header, data []byte) (*Event, error) {
 		RequestID: h.Get(HeaderRequestID),
 		Source:    Source(h.Get(HeaderSource)),
 		Reason:    h.Get(HeaderReason),
+		ExtraJob:  h.Get(HeaderExtraJob) == "true",
 		Raw:       data,
 	}
 	if md := h.Get(HeaderMetadata); md != "" {

@@ -11,6 +11,11 @@ const (
 	// HeaderReason carries the reason on krea.jobs.rejected events and on
 	// failed events that kreabus itself decided.
 	HeaderReason      = "Kreabus-Reason"
+	// HeaderExtraJob is "true" on the events of a second (paid) job of a
+	// request: Krea made two jobs for one request (an answer was lost, or
+	// an uncertain call was sent again). Such events are stored, never
+	// dropped, so the result that was paid for reaches its consumers.
+	HeaderExtraJob    = "Kreabus-Extra-Job"
 	HeaderTraceParent = "traceparent"
 
 	// CloudEvents NATS binary-mode headers.

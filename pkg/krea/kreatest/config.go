@@ -144,6 +144,13 @@ type Faults struct {
 	// that gives up during it has changed nothing.
 	Latency       time.Duration
 	LatencyJitter time.Duration
+	// CompleteAbandoned makes a call the client gives up on during its
+	// Latency go through all the same, as a server does with a request it
+	// has received: a submission still creates its job (and later sends
+	// its webhook), though nobody reads the answer. This is how a client
+	// timeout or a client killed mid-call meets the real API. Default: a
+	// call abandoned during its latency changes nothing.
+	CompleteAbandoned bool
 	// FailRate makes a job end failed.
 	FailRate float64
 	// OutOfCredits answers submissions 402 "Insufficient credits".

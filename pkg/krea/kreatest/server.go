@@ -282,7 +282,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, "Method not allowed")
 		return
 	}
-	if latency > 0 && !s.sleep(latency, r.Context().Done()) {
+	abandon := r.Context().Done()
+	if f.CompleteAbandoned {
+		abandon = nil
+	}
+	if latency > 0 && !s.sleep(latency, abandon) {
 		// The client gave up or the server is closing: nothing was done.
 		writeError(w, http.StatusServiceUnavailable, "Service unavailable")
 		return

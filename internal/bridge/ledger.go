@@ -1,0 +1,74 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/kreabus/kreabus/internal/ledger"
+	"github.com/kreabus/kreabus/pkg/krea"
+)
+
+// errLedgerNotOpen answers lookups until the ledger bucket is open.
+var errLedgerNotOpen = errors.New("ledger bucket not open yet")
+
+// lateOwners is the ledger.Index of a Program: it answers once the ledger
+// bucket is open, which may be after start when NATS is down. Until then a
+// webhook gets 503 (and /readyz says not ready): without the ledger a
+// foreign job cannot be told from ours. Opening reads no records, so it
+// takes the same time whatever the bucket holds.
+type lateOwners struct {
+	o atomic.Pointer[ledger.Owners]
+}
+
+var _ ledger.Index = (*lateOwners)(nil)
+
+func (l *lateOwners) Lookup(ctx context.Context, requestID, jobID string) (ledger.Ownership, error) {
+	if o := l.o.Load(); o != nil {
+		return o.Lookup(ctx, requestID, jobID)
+	}
+	return ledger.Ownership{}, errLedgerNotOpen
+}
+
+func (l *lateOwners) Stored(requestID, jobID string, status krea.Status, own ledger.Ownership) {
+	if o := l.o.Load(); o != nil {
+		o.Stored(requestID, jobID, status, own)
+	}
+}
+
+// check is the "ledger" readiness check.
+func (l *lateOwners) check(context.Context) error {
+	if l.o.Load() == nil {
+		return errLedgerNotOpen
+	}
+	return nil
+}
+
+// openLedger opens the ledger bucket (creating it when allowed), retrying
+// until it succeeds or ctx ends.
+func (p *Program) openLedger(ctx context.Context) {
+	defer p.bg.Done()
+	cfg := p.s.LedgerConfig
+	cfg.Create = p.s.CreateStreams
+	if cfg.Replicas == 0 {
+		cfg.Replicas = p.s.StreamsConfig.Replicas
+	}
+	for {
+		led, err := ledger.Open(ctx, p.js, cfg, ledger.WithLogger(p.log))
+		if err == nil {
+			p.ledger.o.Store(led.Owners(cfg.CacheSize))
+			p.log.Info("ledger open", "bucket", led.Bucket(), "cache", cfg.CacheSize)
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		p.log.Warn("ledger unavailable; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Second):
+		}
+	}
+}

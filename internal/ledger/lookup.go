@@ -1,0 +1,203 @@
+package ledger
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"hash/maphash"
+	"strings"
+	"sync"
+
+	"github.com/kreabus/kreabus/pkg/krea"
+)
+
+// Ownership is what the ledger knows about a (request, job) pair named by a
+// webhook.
+type Ownership struct {
+	// Foreign is true when the ledger gives the job to another request:
+	// the webhook is not ours to accept (403).
+	Foreign bool
+	// Terminal is true when a terminal event of the job is already stored:
+	// a terminal webhook is a duplicate, however late.
+	Terminal bool
+	// Extra is true when the job is a second (paid) job of its request: the
+	// request is recorded with another job, or was rejected. Its events
+	// are stored all the same, marked Kreabus-Extra-Job.
+	Extra bool
+	// Metadata is the request's metadata (compact JSON), when known; nil
+	// when Foreign. The slice is shared: do not modify it.
+	Metadata json.RawMessage
+}
+
+// Index answers ownership questions for the bridge and learns from the
+// events it stored. *Owners implements it.
+type Index interface {
+	// Lookup says what the ledger knows about a webhook for jobID that
+	// came with a token for requestID. An error means the ledger could not
+	// be read: the caller cannot tell a foreign job and must not store.
+	Lookup(ctx context.Context, requestID, jobID string) (Ownership, error)
+	// Stored tells the index that an event of jobID with status, answering
+	// requestID, was stored, with the ownership Lookup gave.
+	Stored(requestID, jobID string, status krea.Status, own Ownership)
+}
+
+// DefaultCacheSize is how many settled jobs an Owners keeps in memory.
+const DefaultCacheSize = 16384
+
+// Owners answers Lookup from the bucket itself, reading job.<job_id> and,
+// only when the bucket holds no such job, req.<request_id>: one key read
+// for a job the submitter recorded, two for any other. Nothing is loaded at
+// start and nothing grows with the bucket: what it keeps is a bounded cache
+// of settled jobs (terminal, so their owner and state never change again),
+// which answers repeated webhooks of one job without a read.
+type Owners struct {
+	l     *Ledger
+	cache *settledCache
+}
+
+var _ Index = (*Owners)(nil)
+
+// Owners returns an Index on the bucket with a cache of size settled jobs
+// (DefaultCacheSize when size is 0, none when negative).
+func (l *Ledger) Owners(size int) *Owners {
+	if size == 0 {
+		size = DefaultCacheSize
+	}
+	return &Owners{l: l, cache: newSettledCache(size)}
+}
+
+// Lookup implements Index.
+func (o *Owners) Lookup(ctx context.Context, requestID, jobID string) (Ownership, error) {
+	if e := o.cache.get(jobID); e != nil {
+		return e.ownership(requestID), nil
+	}
+	jr, err := o.l.Job(ctx, jobID)
+	switch {
+	case err == nil:
+		e := &settled{owner: jr.RequestID, terminal: jr.Terminal, extra: jr.Extra, metadata: jr.Metadata}
+		if jr.Terminal {
+			o.cache.put(strings.Clone(jobID), e)
+		}
+		return e.ownership(requestID), nil
+	case !errors.Is(err, ErrNotFound):
+		return Ownership{}, err
+	}
+	// A job the ledger does not hold: the answer to a call whose outcome
+	// was unknown, an extra job, or a job of a program that calls Krea
+	// itself. The request's record tells which.
+	rr, err := o.l.Request(ctx, requestID)
+	switch {
+	case err == nil:
+		return Ownership{Extra: isExtra(rr, jobID), Metadata: rr.Metadata}, nil
+	case errors.Is(err, ErrNotFound):
+		return Ownership{}, nil
+	}
+	return Ownership{}, err
+}
+
+// Stored implements Index: a terminal job is settled for good, so its
+// answer is cached.
+func (o *Owners) Stored(requestID, jobID string, status krea.Status, own Ownership) {
+	if !status.IsTerminal() || own.Foreign || jobID == "" {
+		return
+	}
+	// Both IDs may be slices of a request's buffers: keep copies.
+	o.cache.put(strings.Clone(jobID), &settled{
+		owner: strings.Clone(requestID), terminal: true, extra: own.Extra, metadata: own.Metadata,
+	})
+}
+
+// settled is what the cache keeps of a job.
+type settled struct {
+	owner    string
+	terminal bool
+	extra    bool
+	metadata json.RawMessage
+}
+
+func (e *settled) ownership(requestID string) Ownership {
+	if e.owner != "" && requestID != "" && e.owner != requestID {
+		return Ownership{Foreign: true, Terminal: e.terminal}
+	}
+	return Ownership{Terminal: e.terminal, Extra: e.extra, Metadata: e.metadata}
+}
+
+// settledCache is a bounded map in shards, each with two generations: a
+// shard whose current generation is full drops its old one and starts a
+// new one; a hit in the old generation moves up. That keeps what is used
+// at O(1) cost per operation and no per-entry links, with at most size
+// entries.
+type settledCache struct {
+	seed   maphash.Seed
+	per    int // entries per generation and shard; 0: no cache
+	shards [cacheShards]cacheShard
+}
+
+const cacheShards = 16
+
+type cacheShard struct {
+	mu       sync.Mutex
+	cur, old map[string]*settled
+}
+
+func newSettledCache(size int) *settledCache {
+	c := &settledCache{seed: maphash.MakeSeed()}
+	if size > 0 {
+		c.per = max(1, size/(2*cacheShards))
+	}
+	return c
+}
+
+func (c *settledCache) shard(k string) *cacheShard {
+	return &c.shards[maphash.String(c.seed, k)%cacheShards]
+}
+
+func (c *settledCache) get(k string) *settled {
+	if c.per == 0 {
+		return nil
+	}
+	s := c.shard(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e := s.cur[k]; e != nil {
+		return e
+	}
+	e := s.old[k]
+	if e != nil {
+		delete(s.old, k)
+		s.putLocked(k, e, c.per)
+	}
+	return e
+}
+
+func (c *settledCache) put(k string, e *settled) {
+	if c.per == 0 {
+		return
+	}
+	s := c.shard(k)
+	s.mu.Lock()
+	s.putLocked(k, e, c.per)
+	s.mu.Unlock()
+}
+
+func (s *cacheShard) putLocked(k string, e *settled, per int) {
+	if s.cur == nil {
+		s.cur = make(map[string]*settled, per)
+	}
+	if _, ok := s.cur[k]; !ok && len(s.cur) >= per {
+		s.old, s.cur = s.cur, make(map[string]*settled, per)
+	}
+	s.cur[k] = e
+}
+
+// len is the number of entries, for tests.
+func (c *settledCache) len() int {
+	n := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		n += len(s.cur) + len(s.old)
+		s.mu.Unlock()
+	}
+	return n
+}
