@@ -856,3 +856,111 @@ func TestConsumerDeletedUnderRun(t *testing.T) {
 	})
 	r.stop(t)
 }
+
+// TestUncertainWaitBound: a call whose answer was lost after Krea made the
+// job, and whose webhook never comes (this env's webhook sink forgets
+// them), leaves a job nobody owns in the listing: the request waits, and
+// is acted on no earlier than KREABUS_UNCERTAIN_WAIT after the call: this
+// is the window that remains, and its bound.
+func TestUncertainWaitBound(t *testing.T) {
+	const wait = 2 * time.Second
+	for _, action := range []string{UncertainActionReject, UncertainActionResend} {
+		t.Run(action, func(t *testing.T) {
+			e := newEnv(t, kreatest.Config{Faults: kreatest.Faults{LostAnswerRate: 1}})
+			cfg := e.config()
+			cfg.UncertainWait = wait
+			cfg.UncertainAction = action
+			e.start(cfg)
+			start := time.Now()
+			e.publishAsync([]*events.Request{goodRequest("unsettled")})
+			natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+				if e.metric("kreabus_submitter_uncertain_total", "outcome", UncertainWaiting) < 1 {
+					return errors.New("not waiting yet")
+				}
+				return nil
+			})
+			if action == UncertainActionResend {
+				// The second call's answer must come through.
+				e.sim.SetFaults(kreatest.Faults{})
+			}
+			natstest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+				if n := e.countStatus("rejected") + e.countStatus("submitted"); n != 1 {
+					return fmt.Errorf("%d outcomes", n)
+				}
+				return nil
+			})
+			took := time.Since(start)
+			if took < wait {
+				t.Fatalf("acted on after %v, before KREABUS_UNCERTAIN_WAIT (%v)", took, wait)
+			}
+			evs := byRequest(e.events())["unsettled"]
+			jobs := e.sim.SubmissionsFor(e.webhookURL("unsettled"))
+			switch action {
+			case UncertainActionReject:
+				if len(evs["rejected"]) != 1 || jobs != 1 {
+					t.Fatalf("%d rejected events, %d jobs; want 1, 1", len(evs["rejected"]), jobs)
+				}
+				var body rejection
+				_ = json.Unmarshal(evs["rejected"][0].Raw, &body)
+				lost := e.sim.SubmissionLog()[0].JobID
+				if body.Kind != RejectUncertain || !strings.Contains(body.Reason, lost) {
+					t.Fatalf("rejection %s does not name the candidate job %s", evs["rejected"][0].Raw, lost)
+				}
+				if got := e.metric("kreabus_submitter_uncertain_total", "outcome", UncertainRejected); got != 1 {
+					t.Errorf("uncertain_total{rejected} = %v", got)
+				}
+			case UncertainActionResend:
+				// The documented cost of resend: the lost job was paid too.
+				if len(evs["submitted"]) != 1 || jobs != 2 {
+					t.Fatalf("%d submitted events, %d jobs; want 1, 2", len(evs["submitted"]), jobs)
+				}
+				if got := e.metric("kreabus_submitter_uncertain_total", "outcome", UncertainResent); got != 1 {
+					t.Errorf("uncertain_total{resent} = %v", got)
+				}
+			}
+			t.Logf("%s after %v", action, took.Round(time.Millisecond))
+		})
+	}
+}
+
+// TestOneRequestIDOneOutcome: a request ID published invalid, then valid,
+// then with other content, ends in its first outcome only; the API is
+// never called.
+func TestOneRequestIDOneOutcome(t *testing.T) {
+	e := newEnv(t, kreatest.Config{})
+	e.start(e.config())
+	bad := goodRequest("twice")
+	bad.Input = json.RawMessage(`["not an object"]`)
+	// Published raw and without Nats-Msg-Id: JetStream would otherwise
+	// drop the copies as duplicates and the test would prove nothing.
+	data, _ := json.Marshal(bad)
+	e.publishRaw("krea.requests.image", data, nil)
+	natstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if n := e.countStatus("rejected"); n != 1 {
+			return fmt.Errorf("%d rejected", n)
+		}
+		return nil
+	})
+	good := goodRequest("twice")
+	data, _ = json.Marshal(good)
+	e.publishRaw("krea.requests.image", data, nil)
+	other := goodRequest("twice")
+	other.Path = "/generate/video/kling/kling-2.1"
+	data, _ = json.Marshal(other)
+	e.publishRaw("krea.requests.video", data, nil)
+	natstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if e.metric("kreabus_submitter_republished_total") != 2 {
+			return fmt.Errorf("republished %v", e.metric("kreabus_submitter_republished_total"))
+		}
+		if n := e.requestsLeft(); n != 0 {
+			return fmt.Errorf("%d requests left", n)
+		}
+		return nil
+	})
+	if n := e.calls.Load(); n != 0 {
+		t.Fatalf("%d API calls", n)
+	}
+	if n, m := e.countStatus("rejected"), e.countStatus("submitted"); n != 1 || m != 0 {
+		t.Fatalf("%d rejected, %d submitted events", n, m)
+	}
+}
