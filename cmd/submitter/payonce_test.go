@@ -418,4 +418,3 @@ func TestPayOnceErrorsAndKill(t *testing.T) {
 	p.settle(ids, 120*time.Second)
 	uncertainReport(t, first, second)
 }
-

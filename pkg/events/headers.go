@@ -10,7 +10,7 @@ const (
 	HeaderMetadata  = "Kreabus-Metadata"
 	// HeaderReason carries the reason on krea.jobs.rejected events and on
 	// failed events that kreabus itself decided.
-	HeaderReason      = "Kreabus-Reason"
+	HeaderReason = "Kreabus-Reason"
 	// HeaderExtraJob is "true" on the events of a second (paid) job of a
 	// request: Krea made two jobs for one request (an answer was lost, or
 	// an uncertain call was sent again). Such events are stored, never
