@@ -73,6 +73,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (krea
 	fs.DurationVar(&f.RetryAfter, "retry-after", 0, "Retry-After on 429 and 5xx answers (0: none)")
 	fs.DurationVar(&f.Latency, "latency", 0, "delay before every answer")
 	fs.DurationVar(&f.LatencyJitter, "latency-jitter", 0, "random extra delay, [0, d)")
+	fs.BoolVar(&f.CompleteAbandoned, "complete-abandoned", false, "carry out calls whose client gave up during the latency (jobs are still created), as the real API does")
 	fs.Float64Var(&f.FailRate, "fail-rate", 0, "probability that a job fails")
 	fs.BoolVar(&f.OutOfCredits, "out-of-credits", false, "answer submissions 402")
 	fs.Float64Var(&f.DropWebhookRate, "drop-webhook-rate", 0, "probability that a webhook is never sent")

@@ -6,6 +6,8 @@
 //	loadgen e2e     end-to-end latency, webhook POST to consumer
 //	loadgen ceiling JetStream synchronous publish ceiling
 //	loadgen baseline serve the minimal reference bridge
+//	loadgen scale   fill the job ledger with N jobs, then measure the
+//	                bridge's and the submitter's start-up, memory and work
 //
 // Run `loadgen <command> -h` for the flags; scripts/bench/run.sh has the
 // commands behind the published figures.
@@ -21,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -61,11 +64,13 @@ func run(args []string) int {
 		err = ceilingCmd(ctx, args)
 	case "baseline":
 		err = baselineCmd(ctx, args)
+	case "scale":
+		err = scaleCmd(ctx, args)
 	case "help", "-h", "--help":
-		fmt.Fprintln(os.Stderr, "usage: loadgen [run|compare|e2e|ceiling|baseline] [flags]; loadgen <command> -h for flags")
+		fmt.Fprintln(os.Stderr, "usage: loadgen [run|compare|e2e|ceiling|baseline|scale] [flags]; loadgen <command> -h for flags")
 		return 0
 	default:
-		err = fmt.Errorf("unknown command %q (run, compare, e2e, ceiling, baseline)", cmd)
+		err = fmt.Errorf("unknown command %q (run, compare, e2e, ceiling, baseline, scale)", cmd)
 	}
 	switch {
 	case err == nil:
@@ -376,6 +381,72 @@ func ceilingCmd(ctx context.Context, args []string) error {
 	}
 	fmt.Printf("load average %s\n", loadgen.LoadAverage())
 	rep.WriteText(os.Stdout)
+	return nil
+}
+
+func scaleCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("loadgen scale", flag.ContinueOnError)
+	jobs := fs.String("jobs", "10000", "comma-separated ledger sizes to fill and measure, one fresh nats-server each")
+	open := fs.Int("open", 10, "jobs still running and overdue for a poll, besides the settled ones")
+	rate := fs.Float64("rate", 500, "webhook probe rate per second")
+	probe := fs.Duration("probe", 10*time.Second, "webhook probe duration")
+	rounds := fs.Int("rounds", 20, "idle poll rounds (1 s each) the submitter's CPU is measured over")
+	workDir := fs.String("workdir", "", "where servers keep their stores (default: a temporary folder, removed afterwards)")
+	jsonOut := fs.Bool("json", false, "JSON output")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	dir := *workDir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "kreabus-scale-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	}
+	cfg := loadgen.ScaleConfig{WorkDir: dir, Open: *open, Rate: *rate, Probe: *probe, Rounds: *rounds,
+		Logf: func(format string, a ...any) { fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, a...)...) }}
+	var err error
+	if cfg.NATSBin, err = loadgen.BuildNATSServer(ctx, dir); err != nil {
+		return err
+	}
+	for name, pkg := range map[string]*string{"./cmd/bridge": &cfg.BridgeBin, "./cmd/submitter": &cfg.SubmitterBin, "./cmd/kreasim": &cfg.KreasimBin} {
+		if *pkg, err = loadgen.GoBuild(ctx, dir, strings.TrimPrefix(name, "./cmd/"), name); err != nil {
+			return err
+		}
+	}
+	var reps []*loadgen.ScaleReport
+	for _, f := range strings.Split(*jobs, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 0 {
+			return fmt.Errorf("-jobs: %q is not a count", f)
+		}
+		cfg.Jobs = n
+		rep, err := loadgen.Scale(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		reps = append(reps, rep)
+	}
+	if *jsonOut {
+		return printJSON(reps)
+	}
+	fmt.Printf("load average %s\n", loadgen.LoadAverage())
+	fmt.Println("| jobs in the ledger | fill | ledger msgs | store on disk | bridge ready | bridge RSS ready / peak | webhook p50 / p99 (rate) | submitter first poll / all due | CPU per idle round | submitter peak RSS | nats RSS |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
+	for _, r := range reps {
+		fmt.Printf("| %d | %.0f s | %d | %.0f MiB | %v | %.1f / %.1f MiB | %v / %v (%.0f/s) | %v / %v | %v | %.1f MiB | %.0f MiB |\n",
+			r.Jobs, r.FillSeconds, r.LedgerMsgs, float64(r.StoreDiskBytes)/(1<<20), time.Duration(r.BridgeReady).Round(time.Millisecond),
+			float64(r.BridgeRSSReady)/(1<<20), float64(r.BridgeRSSPeak)/(1<<20),
+			time.Duration(r.Webhook.P50).Round(10*time.Microsecond), time.Duration(r.Webhook.P99).Round(10*time.Microsecond), r.WebhookRate,
+			time.Duration(r.FirstPoll).Round(time.Millisecond), time.Duration(r.AllDuePolled).Round(time.Millisecond),
+			time.Duration(r.CPUPerRound).Round(10*time.Microsecond), float64(r.SubmitterRSS)/(1<<20), float64(r.NATSRSS)/(1<<20))
+	}
+	for _, r := range reps {
+		fmt.Printf("jobs %d: KREA_JOBS %.0f bytes per event; ledger %.0f bytes per job in the stream, %.0f on disk\n",
+			r.Jobs, r.EventBytes, float64(r.LedgerBytes)/float64(max(r.Jobs+r.Open, 1)), float64(r.StoreDiskBytes)/float64(max(r.Jobs+r.Open, 1)))
+	}
 	return nil
 }
 

@@ -181,7 +181,8 @@ func (r *Recorder) consume(ctx context.Context, cons jetstream.Consumer) error {
 		<-cc.Closed()
 	}()
 
-	tick := time.NewTicker(time.Second)
+	// Until synced, look often: the reconciler waits for it to start.
+	tick := time.NewTicker(syncCheckInterval)
 	defer tick.Stop()
 	r.checkSynced(ctx, cons)
 	for {
@@ -195,10 +196,16 @@ func (r *Recorder) consume(ctx context.Context, cons jetstream.Consumer) error {
 		case <-tick.C:
 			if !r.synced.Load() {
 				r.checkSynced(ctx, cons)
+			} else {
+				tick.Stop()
 			}
 		}
 	}
 }
+
+// syncCheckInterval is how often the Recorder asks whether it has caught
+// up, until it has.
+const syncCheckInterval = 100 * time.Millisecond
 
 func (r *Recorder) checkSynced(ctx context.Context, cons jetstream.Consumer) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -195,23 +195,31 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		close(work)
 		wg.Wait()
 	}()
-	tick := time.NewTicker(r.cfg.Interval)
-	defer tick.Stop()
 	for {
-		r.scan(ctx, work)
+		wait := r.cfg.Interval
+		if !r.scan(ctx, work) {
+			// Not ready yet (the ledger catching up): look again soon, so
+			// the first round starts as soon as it can, not an interval
+			// later.
+			wait = min(wait, notReadyRecheck)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-tick.C:
+		case <-time.After(wait):
 		}
 	}
 }
 
+// notReadyRecheck is how often a reconciler that is not ready looks again.
+const notReadyRecheck = 100 * time.Millisecond
+
 // scan hands every job due for a poll to the workers. It blocks while they
-// are busy, so the rate limit paces it.
-func (r *Reconciler) scan(ctx context.Context, work chan<- ledger.Record) {
+// are busy, so the rate limit paces it. It reports false when it did not
+// scan because the ledger is not ready.
+func (r *Reconciler) scan(ctx context.Context, work chan<- ledger.Record) bool {
 	if r.d.Ready != nil && !r.d.Ready() {
-		return
+		return false
 	}
 	now := time.Now()
 	pending := r.d.Open.Pending(now, r.cfg.WebhookGrace)
@@ -220,7 +228,7 @@ func (r *Reconciler) scan(ctx context.Context, work chan<- ledger.Record) {
 	r.mu.Lock()
 	if now.Before(r.pausedUntil) {
 		r.mu.Unlock()
-		return
+		return true
 	}
 	live := make(map[string]bool, len(pending))
 	due := pending[:0]
@@ -255,9 +263,10 @@ func (r *Reconciler) scan(ctx context.Context, work chan<- ledger.Record) {
 				}
 			}
 			r.mu.Unlock()
-			return
+			return true
 		}
 	}
+	return true
 }
 
 // poll polls one job and publishes what it finds.
