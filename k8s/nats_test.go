@@ -260,14 +260,11 @@ func TestNATSConfigPermissions(t *testing.T) {
 	})
 	must("submitter creates the ledger recorder's consumer", err)
 
-	// Bridge start-up: KREA_JOBS, and a read-only view of the ledger.
+	// Bridge start-up: KREA_JOBS, and read access to ledger keys.
 	_, err = events.EnsureStream(ctx, bridge.js, events.JobsStreamConfig(events.StreamOptions{}))
 	must("bridge checks KREA_JOBS", err)
 	bkv, err := bridge.js.KeyValue(ctx, ledger.DefaultBucket)
 	must("bridge opens the ledger", err)
-	bwatch, err := bkv.WatchAll(ctx)
-	must("bridge watches the ledger", err)
-	defer bwatch.Stop()
 
 	// App: publishes a generation request.
 	ack, err := app.js.Publish(ctx, events.RequestsPrefix+"image", []byte(`{"request_id":"req-1"}`), jetstream.WithMsgID("req-1"))
@@ -344,6 +341,19 @@ func TestNATSConfigPermissions(t *testing.T) {
 	denied(t, "bridge publishes a request", func(ctx context.Context) error {
 		_, err := bridge.js.Publish(ctx, events.RequestsPrefix+"image", []byte(`{}`))
 		return err
+	})
+	denied(t, "bridge watches the ledger", func(ctx context.Context) error {
+		w, err := bkv.WatchAll(ctx)
+		if err != nil {
+			return err
+		}
+		defer w.Stop()
+		select {
+		case <-w.Updates():
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	})
 	denied(t, "bridge writes the ledger", func(ctx context.Context) error {
 		_, err := bkv.Put(ctx, "req.req-2", []byte(`{}`))

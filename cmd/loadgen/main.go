@@ -8,6 +8,8 @@
 //	loadgen baseline serve the minimal reference bridge
 //	loadgen scale   fill the job ledger with N jobs, then measure the
 //	                bridge's and the submitter's start-up, memory and work
+//	loadgen wrkdata write pre-minted webhook requests for wrk
+//	                (scripts/bench/wrk.sh), optionally known to the ledger
 //
 // Run `loadgen <command> -h` for the flags; scripts/bench/run.sh has the
 // commands behind the published figures.
@@ -32,6 +34,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kreabus/kreabus/internal/baseline"
+	"github.com/kreabus/kreabus/internal/ledger/ledgertest"
 	"github.com/kreabus/kreabus/internal/loadgen"
 )
 
@@ -66,11 +69,13 @@ func run(args []string) int {
 		err = baselineCmd(ctx, args)
 	case "scale":
 		err = scaleCmd(ctx, args)
+	case "wrkdata":
+		err = wrkdataCmd(ctx, args)
 	case "help", "-h", "--help":
-		fmt.Fprintln(os.Stderr, "usage: loadgen [run|compare|e2e|ceiling|baseline|scale] [flags]; loadgen <command> -h for flags")
+		fmt.Fprintln(os.Stderr, "usage: loadgen [run|compare|e2e|ceiling|baseline|scale|wrkdata] [flags]; loadgen <command> -h for flags")
 		return 0
 	default:
-		err = fmt.Errorf("unknown command %q (run, compare, e2e, ceiling, baseline, scale)", cmd)
+		err = fmt.Errorf("unknown command %q (run, compare, e2e, ceiling, baseline, scale, wrkdata)", cmd)
 	}
 	switch {
 	case err == nil:
@@ -406,7 +411,9 @@ func scaleCmd(ctx context.Context, args []string) error {
 		dir = d
 	}
 	cfg := loadgen.ScaleConfig{WorkDir: dir, Open: *open, Rate: *rate, Probe: *probe, Rounds: *rounds,
-		Logf: func(format string, a ...any) { fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, a...)...) }}
+		Logf: func(format string, a ...any) {
+			fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, a...)...)
+		}}
 	var err error
 	if cfg.NATSBin, err = loadgen.BuildNATSServer(ctx, dir); err != nil {
 		return err
@@ -448,6 +455,36 @@ func scaleCmd(ctx context.Context, args []string) error {
 			r.Jobs, r.EventBytes, float64(r.LedgerBytes)/float64(max(r.Jobs+r.Open, 1)), float64(r.StoreDiskBytes)/float64(max(r.Jobs+r.Open, 1)))
 	}
 	return nil
+}
+
+func wrkdataCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("loadgen wrkdata", flag.ContinueOnError)
+	n := fs.Int("n", 300_000, "requests to write, one distinct job each")
+	out := fs.String("out", "wrk-data.txt", "file to write: one \"<path> <body>\" line per request")
+	secret := fs.String("secret", envOr("KREABUS_WEBHOOK_SECRET", ""), "webhook secret (env KREABUS_WEBHOOK_SECRET)")
+	size := fs.Int("size", loadgen.DefaultBodySize, "body size in bytes")
+	known := fs.String("known", "", "NATS URL: also record the jobs in the job ledger there, as running jobs the submitter made (production's shape)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *secret == "" {
+		return errors.New("no webhook secret: set -secret or KREABUS_WEBHOOK_SECRET")
+	}
+	if *known != "" {
+		nc, err := nats.Connect(*known)
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
+		if err != nil {
+			return err
+		}
+		if _, err := ledgertest.Fill(ctx, js, 0, *n, nil); err != nil {
+			return err
+		}
+	}
+	return loadgen.WriteWrkData(*out, *secret, *n, *size)
 }
 
 func baselineCmd(ctx context.Context, args []string) error {

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kreabus/kreabus/internal/config"
+	"github.com/kreabus/kreabus/internal/ledger/ledgertest"
 	"github.com/kreabus/kreabus/internal/natstest"
 	"github.com/kreabus/kreabus/internal/program"
 	"github.com/kreabus/kreabus/pkg/events"
@@ -433,5 +434,63 @@ func TestProgramDrainDelay(t *testing.T) {
 	}
 	if d := time.Since(start); d < time.Second {
 		t.Fatalf("shutdown took %v, less than the drain delay", d)
+	}
+}
+
+// TestProgramLedgerNotLoaded: a bridge started on a ledger already holding
+// 100 000 jobs is ready at once (it loads nothing) and answers webhooks for
+// jobs recorded before it started exactly as for any other: a terminal
+// one's repeat is a duplicate however late, another request's job is 403, a
+// running one is stored with its request's metadata, and a second job of a
+// request is stored marked extra.
+func TestProgramLedgerNotLoaded(t *testing.T) {
+	const jobs, open = 100_000, 10
+	ns := natstest.StartProcess(t) // not under the race detector: the fill is server work
+	nc := natstest.Connect(t, ns.URL())
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := ledgertest.Fill(ctx, js, jobs, open, nil); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	p, _ := startProgram(t, testSettings(t, ns.URL(), nil))
+	waitReadyz(t, p, http.StatusOK)
+	ready := time.Since(start)
+	t.Logf("ready %v after start on a ledger of %d jobs", ready, jobs+open)
+	if ready > 5*time.Second {
+		t.Errorf("ready after %v: the bridge must not load the ledger", ready)
+	}
+
+	settledReq, settledJob := ledgertest.FillIDs(42)
+	if r := programPost(t, p, settledReq, jobBody(settledJob, krea.StatusCompleted)); r.code != http.StatusOK || !*r.ok(t).Duplicate {
+		t.Fatalf("late repeat of a settled job: %d %s", r.code, r.body)
+	}
+	otherReq, _ := ledgertest.FillIDs(43)
+	if r := programPost(t, p, otherReq, jobBody(settledJob, krea.StatusCompleted)); r.code != http.StatusForbidden {
+		t.Fatalf("another request's job: %d %s", r.code, r.body)
+	}
+	openReq, openJob := ledgertest.FillIDs(jobs + 3)
+	body := jobBody(openJob, krea.StatusCompleted)
+	if r := programPost(t, p, openReq, body); r.code != http.StatusOK || *r.ok(t).Duplicate {
+		t.Fatalf("running job's webhook: %d %s", r.code, r.body)
+	}
+	extra := uuid.NewString()
+	if r := programPost(t, p, openReq, jobBody(extra, krea.StatusCompleted)); r.code != http.StatusOK || *r.ok(t).Duplicate {
+		t.Fatalf("second job's webhook: %d %s", r.code, r.body)
+	}
+	msgs := storedMsgs(t, js)
+	if len(msgs) != 2 {
+		t.Fatalf("%d events stored, want 2", len(msgs))
+	}
+	checkEvent(t, msgs[0], openJob, krea.StatusCompleted, openReq, body)
+	if md := msgs[0].Headers().Get(events.HeaderMetadata); !strings.Contains(md, "campaign") {
+		t.Errorf("metadata header %q: want the request's metadata from the ledger", md)
+	}
+	if x := msgs[1].Headers().Get(events.HeaderExtraJob); x != "true" {
+		t.Errorf("second job's %s header %q", events.HeaderExtraJob, x)
 	}
 }

@@ -1,12 +1,16 @@
 package loadgen
 
 import (
+	"bufio"
+	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/google/uuid"
 
+	"github.com/kreabus/kreabus/internal/ledger/ledgertest"
+	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
 
@@ -60,3 +64,34 @@ func naturalBodySize() int {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// WriteWrkData writes n pre-minted webhook requests to path for wrk
+// (scripts/bench/wrk-webhooks.lua), one "<path> <body>" line each: the
+// token of filled request i and a completed body for its job (the IDs of
+// ledgertest.FillIDs), so the same file serves jobs the ledger knows and,
+// on an empty ledger, jobs it does not.
+func WriteWrkData(path, secret string, n, size int) error {
+	tok, err := events.NewTokenizer(secret, "")
+	if err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	now := time.Now()
+	for i := range n {
+		rid, jid := ledgertest.FillIDs(i)
+		w.WriteString(events.WebhookPathPrefix)
+		w.WriteString(tok.Mint(rid))
+		w.WriteByte(' ')
+		w.Write(jobBody(jid, krea.StatusCompleted, size, now))
+		w.WriteByte('\n')
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

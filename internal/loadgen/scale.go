@@ -3,7 +3,6 @@ package loadgen
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,8 +19,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kreabus/kreabus/internal/ledger"
+	"github.com/kreabus/kreabus/internal/ledger/ledgertest"
 	"github.com/kreabus/kreabus/pkg/events"
-	"github.com/kreabus/kreabus/pkg/krea"
 )
 
 // ScaleConfig is one fill-and-measure run: a fresh nats-server whose job
@@ -113,7 +112,7 @@ func Scale(ctx context.Context, cfg ScaleConfig) (*ScaleReport, error) {
 	rep := &ScaleReport{Jobs: cfg.Jobs, Open: cfg.Open}
 
 	start := time.Now()
-	led, err := Fill(ctx, js, cfg.Jobs, cfg.Open, cfg.logf)
+	led, err := ledgertest.Fill(ctx, js, cfg.Jobs, cfg.Open, cfg.logf)
 	if err != nil {
 		return nil, err
 	}
@@ -197,13 +196,36 @@ func Scale(ctx context.Context, cfg ScaleConfig) (*ScaleReport, error) {
 		return nil, err
 	}
 	sadmin := "127.0.0.1:" + strconv.Itoa(sport)
+	subEnv := func(grace string) []string {
+		return []string{
+			"NATS_URL=" + ns.URL(), "KREABUS_WEBHOOK_SECRET=" + cfg.Secret,
+			"KREA_API_URL=http://127.0.0.1:" + strconv.Itoa(kport), "KREA_API_TOKEN=scale-token",
+			"KREABUS_PUBLIC_URL=http://" + listen, "KREABUS_ADMIN_LISTEN=" + sadmin,
+			"KREABUS_WEBHOOK_GRACE=" + grace, "KREABUS_POLL_INTERVAL=1s", "KREABUS_POLL_RATE=100",
+		}
+	}
+	// A first run, polling nothing (grace 1 h), lets the ledger Recorder's
+	// durable consumer catch up with the probe's events and stops: what is
+	// measured next is a restart, as in production, where the durable
+	// keeps its place and only events since the last ack are applied.
+	warm, err := StartProc("submitter-warm", dir, cfg.SubmitterBin, nil, subEnv("1h"))
+	if err != nil {
+		return nil, err
+	}
+	caughtUp := func() bool {
+		c, err := js.Consumer(ctx, events.StreamJobs, ledger.ConsumerName)
+		if err != nil {
+			return false
+		}
+		ci, err := c.Info(ctx)
+		return err == nil && ci.NumPending == 0 && ci.NumAckPending == 0
+	}
+	if err := waitFor(ctx, 10*time.Minute, warm, caughtUp); err != nil {
+		return nil, fmt.Errorf("ledger recorder catching up: %w\n%s", err, warm.LogTail())
+	}
+	warm.Stop(15 * time.Second)
 	sstart := time.Now()
-	sub, err := StartProc("submitter", dir, cfg.SubmitterBin, nil, []string{
-		"NATS_URL=" + ns.URL(), "KREABUS_WEBHOOK_SECRET=" + cfg.Secret,
-		"KREA_API_URL=http://127.0.0.1:" + strconv.Itoa(kport), "KREA_API_TOKEN=scale-token",
-		"KREABUS_PUBLIC_URL=http://" + listen, "KREABUS_ADMIN_LISTEN=" + sadmin,
-		"KREABUS_WEBHOOK_GRACE=1s", "KREABUS_POLL_INTERVAL=1s", "KREABUS_POLL_RATE=100",
-	})
+	sub, err := StartProc("submitter", dir, cfg.SubmitterBin, nil, subEnv("1s"))
 	if err != nil {
 		return nil, err
 	}
@@ -234,67 +256,6 @@ func Scale(ctx context.Context, cfg ScaleConfig) (*ScaleReport, error) {
 	cfg.logf("submitter first poll after %v, all %d due polled after %v; %v CPU per idle round; peak RSS %d MiB",
 		time.Duration(rep.FirstPoll), cfg.Open, time.Duration(rep.AllDuePolled), time.Duration(rep.CPUPerRound), rep.SubmitterRSS>>20)
 	return rep, nil
-}
-
-// FillIDs are the IDs of filled job i: a request ID and a job ID, both
-// UUIDs as in production.
-func FillIDs(i int) (requestID, jobID string) {
-	b := []byte(strconv.Itoa(i))
-	return uuid.NewSHA1(fillSpace, append([]byte("r"), b...)).String(), uuid.NewSHA1(fillSpace, append([]byte("j"), b...)).String()
-}
-
-var fillSpace = uuid.MustParse("0b7e2c7c-1f5e-4a36-9c1a-7d8e9f0a1b2c")
-
-// Fill writes n settled jobs and open jobs still running, overdue for a
-// poll, into the job ledger (created when missing), as the submitter and
-// the Recorder would have left them, with asynchronous publishes to the
-// bucket's subjects.
-func Fill(ctx context.Context, js jetstream.JetStream, n, open int, logf func(string, ...any)) (*ledger.Ledger, error) {
-	led, err := ledger.Open(ctx, js, ledger.Config{Create: true})
-	if err != nil {
-		return nil, err
-	}
-	prefix := "$KV." + led.Bucket() + "."
-	put := func(key string, rec *ledger.Record) error {
-		data, err := json.Marshal(rec)
-		if err != nil {
-			return err
-		}
-		_, err = js.PublishAsync(prefix+key, data)
-		return err
-	}
-	now := time.Now().UTC()
-	md := json.RawMessage(`{"user":"u-4812","campaign":"spring-launch"}`)
-	const path = "/generate/image/bfl/flux-1-dev"
-	for i := range n + open {
-		rid, jid := FillIDs(i)
-		at := now.Add(-time.Hour).Add(time.Duration(i) * time.Millisecond)
-		req := ledger.Record{RequestID: rid, JobID: jid, Path: path, Status: events.StatusSubmitted, Metadata: md,
-			SubmittedAt: at, UpdatedAt: at, Source: events.SourceSubmitter, Attempt: 1, IntentAt: at}
-		job := ledger.Record{RequestID: rid, JobID: jid, Path: path, Status: krea.StatusCompleted, Terminal: true,
-			Metadata: md, SubmittedAt: at, UpdatedAt: at.Add(8 * time.Second), Source: events.SourceWebhook}
-		if i >= n {
-			job.Status, job.Terminal, job.Source = events.StatusSubmitted, false, events.SourceSubmitter
-			if err := put(ledger.OpenKey(jid), &ledger.Record{RequestID: rid, JobID: jid, Path: path, Metadata: md, SubmittedAt: at}); err != nil {
-				return nil, err
-			}
-		}
-		if err := put(ledger.RequestKey(rid), &req); err != nil {
-			return nil, err
-		}
-		if err := put(ledger.JobKey(jid), &job); err != nil {
-			return nil, err
-		}
-		if i > 0 && i%200_000 == 0 && logf != nil {
-			logf("filled %d jobs", i)
-		}
-	}
-	select {
-	case <-js.PublishAsyncComplete():
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	return led, nil
 }
 
 // RSS returns the process' resident set size (VmRSS) in bytes.

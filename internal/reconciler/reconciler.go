@@ -6,12 +6,16 @@
 // Krea no longer knows, or one still not terminal after KREABUS_JOB_MAX_AGE,
 // ends in one krea.jobs.failed event saying why.
 //
+// Its work list is the ledger's open.<job_id> keys, held in memory by a
+// watch on those keys only: a scan costs the jobs in flight, and each poll
+// reads one job record, whatever the ledger keeps.
+//
 // Several replicas may run it at once. With Deps.Claims a job is polled by
 // one replica per round (a claim in the ledger bucket). Should two still
 // publish, JetStream drops the second event with the same Nats-Msg-Id
-// within the duplicate window, and each replica checks the ledger's
-// terminal flag (in memory, then in the bucket) before it publishes, which
-// covers later repeats.
+// within the duplicate window, and each replica reads the job's record
+// before it polls and again before it publishes, which covers later
+// repeats.
 package reconciler
 
 import (

@@ -19,6 +19,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/kreabus/kreabus/internal/ledger"
+	"github.com/kreabus/kreabus/internal/ledger/ledgertest"
 	"github.com/kreabus/kreabus/internal/natstest"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
@@ -675,4 +676,96 @@ type nopKrea struct{}
 
 func (nopKrea) GetJob(context.Context, string) (*krea.Job, json.RawMessage, error) {
 	return nil, nil, errors.New("nop")
+}
+
+type countingStore struct {
+	*ledger.Ledger
+	reads atomic.Int64
+}
+
+func (c *countingStore) Job(ctx context.Context, jobID string) (*ledger.Record, error) {
+	c.reads.Add(1)
+	return c.Ledger.Job(ctx, jobID)
+}
+
+type countingKrea struct {
+	JobGetter
+	polls atomic.Int64
+}
+
+func (c *countingKrea) GetJob(ctx context.Context, id string) (*krea.Job, json.RawMessage, error) {
+	c.polls.Add(1)
+	return c.JobGetter.GetJob(ctx, id)
+}
+
+// TestRoundTouchesDueJobsOnly: with 100 000 settled jobs in the ledger and
+// 10 overdue, the reconciler's list holds the 10, a round polls the 10 and
+// reads their 10 records (once before the poll, once before publishing),
+// and nothing else; a round after they settled touches nothing.
+func TestRoundTouchesDueJobsOnly(t *testing.T) {
+	const settled, due = 100_000, 10
+	ns := natstest.StartProcess(t) // not under the race detector: the fill is server work
+	nc := natstest.Connect(t, ns.URL())
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if _, err := events.EnsureStream(ctx, js, events.JobsStreamConfig(events.StreamOptions{})); err != nil {
+		t.Fatal(err)
+	}
+	led, err := ledgertest.Fill(ctx, js, settled, due, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := led.KeyValue().Status(ctx); err != nil || st.Values() < 2*settled {
+		t.Fatalf("bucket holds %v values (%v), want at least %d", st, err, 2*settled)
+	}
+	open := led.WatchOpen(ctx)
+	start := time.Now()
+	if err := open.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("open list of %d jobs loaded in %v from a bucket of %d jobs", open.Len(), time.Since(start), settled+due)
+	if open.Len() != due {
+		t.Fatalf("open list holds %d jobs, want %d", open.Len(), due)
+	}
+	sim := kreatest.NewServer(kreatest.Config{})
+	t.Cleanup(sim.Close)
+	store := &countingStore{Ledger: led}
+	api := &countingKrea{JobGetter: sim.NewClient()}
+	cfg := fast()
+	cfg.WebhookGrace = time.Minute // the filled open jobs are an hour old
+	cfg.MaxBackoff = time.Minute
+	rc, err := New(cfg, Deps{JetStream: js, Krea: api, Open: open, Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	rctx, stop := context.WithCancel(ctx)
+	go func() { done <- rc.Run(rctx) }()
+	t.Cleanup(func() { stop(); <-done })
+	// The simulator does not know the filled jobs: each poll is a 404 and
+	// ends the job in one failed event, taking it off the open list.
+	natstest.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+		if n := open.Len(); n != 0 {
+			return fmt.Errorf("%d jobs still open", n)
+		}
+		return nil
+	})
+	if n := api.polls.Load(); n != due {
+		t.Errorf("%d polls, want %d", n, due)
+	}
+	if n := store.reads.Load(); n > 2*due {
+		t.Errorf("%d ledger reads for %d due jobs, want at most %d", n, due, 2*due)
+	}
+	reads := store.reads.Load()
+	elapse(t, 10*cfg.Interval) // ten more rounds
+	if n := store.reads.Load() - reads; n != 0 {
+		t.Errorf("%d ledger reads in rounds with nothing due", n)
+	}
+	if n := api.polls.Load(); n != due {
+		t.Errorf("%d polls after every job settled, want %d", n, due)
+	}
 }

@@ -82,7 +82,7 @@ type Config struct {
 
 	Concurrency   int     `env:"KREABUS_SUBMIT_CONCURRENCY" flag:"submit-concurrency" default:"16" usage:"Krea API calls in flight at most"`
 	Rate          float64 `env:"KREABUS_SUBMIT_RATE" flag:"submit-rate" default:"0" usage:"Krea API calls per second at most (0 = no limit)"`
-	MaxDeliveries int     `env:"KREABUS_MAX_DELIVERIES" flag:"max-deliveries" default:"10" usage:"deliveries of a request before a retryable failure rejects it (out of retries)"`
+	MaxDeliveries int     `env:"KREABUS_MAX_DELIVERIES" flag:"max-deliveries" default:"10" usage:"API calls of a request that certainly made no job before it is rejected (out of retries); pauses and uncertain waits cost none"`
 
 	RetryBackoffMin time.Duration `env:"KREABUS_RETRY_BACKOFF_MIN" flag:"retry-backoff-min" default:"1s" usage:"first redelivery delay after a retryable failure (doubles per delivery, full jitter)"`
 	RetryBackoffMax time.Duration `env:"KREABUS_RETRY_BACKOFF_MAX" flag:"retry-backoff-max" default:"5m" usage:"longest redelivery delay after a retryable failure"`

@@ -1,0 +1,78 @@
+// Package ledgertest fills a job ledger with many product-shaped jobs, for
+// tests and benchmarks that show what does and does not grow with history.
+package ledgertest
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kreabus/kreabus/internal/ledger"
+	"github.com/kreabus/kreabus/pkg/events"
+	"github.com/kreabus/kreabus/pkg/krea"
+)
+
+// FillIDs are the IDs of filled job i: a request ID and a job ID, both
+// UUIDs as in production.
+func FillIDs(i int) (requestID, jobID string) {
+	b := []byte(strconv.Itoa(i))
+	return uuid.NewSHA1(fillSpace, append([]byte("r"), b...)).String(), uuid.NewSHA1(fillSpace, append([]byte("j"), b...)).String()
+}
+
+var fillSpace = uuid.MustParse("0b7e2c7c-1f5e-4a36-9c1a-7d8e9f0a1b2c")
+
+// Fill writes n settled jobs and open jobs still running, overdue for a
+// poll, into the job ledger (created when missing), as the submitter and
+// the Recorder would have left them, with asynchronous publishes to the
+// bucket's subjects.
+func Fill(ctx context.Context, js jetstream.JetStream, n, open int, logf func(string, ...any)) (*ledger.Ledger, error) {
+	led, err := ledger.Open(ctx, js, ledger.Config{Create: true})
+	if err != nil {
+		return nil, err
+	}
+	prefix := "$KV." + led.Bucket() + "."
+	put := func(key string, rec *ledger.Record) error {
+		data, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		_, err = js.PublishAsync(prefix+key, data, jetstream.WithStallWait(time.Minute))
+		return err
+	}
+	now := time.Now().UTC()
+	md := json.RawMessage(`{"user":"u-4812","campaign":"spring-launch"}`)
+	const path = "/generate/image/bfl/flux-1-dev"
+	for i := range n + open {
+		rid, jid := FillIDs(i)
+		at := now.Add(-time.Hour).Add(time.Duration(i) * time.Millisecond)
+		req := ledger.Record{RequestID: rid, JobID: jid, Path: path, Status: events.StatusSubmitted, Metadata: md,
+			SubmittedAt: at, UpdatedAt: at, Source: events.SourceSubmitter, Attempt: 1, IntentAt: at}
+		job := ledger.Record{RequestID: rid, JobID: jid, Path: path, Status: krea.StatusCompleted, Terminal: true,
+			Metadata: md, SubmittedAt: at, UpdatedAt: at.Add(8 * time.Second), Source: events.SourceWebhook}
+		if i >= n {
+			job.Status, job.Terminal, job.Source = events.StatusSubmitted, false, events.SourceSubmitter
+			if err := put(ledger.OpenKey(jid), &ledger.Record{RequestID: rid, JobID: jid, Path: path, Metadata: md, SubmittedAt: at}); err != nil {
+				return nil, err
+			}
+		}
+		if err := put(ledger.RequestKey(rid), &req); err != nil {
+			return nil, err
+		}
+		if err := put(ledger.JobKey(jid), &job); err != nil {
+			return nil, err
+		}
+		if i > 0 && i%200_000 == 0 && logf != nil {
+			logf("filled %d jobs", i)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return led, nil
+}
