@@ -265,6 +265,9 @@ func TestNATSConfigPermissions(t *testing.T) {
 	must("bridge checks KREA_JOBS", err)
 	bkv, err := bridge.js.KeyValue(ctx, ledger.DefaultBucket)
 	must("bridge opens the ledger", err)
+	jobFeed, err := bridge.nc.SubscribeSync(ledger.JobChangesSubject(ledger.DefaultBucket))
+	must("bridge hears job records", err)
+	defer jobFeed.Unsubscribe()
 
 	// App: publishes a generation request.
 	ack, err := app.js.Publish(ctx, events.RequestsPrefix+"image", []byte(`{"request_id":"req-1"}`), jetstream.WithMsgID("req-1"))

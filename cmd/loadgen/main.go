@@ -10,6 +10,8 @@
 //	                bridge's and the submitter's start-up, memory and work
 //	loadgen wrkdata write pre-minted webhook requests for wrk
 //	                (scripts/bench/wrk.sh), optionally known to the ledger
+//	loadgen feed    record those jobs in the ledger just ahead of their
+//	                webhooks, as the submitter would, until stopped
 //
 // Run `loadgen <command> -h` for the flags; scripts/bench/run.sh has the
 // commands behind the published figures.
@@ -71,11 +73,13 @@ func run(args []string) int {
 		err = scaleCmd(ctx, args)
 	case "wrkdata":
 		err = wrkdataCmd(ctx, args)
+	case "feed":
+		err = feedCmd(ctx, args)
 	case "help", "-h", "--help":
-		fmt.Fprintln(os.Stderr, "usage: loadgen [run|compare|e2e|ceiling|baseline|scale|wrkdata] [flags]; loadgen <command> -h for flags")
+		fmt.Fprintln(os.Stderr, "usage: loadgen [run|compare|e2e|ceiling|baseline|scale|wrkdata|feed] [flags]; loadgen <command> -h for flags")
 		return 0
 	default:
-		err = fmt.Errorf("unknown command %q (run, compare, e2e, ceiling, baseline, scale, wrkdata)", cmd)
+		err = fmt.Errorf("unknown command %q (run, compare, e2e, ceiling, baseline, scale, wrkdata, feed)", cmd)
 	}
 	switch {
 	case err == nil:
@@ -440,15 +444,15 @@ func scaleCmd(ctx context.Context, args []string) error {
 		return printJSON(reps)
 	}
 	fmt.Printf("load average %s\n", loadgen.LoadAverage())
-	fmt.Println("| jobs in the ledger | fill | ledger msgs | store on disk | bridge ready | bridge RSS ready / peak | webhook p50 / p99 (rate) | submitter first poll / all due | CPU per idle round | submitter peak RSS | nats RSS |")
+	fmt.Println("| jobs in the ledger | fill | ledger msgs | store on disk | bridge ready | bridge RSS ready / peak | webhook p50 / p99 (rate) | submitter first poll / all due | CPU per idle round | submitter peak RSS | nats RSS peak / at the end |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range reps {
-		fmt.Printf("| %d | %.0f s | %d | %.0f MiB | %v | %.1f / %.1f MiB | %v / %v (%.0f/s) | %v / %v | %v | %.1f MiB | %.0f MiB |\n",
+		fmt.Printf("| %d | %.0f s | %d | %.0f MiB | %v | %.1f / %.1f MiB | %v / %v (%.0f/s) | %v / %v | %v | %.1f MiB | %.0f / %.0f MiB |\n",
 			r.Jobs, r.FillSeconds, r.LedgerMsgs, float64(r.StoreDiskBytes)/(1<<20), time.Duration(r.BridgeReady).Round(time.Millisecond),
 			float64(r.BridgeRSSReady)/(1<<20), float64(r.BridgeRSSPeak)/(1<<20),
 			time.Duration(r.Webhook.P50).Round(10*time.Microsecond), time.Duration(r.Webhook.P99).Round(10*time.Microsecond), r.WebhookRate,
 			time.Duration(r.FirstPoll).Round(time.Millisecond), time.Duration(r.AllDuePolled).Round(time.Millisecond),
-			time.Duration(r.CPUPerRound).Round(10*time.Microsecond), float64(r.SubmitterRSS)/(1<<20), float64(r.NATSRSS)/(1<<20))
+			time.Duration(r.CPUPerRound).Round(10*time.Microsecond), float64(r.SubmitterRSS)/(1<<20), float64(r.NATSRSS)/(1<<20), float64(r.NATSRSSEnd)/(1<<20))
 	}
 	for _, r := range reps {
 		fmt.Printf("jobs %d: KREA_JOBS %.0f bytes per event; ledger %.0f bytes per job in the stream, %.0f on disk\n",
@@ -485,6 +489,26 @@ func wrkdataCmd(ctx context.Context, args []string) error {
 		}
 	}
 	return loadgen.WriteWrkData(*out, *secret, *n, *size)
+}
+
+func feedCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("loadgen feed", flag.ContinueOnError)
+	natsURL := fs.String("nats-url", envOr("NATS_URL", nats.DefaultURL), "NATS server URL(s) (env NATS_URL)")
+	from := fs.Int("from", 0, "first job (line of the wrkdata file) to record")
+	lead := fs.Int("lead", 5000, "jobs recorded ahead of the webhooks stored")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	nc, err := nats.Connect(*natsURL)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
+	if err != nil {
+		return err
+	}
+	return ledgertest.Feed(ctx, js, *from, *lead)
 }
 
 func baselineCmd(ctx context.Context, args []string) error {

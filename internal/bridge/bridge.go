@@ -343,6 +343,11 @@ func (b *Bridge) webhook(w http.ResponseWriter, r *http.Request, token string) {
 		own, err = b.ledger.Lookup(lctx, requestID, wh.JobID)
 		cancel()
 		b.m.lookup.Observe(time.Since(lstart).Seconds())
+		if own.Cached {
+			b.m.fromCache.Inc()
+		} else {
+			b.m.fromLedger.Inc()
+		}
 		if err != nil {
 			// Without the ledger a foreign job cannot be told from ours:
 			// storing it could hand another request's result out.

@@ -88,7 +88,13 @@ func newEnv(t testing.TB, o envOptions) *testEnv {
 		if led, err = ledger.Open(ctx, js, ledger.Config{Create: true, TTL: time.Hour}); err != nil {
 			t.Fatal(err)
 		}
-		o.ledger = led.Owners(0)
+		owners := led.Owners(0)
+		fctx, stop := context.WithCancel(context.Background())
+		t.Cleanup(stop)
+		if err := owners.Follow(fctx); err != nil {
+			t.Fatal(err)
+		}
+		o.ledger = owners
 	}
 	cfg := o.cfg
 	if cfg.Secret == "" {

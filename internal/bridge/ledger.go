@@ -57,7 +57,12 @@ func (p *Program) openLedger(ctx context.Context) {
 	for {
 		led, err := ledger.Open(ctx, p.js, cfg, ledger.WithLogger(p.log))
 		if err == nil {
-			p.ledger.o.Store(led.Owners(cfg.CacheSize))
+			owners := led.Owners(cfg.CacheSize)
+			if err := owners.Follow(ctx); err != nil {
+				// Every first webhook of a job reads the ledger then.
+				p.log.Warn("cannot follow job records; webhooks read the ledger", "err", err)
+			}
+			p.ledger.o.Store(owners)
 			p.log.Info("ledger open", "bucket", led.Bucket(), "cache", cfg.CacheSize)
 			return
 		}

@@ -32,6 +32,8 @@ type metrics struct {
 	duplicates prometheus.Counter
 	publish    prometheus.Histogram
 	lookup     prometheus.Histogram
+	fromCache  prometheus.Counter
+	fromLedger prometheus.Counter
 	extraJobs  prometheus.Counter
 	inFlight   prometheus.Gauge
 }
@@ -61,11 +63,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Webhook requests being handled.",
 		}),
 	}
+	lookups := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kreabus_bridge_ledger_lookups_total",
+		Help: "Webhook owner lookups, by where the answer came from: cache (memory) or ledger (key reads).",
+	}, []string{"source"})
+	m.fromCache, m.fromLedger = lookups.WithLabelValues("cache"), lookups.WithLabelValues("ledger")
 	extra := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: ExtraJobsMetric,
 		Help: "Events of second (paid) jobs of a request stored, marked Kreabus-Extra-Job, by who stored them.",
 	}, []string{"source"})
-	for _, c := range []prometheus.Collector{m.webhooks, m.duplicates, m.publish, m.lookup, extra, m.inFlight} {
+	for _, c := range []prometheus.Collector{m.webhooks, m.duplicates, m.publish, m.lookup, lookups, extra, m.inFlight} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

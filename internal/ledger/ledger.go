@@ -102,6 +102,9 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Optio
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
+	if cfg.Create {
+		l.ensureJobChanges(ctx)
+	}
 	if st, err := l.kv.Status(ctx); err == nil {
 		if ttl := st.TTL(); ttl > 0 {
 			l.ttl = ttl
@@ -132,6 +135,7 @@ func (l *Ledger) bind(ctx context.Context) (jetstream.KeyValue, error) {
 		Storage:        jetstream.FileStorage,
 		Replicas:       l.cfg.Replicas,
 		LimitMarkerTTL: min(markerTTL, l.cfg.TTL),
+		RePublish:      l.jobChanges(),
 	}
 	kv, err = l.js.CreateKeyValue(cctx, kcfg)
 	if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
@@ -146,6 +150,44 @@ func (l *Ledger) bind(ctx context.Context) (jetstream.KeyValue, error) {
 		l.log.Info("created ledger bucket", "bucket", l.cfg.Bucket, "ttl", l.cfg.TTL, "replicas", l.cfg.Replicas)
 	}
 	return kv, err
+}
+
+// JobChangesSubject is where the bucket's stream republishes every job
+// record it stores (stream RePublish), for Owners.Follow: a job's record
+// reaches every bridge as it is written, without a consumer and without
+// history. The last token is the job ID.
+func JobChangesSubject(bucket string) string { return "kreabus.ledger." + bucket + ".job.>" }
+
+func (l *Ledger) jobChanges() *jetstream.RePublish {
+	return &jetstream.RePublish{
+		Source:      "$KV." + l.cfg.Bucket + "." + JobKeyPrefix + ">",
+		Destination: JobChangesSubject(l.cfg.Bucket),
+	}
+}
+
+// ensureJobChanges adds the job-record RePublish to a bucket created
+// without it (by an older release, or by hand). Without it, bridges read
+// the ledger for every webhook: slower, never wrong. A user without the
+// right to update the stream (the bridge's, in config/nats-server.conf)
+// leaves that to the submitter.
+func (l *Ledger) ensureJobChanges(ctx context.Context) {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := l.js.Stream(cctx, "KV_"+l.cfg.Bucket)
+	if err != nil {
+		return
+	}
+	cfg := st.CachedInfo().Config
+	if cfg.RePublish != nil {
+		return
+	}
+	cfg.RePublish = l.jobChanges()
+	if _, err := l.js.UpdateStream(cctx, cfg); err != nil {
+		l.log.Info("cannot add the job-record RePublish to the ledger bucket; bridges will read the ledger for every webhook until a program allowed to update it (the submitter) does",
+			"bucket", l.cfg.Bucket, "err", err)
+		return
+	}
+	l.log.Info("ledger bucket now republishes job records", "bucket", l.cfg.Bucket, "subject", JobChangesSubject(l.cfg.Bucket))
 }
 
 // Bucket returns the bucket name.

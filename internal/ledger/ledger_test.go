@@ -797,3 +797,73 @@ func TestClaimPoll(t *testing.T) {
 		t.Fatalf("open list holds %d jobs after claims", n)
 	}
 }
+
+// TestOwnersFollow: job records written while an Owners follows them are
+// answered from memory, terminal states included; a bucket made without
+// the RePublish gets it when a program allowed to create opens it.
+func TestOwnersFollow(t *testing.T) {
+	e := setup(t, time.Minute, time.Hour)
+	r, err := NewRecorder(e.l, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	owners := e.l.Owners(0)
+	ctx, stop := context.WithCancel(e.ctx)
+	defer stop()
+	if err := owners.Follow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rid, jid := "req-f", uuid.NewString()
+	md := `{"f":1}`
+	if err := e.l.RecordSubmission(e.ctx, Record{RequestID: rid, JobID: jid, Metadata: json.RawMessage(md)}); err != nil {
+		t.Fatal(err)
+	}
+	wait := func(what string, ok func(Ownership) bool, requestID string) Ownership {
+		t.Helper()
+		var own Ownership
+		natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+			own = lookup(t, owners, requestID, jid)
+			if !own.Cached || !ok(own) {
+				return fmt.Errorf("%s: %+v", what, own)
+			}
+			return nil
+		})
+		return own
+	}
+	wait("running job from memory", func(o Ownership) bool { return !o.Terminal && !o.Foreign && string(o.Metadata) == md }, rid)
+	if o := lookup(t, owners, "req-other", jid); !o.Cached || !o.Foreign {
+		t.Fatalf("another request's token from memory: %+v", o)
+	}
+	if _, err := r.Apply(e.ctx, &events.Event{JobID: jid, RequestID: rid, Status: krea.StatusCompleted}); err != nil {
+		t.Fatal(err)
+	}
+	wait("terminal from memory", func(o Ownership) bool { return o.Terminal }, rid)
+	// An older record arriving late never un-terminals the cached job.
+	owners.cache.put(jid, &settled{owner: rid})
+	if o := lookup(t, owners, rid, jid); !o.Terminal {
+		t.Fatalf("terminal entry replaced by an older one: %+v", o)
+	}
+
+	// A bucket made by hand without the RePublish.
+	js := e.js
+	if _, err := js.CreateKeyValue(e.ctx, jetstream.KeyValueConfig{Bucket: "LEGACY_LEDGER", History: 1, TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(e.ctx, js, Config{Bucket: "LEGACY_LEDGER", TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := js.Stream(e.ctx, "KV_LEGACY_LEDGER")
+	if st.CachedInfo().Config.RePublish != nil {
+		t.Fatal("opened without Create, yet the stream was changed")
+	}
+	if _, err := Open(e.ctx, js, Config{Bucket: "LEGACY_LEDGER", TTL: time.Hour, Create: true}); err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rp := info.Config.RePublish; rp == nil || rp.Destination != JobChangesSubject("LEGACY_LEDGER") {
+		t.Fatalf("RePublish %+v", rp)
+	}
+}

@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"hash/maphash"
 	"strings"
 	"sync"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/kreabus/kreabus/pkg/krea"
 )
@@ -27,6 +30,9 @@ type Ownership struct {
 	// Metadata is the request's metadata (compact JSON), when known; nil
 	// when Foreign. The slice is shared: do not modify it.
 	Metadata json.RawMessage
+	// Cached is true when the answer came from memory, without a ledger
+	// read.
+	Cached bool
 }
 
 // Index answers ownership questions for the bridge and learns from the
@@ -41,15 +47,16 @@ type Index interface {
 	Stored(requestID, jobID string, status krea.Status, own Ownership)
 }
 
-// DefaultCacheSize is how many settled jobs an Owners keeps in memory.
-const DefaultCacheSize = 16384
+// DefaultCacheSize is how many jobs an Owners keeps in memory.
+const DefaultCacheSize = 32768
 
-// Owners answers Lookup from the bucket itself, reading job.<job_id> and,
-// only when the bucket holds no such job, req.<request_id>: one key read
-// for a job the submitter recorded, two for any other. Nothing is loaded at
-// start and nothing grows with the bucket: what it keeps is a bounded cache
-// of settled jobs (terminal, so their owner and state never change again),
-// which answers repeated webhooks of one job without a read.
+// Owners answers Lookup from memory when it can and from the bucket
+// otherwise, reading job.<job_id> and, only when the bucket holds no such
+// job, req.<request_id>. Nothing is loaded at start and nothing grows with
+// the bucket: what it keeps is a bounded cache of jobs, filled by Follow
+// with every job record written while it runs (so the webhook of a job
+// submitted minutes ago needs no read) and by reads of terminal jobs
+// (whose owner and state never change again, so repeats need no read).
 type Owners struct {
 	l     *Ledger
 	cache *settledCache
@@ -69,7 +76,9 @@ func (l *Ledger) Owners(size int) *Owners {
 // Lookup implements Index.
 func (o *Owners) Lookup(ctx context.Context, requestID, jobID string) (Ownership, error) {
 	if e := o.cache.get(jobID); e != nil {
-		return e.ownership(requestID), nil
+		own := e.ownership(requestID)
+		own.Cached = true
+		return own, nil
 	}
 	jr, err := o.l.Job(ctx, jobID)
 	switch {
@@ -105,6 +114,69 @@ func (o *Owners) Stored(requestID, jobID string, status krea.Status, own Ownersh
 	o.cache.put(strings.Clone(jobID), &settled{
 		owner: strings.Clone(requestID), terminal: true, extra: own.Extra, metadata: own.Metadata,
 	})
+}
+
+// Follow keeps the cache fed with every job record the bucket stores from
+// now on (JobChangesSubject, the bucket's RePublish), until ctx ends. A
+// republished record is the whole record as stored, so the latest one is
+// the truth whatever came before; what could make an entry stale is a
+// message missed, so the cache is emptied when the connection comes back
+// after a loss and when the subscription drops messages. Without the
+// RePublish (a bucket no program could update) nothing arrives and every
+// first webhook of a job reads the ledger.
+func (o *Owners) Follow(ctx context.Context) error {
+	if o.cache.per == 0 {
+		return nil
+	}
+	nc := o.l.js.Conn()
+	reconnects := nc.Stats().Reconnects
+	var dropped int
+	sub, err := nc.Subscribe(JobChangesSubject(o.l.cfg.Bucket), func(m *nats.Msg) {
+		if r := nc.Stats().Reconnects; r != reconnects {
+			reconnects = r
+			o.cache.clear()
+		}
+		if d, _ := m.Sub.Dropped(); d != dropped {
+			dropped = d
+			o.cache.clear()
+		}
+		o.apply(m)
+	})
+	if err != nil {
+		return fmt.Errorf("ledger: follow job records: %w", err)
+	}
+	go func() {
+		<-ctx.Done()
+		_ = sub.Unsubscribe()
+	}()
+	return nil
+}
+
+// apply folds one republished job record into the cache.
+func (o *Owners) apply(m *nats.Msg) {
+	i := strings.LastIndexByte(m.Subject, '.')
+	id := m.Subject[i+1:]
+	if i < 0 || !validID(id) {
+		return
+	}
+	if op := m.Header.Get("KV-Operation"); op != "" {
+		// Deleted, purged or expired.
+		o.cache.remove(id)
+		return
+	}
+	var rec struct {
+		RequestID string          `json:"request_id"`
+		Terminal  bool            `json:"terminal"`
+		Extra     bool            `json:"extra"`
+		Metadata  json.RawMessage `json:"metadata"`
+	}
+	if err := json.Unmarshal(m.Data, &rec); err != nil || rec.RequestID == "" {
+		return
+	}
+	if !hasMetadata(rec.Metadata) {
+		rec.Metadata = nil
+	}
+	o.cache.put(strings.Clone(id), &settled{owner: rec.RequestID, terminal: rec.Terminal, extra: rec.Extra, metadata: rec.Metadata})
 }
 
 // settled is what the cache keeps of a job.
@@ -170,14 +242,45 @@ func (c *settledCache) get(k string) *settled {
 	return e
 }
 
+// put stores e for k; a terminal entry is never replaced by one that is not
+// (a job never leaves a terminal state; an older record may arrive late).
 func (c *settledCache) put(k string, e *settled) {
 	if c.per == 0 {
 		return
 	}
 	s := c.shard(k)
 	s.mu.Lock()
+	if old := s.cur[k]; old != nil && old.terminal && !e.terminal {
+		s.mu.Unlock()
+		return
+	}
+	if old := s.old[k]; old != nil && old.terminal && !e.terminal {
+		e = old
+	}
+	delete(s.old, k)
 	s.putLocked(k, e, c.per)
 	s.mu.Unlock()
+}
+
+func (c *settledCache) remove(k string) {
+	if c.per == 0 {
+		return
+	}
+	s := c.shard(k)
+	s.mu.Lock()
+	delete(s.cur, k)
+	delete(s.old, k)
+	s.mu.Unlock()
+}
+
+// clear empties the cache.
+func (c *settledCache) clear() {
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		s.cur, s.old = nil, nil
+		s.mu.Unlock()
+	}
 }
 
 func (s *cacheShard) putLocked(k string, e *settled, per int) {

@@ -51,7 +51,8 @@ type ScaleReport struct {
 	LedgerMsgs      uint64  `json:"ledger_msgs"`
 	LedgerBytes     uint64  `json:"ledger_bytes"`
 	StoreDiskBytes  int64   `json:"store_disk_bytes"`
-	NATSRSS         int64   `json:"nats_rss_bytes"`
+	NATSRSS         int64   `json:"nats_rss_peak_bytes"`
+	NATSRSSEnd      int64   `json:"nats_rss_end_bytes"`
 	BridgeReady     Millis  `json:"bridge_ready_ms"`
 	BridgeRSSReady  int64   `json:"bridge_rss_ready_bytes"`
 	BridgeRSSPeak   int64   `json:"bridge_rss_peak_bytes"`
@@ -253,6 +254,9 @@ func Scale(ctx context.Context, cfg ScaleConfig) (*ScaleReport, error) {
 	rep.SubmitterRounds = int(time.Since(t0) / time.Second)
 	rep.CPUPerRound = Millis((cpu1 - cpu0) / time.Duration(max(rep.SubmitterRounds, 1)))
 	rep.SubmitterRSS, _ = PeakRSS(sub.PID())
+	if len(ns.Procs) > 0 {
+		rep.NATSRSSEnd, _ = RSS(ns.Procs[0].PID())
+	}
 	cfg.logf("submitter first poll after %v, all %d due polled after %v; %v CPU per idle round; peak RSS %d MiB",
 		time.Duration(rep.FirstPoll), cfg.Open, time.Duration(rep.AllDuePolled), time.Duration(rep.CPUPerRound), rep.SubmitterRSS>>20)
 	return rep, nil

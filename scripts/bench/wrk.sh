@@ -5,8 +5,14 @@
 # bodies, one distinct job per request. Rounds interleave the two targets,
 # each on a fresh nats-server (file storage). SHAPE says what the ledger
 # holds when kreabus runs:
-#   known   (default) the jobs are in the ledger as running jobs the
-#           submitter made: production's shape, one ledger read per webhook
+#   live    (default) production's shape: each job is recorded in the
+#           ledger shortly before its webhook comes (`loadgen feed` keeps
+#           LEAD jobs ahead of the webhooks stored, one job record write
+#           each), while the bridge runs, so the bridge's cache has it; the
+#           feeder runs in the baseline's rounds too, so nats-server does
+#           the same extra work for both
+#   ledger  the jobs were recorded before the bridge started: one ledger
+#           read per webhook
 #   unknown an empty ledger: every webhook reads job.<id> and req.<id>
 #           (both miss), the costliest path
 # Prints per round: req/s, p50, p99, non-2xx, peak RSS of the bridge; then
@@ -16,7 +22,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3}
-SHAPE=${SHAPE:-known}
+SHAPE=${SHAPE:-live}
+LEAD=${LEAD:-2000}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
@@ -57,8 +64,9 @@ run_target() { # name round
 	local name=$1 round=$2
 	start_nats
 	if [ "$name" = kreabus ]; then
-		if [ "$SHAPE" = known ]; then
+		if [ "$SHAPE" = ledger ]; then
 			"$OUT/loadgen" wrkdata -n "$N" -secret $SECRET -out "$OUT/data.txt" -known nats://127.0.0.1:$NSP
+			sleep 5 # let the server finish writing the fill to disk, off the measured window
 		fi
 		env NATS_URL=nats://127.0.0.1:$NSP KREABUS_WEBHOOK_SECRET=$SECRET KREABUS_LISTEN=127.0.0.1:$PORT \
 			KREABUS_ADMIN_LISTEN=127.0.0.1:$ADMIN "$OUT/bridge" >"$OUT/bridge-$round.log" 2>&1 &
@@ -70,14 +78,30 @@ run_target() { # name round
 		for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
 	fi
 	pids+=("$TP")
+	feed() { # first line: record jobs from there on, LEAD ahead of the webhooks
+		if [ "$SHAPE" = live ]; then
+			"$OUT/loadgen" feed -nats-url nats://127.0.0.1:$NSP -from "$1" -lead "$LEAD" >>"$OUT/feed.log" 2>&1 &
+			FP=$!
+			pids+=("$FP")
+			sleep 1
+		fi
+	}
+	unfeed() { if [ "$SHAPE" = live ]; then stop "$FP"; fi; }
 	# Warm-up on the first lines, measure on the next ones: no job twice.
+	feed 0
 	wrk -t"$THREADS" -c"$CONNS" -d2s -s $LUA "http://127.0.0.1:$PORT" -- "$OUT/data.txt" 0 "$THREADS" >/dev/null
+	unfeed
+	feed 100000
 	local t0 n0 t1 n1
 	t0=$(awk '{print $14+$15}' /proc/$TP/stat)
 	n0=$(awk '{print $14+$15}' /proc/$NS/stat)
 	wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s $LUA "http://127.0.0.1:$PORT" -- "$OUT/data.txt" 100000 "$THREADS" >"$OUT/$name-$round.txt"
 	t1=$(awk '{print $14+$15}' /proc/$TP/stat)
 	n1=$(awk '{print $14+$15}' /proc/$NS/stat)
+	unfeed
+	if [ "$name" = kreabus ]; then
+		curl -s 127.0.0.1:$ADMIN/metrics | grep '^kreabus_bridge_ledger_lookups_total' >"$OUT/lookups-$round.txt" || true
+	fi
 	local rss
 	rss=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' /proc/$TP/status)
 	local rps p50 p99 non2xx
@@ -91,6 +115,9 @@ run_target() { # name round
 	ncpu=$(awk -v a="$n0" -v b="$n1" -v n="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.0f", (b-a)/hz*1e6/n}')
 	printf "| %s | %s | %s | %s | %s | %s | %s MiB | %s µs | %s µs |\n" "$round" "$name" "$rps" "$p50" "$p99" "${non2xx:-0}" "$rss" "$cpu" "$ncpu"
 	echo "$name $rps $p50 $p99 $rss" >>"$OUT/summary.txt"
+	if [ "$name" = kreabus ]; then
+		awk '{gsub(/.*source="/, "", $1); gsub(/".*/, "", $1); printf "%s%s %s", sep, $1, $2; sep=", "} END {print ""}' "$OUT/lookups-$round.txt" | sed 's/^/  lookups (whole run): /'
+	fi
 	stop "$TP"
 	stop "$NS"
 }

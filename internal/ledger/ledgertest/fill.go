@@ -76,3 +76,60 @@ func Fill(ctx context.Context, js jetstream.JetStream, n, open int, logf func(st
 	}
 	return led, nil
 }
+
+// Feed writes the job record of running job i (the IDs of FillIDs) for
+// every i from `from` on, staying lead records ahead of how many job events
+// KREA_JOBS has stored since Feed started: the shape of production, where
+// the submitter records a job shortly before its webhook comes, for a load
+// generator that posts the webhooks of jobs from, from+1, ... in order. It
+// returns when ctx ends.
+func Feed(ctx context.Context, js jetstream.JetStream, from, lead int) error {
+	led, err := ledger.Open(ctx, js, ledger.Config{Create: true})
+	if err != nil {
+		return err
+	}
+	st, err := js.Stream(ctx, events.StreamJobs)
+	if err != nil {
+		return err
+	}
+	stored := func() (int, error) {
+		info, err := st.Info(ctx)
+		if err != nil {
+			return 0, err
+		}
+		return int(info.State.Msgs), nil
+	}
+	stored0, err := stored()
+	if err != nil {
+		return err
+	}
+	prefix := "$KV." + led.Bucket() + "."
+	md := json.RawMessage(`{"user":"u-4812","campaign":"spring-launch"}`)
+	next := from
+	for {
+		n, err := stored()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		for target := from + (n - stored0) + lead; next < target; next++ {
+			rid, jid := FillIDs(next)
+			now := time.Now().UTC()
+			data, err := json.Marshal(&ledger.Record{RequestID: rid, JobID: jid, Path: "/generate/image/bfl/flux-1-dev",
+				Status: events.StatusSubmitted, Metadata: md, SubmittedAt: now, UpdatedAt: now, Source: events.SourceSubmitter})
+			if err != nil {
+				return err
+			}
+			if _, err := js.PublishAsync(prefix+ledger.JobKey(jid), data, jetstream.WithStallWait(time.Minute)); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
