@@ -475,15 +475,11 @@ func wrkdataCmd(ctx context.Context, args []string) error {
 		return errors.New("no webhook secret: set -secret or KREABUS_WEBHOOK_SECRET")
 	}
 	if *known != "" {
-		nc, err := nats.Connect(*known)
+		js, closeNATS, err := ledgerWriter(*known)
 		if err != nil {
 			return err
 		}
-		defer nc.Close()
-		js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
-		if err != nil {
-			return err
-		}
+		defer closeNATS()
 		if _, err := ledgertest.Fill(ctx, js, 0, *n, nil); err != nil {
 			return err
 		}
@@ -499,16 +495,26 @@ func feedCmd(ctx context.Context, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	nc, err := nats.Connect(*natsURL)
+	js, closeNATS, err := ledgerWriter(*natsURL)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
+	defer closeNATS()
+	return ledgertest.Feed(ctx, js, *from, *lead)
+}
+
+// ledgerWriter connects for writing many ledger records asynchronously.
+func ledgerWriter(url string) (jetstream.JetStream, func(), error) {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		return nil, nil, err
+	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
 	if err != nil {
-		return err
+		nc.Close()
+		return nil, nil, err
 	}
-	return ledgertest.Feed(ctx, js, *from, *lead)
+	return js, nc.Close, nil
 }
 
 func baselineCmd(ctx context.Context, args []string) error {

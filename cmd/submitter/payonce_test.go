@@ -8,9 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -35,32 +33,8 @@ import (
 
 const paySecret = "pay-once-test-secret-0123456789abcdef"
 
-var (
-	buildOnce sync.Once
-	binary    string
-	buildErr  error
-)
-
 // submitterBinary builds this command once per test run.
-func submitterBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "kreabus-submitter-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binary = filepath.Join(dir, "submitter")
-		out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binary
-}
+func submitterBinary(t *testing.T) string { return natstest.Binary(t, ".") }
 
 type pipeline struct {
 	t      *testing.T

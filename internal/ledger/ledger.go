@@ -18,8 +18,8 @@ var (
 	// ErrNotFound is returned by Request and Job for an ID the ledger does
 	// not hold (never recorded, or expired).
 	ErrNotFound = errors.New("ledger: not found")
-	// ErrConflict is matched by the *ConflictError PutRequest returns when
-	// the request is already recorded with another job.
+	// ErrConflict is matched by the *ConflictError RecordSubmission and
+	// PutRejection return when the request already has another outcome.
 	ErrConflict = errors.New("ledger: request already recorded with another job")
 	// ErrInvalidRecord is returned for a record whose IDs cannot be keys.
 	ErrInvalidRecord = errors.New("ledger: invalid record")
@@ -336,30 +336,14 @@ func isExtra(req *Record, jobID string) bool {
 	return req.Status == events.StatusRejected
 }
 
-// ExtraJobError is returned by RecordSubmission when the request already
-// has its outcome (another job, or a rejection): the new job is a second,
-// paid job of the request, recorded as extra.
-type ExtraJobError struct {
-	Existing Record
-}
-
-func (e *ExtraJobError) Error() string {
-	if e.Existing.JobID == "" {
-		return fmt.Sprintf("ledger: request %s is already recorded as %s", e.Existing.RequestID, e.Existing.Status)
-	}
-	return fmt.Sprintf("ledger: request %s is already recorded with job %s", e.Existing.RequestID, e.Existing.JobID)
-}
-
-// Is makes errors.Is(err, ErrConflict) true.
-func (e *ExtraJobError) Is(target error) bool { return target == ErrConflict }
-
 // RecordSubmission records that Krea accepted request rec.RequestID as job
 // rec.JobID: job.<job_id> first (so the bridge knows the job's owner from
 // this moment), open.<job_id> (so the reconciler follows it), then the
 // request record, moved to submitted whatever attempt state it was in.
 // Recording the same pair again is a no-op. When the request already has
 // its outcome (another job, or a rejection), the job is recorded as extra
-// and the error is an *ExtraJobError (matching ErrConflict).
+// and the error is a *ConflictError (matching ErrConflict) naming that
+// outcome: the new job is a second, paid job of the request.
 //
 // Empty SubmittedAt becomes now; Status is set to submitted.
 func (l *Ledger) RecordSubmission(ctx context.Context, rec Record) error {
@@ -401,7 +385,7 @@ func (l *Ledger) RecordSubmission(ctx context.Context, rec Record) error {
 		}
 	}
 	if extra {
-		return &ExtraJobError{Existing: *req}
+		return &ConflictError{Existing: *req}
 	}
 	var conflict *Record
 	_, err = l.update(ctx, RequestKey(rec.RequestID), func(cur *Record) (*Record, error) {
@@ -442,7 +426,7 @@ func (l *Ledger) RecordSubmission(ctx context.Context, rec Record) error {
 		}); err != nil {
 			return err
 		}
-		return &ExtraJobError{Existing: *conflict}
+		return &ConflictError{Existing: *conflict}
 	}
 	return nil
 }

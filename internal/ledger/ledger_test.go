@@ -225,7 +225,7 @@ func TestRecordSubmission(t *testing.T) {
 	// A second job for the same request: recorded, marked extra.
 	jid2 := uuid.NewString()
 	err = e.l.RecordSubmission(e.ctx, Record{RequestID: rid, JobID: jid2})
-	var xe *ExtraJobError
+	var xe *ConflictError
 	if !errors.Is(err, ErrConflict) || !errors.As(err, &xe) || xe.Existing.JobID != jid {
 		t.Fatalf("want an extra-job error naming %s, got %v", jid, err)
 	}

@@ -287,7 +287,7 @@ func (r *Recorder) Apply(ctx context.Context, ev *events.Event) (bool, error) {
 				RequestID: ev.RequestID, JobID: ev.JobID, Metadata: ev.Metadata,
 				SubmittedAt: eventSubmittedAt(ev, time.Now()), Source: ev.Source,
 			})
-			var xe *ExtraJobError
+			var xe *ConflictError
 			switch {
 			case errors.As(err, &xe):
 				extra = true

@@ -99,33 +99,43 @@ func Connect(t testing.TB, url string) *nats.Conn {
 	return nc
 }
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
 // ServerBinary builds the nats-server of go.mod once per test binary and
 // returns its path, so process tests need nothing installed by hand.
 func ServerBinary(t testing.TB) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "kreabus-nats-server-")
+	return Binary(t, "github.com/nats-io/nats-server/v2")
+}
+
+type built struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+var binaries sync.Map // package -> *built
+
+// Binary builds the Go package pkg (an import path, or "." for the test's
+// own package) once per test binary into a temporary folder and returns
+// the path of the executable, for tests that run a program as a process.
+func Binary(t testing.TB, pkg string) string {
+	t.Helper()
+	v, _ := binaries.LoadOrStore(pkg, &built{})
+	b := v.(*built)
+	b.once.Do(func() {
+		dir, err := os.MkdirTemp("", "kreabus-bin-")
 		if err != nil {
-			buildErr = err
+			b.err = err
 			return
 		}
-		binPath = filepath.Join(dir, "nats-server")
-		cmd := exec.Command("go", "build", "-o", binPath, "github.com/nats-io/nats-server/v2")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("build nats-server: %v\n%s", err, out)
+		b.path = filepath.Join(dir, "program")
+		if out, err := exec.Command("go", "build", "-o", b.path, pkg).CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
 		}
 	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	return binPath
+	return b.path
 }
 
 // Process is a nats-server running as a separate process, with a fixed

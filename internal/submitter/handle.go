@@ -471,7 +471,7 @@ func (s *Submitter) record(ctx context.Context, d *delivery, log *slog.Logger, r
 		if err == nil {
 			return true, false
 		}
-		var xe *ledger.ExtraJobError
+		var xe *ledger.ConflictError
 		if errors.As(err, &xe) {
 			s.m.extraJobs.Inc()
 			log.Error("Krea made a second job for this request (both are paid); its events are marked Kreabus-Extra-Job",

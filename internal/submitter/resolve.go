@@ -107,7 +107,7 @@ func (s *Submitter) adopt(ctx context.Context, d *delivery, rec *ledger.Record, 
 	lctx, cancel := context.WithTimeout(ctx, defaultOpTimeout)
 	err := s.ledger.RecordSubmission(lctx, r)
 	cancel()
-	var xe *ledger.ExtraJobError
+	var xe *ledger.ConflictError
 	switch {
 	case errors.As(err, &xe):
 		s.republish(ctx, d, &xe.Existing)

@@ -38,7 +38,7 @@ type Ledger interface {
 	// its record is still at the revision read; ledger.ErrChanged if not.
 	PutRequestAt(ctx context.Context, rec ledger.Record, rev uint64) (uint64, error)
 	// RecordSubmission records that the API accepted a request; a
-	// *ledger.ExtraJobError says the request had its outcome already.
+	// *ledger.ConflictError says the request had its outcome already.
 	RecordSubmission(ctx context.Context, rec ledger.Record) error
 	// PutRejection records that a request is being rejected; an error
 	// matching ledger.ErrConflict says it was submitted after all.
