@@ -438,26 +438,16 @@ func TestProgramDrainDelay(t *testing.T) {
 }
 
 // TestProgramLedgerNotLoaded: a bridge started on a ledger already holding
-// 100 000 jobs is ready at once (it loads nothing) and answers webhooks for
+// 20 000 jobs is ready at once (it loads nothing) and answers webhooks for
 // jobs recorded before it started exactly as for any other: a terminal
 // one's repeat is a duplicate however late, another request's job is 403, a
 // running one is stored with its request's metadata, and a second job of a
 // request is stored marked extra.
 func TestProgramLedgerNotLoaded(t *testing.T) {
-	const jobs, open = 100_000, 10
-	ns := natstest.StartProcess(t) // not under the race detector: the fill is server work
-	nc := natstest.Connect(t, ns.URL())
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if _, err := ledgertest.Fill(ctx, js, jobs, open, nil); err != nil {
-		t.Fatal(err)
-	}
+	const jobs, open = 20_000, 10
+	url, js, _ := ledgertest.Filled(t, jobs, open)
 	start := time.Now()
-	p, _ := startProgram(t, testSettings(t, ns.URL(), nil))
+	p, _ := startProgram(t, testSettings(t, url, nil))
 	waitReadyz(t, p, http.StatusOK)
 	ready := time.Since(start)
 	t.Logf("ready %v after start on a ledger of %d jobs", ready, jobs+open)

@@ -704,21 +704,9 @@ func (c *countingKrea) GetJob(ctx context.Context, id string) (*krea.Job, json.R
 // and nothing else; a round after they settled touches nothing.
 func TestRoundTouchesDueJobsOnly(t *testing.T) {
 	const settled, due = 100_000, 10
-	ns := natstest.StartProcess(t) // not under the race detector: the fill is server work
-	nc := natstest.Connect(t, ns.URL())
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js, led := ledgertest.Filled(t, settled, due)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	if _, err := events.EnsureStream(ctx, js, events.JobsStreamConfig(events.StreamOptions{})); err != nil {
-		t.Fatal(err)
-	}
-	led, err := ledgertest.Fill(ctx, js, settled, due, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if st, err := led.KeyValue().Status(ctx); err != nil || st.Values() < 2*settled {
 		t.Fatalf("bucket holds %v values (%v), want at least %d", st, err, 2*settled)
 	}

@@ -6,12 +6,14 @@ import (
 	"context"
 	"encoding/json"
 	"strconv"
+	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kreabus/kreabus/internal/ledger"
+	"github.com/kreabus/kreabus/internal/natstest"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
@@ -132,4 +134,28 @@ func Feed(ctx context.Context, js jetstream.JetStream, from, lead int) error {
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+}
+
+// Filled starts a nats-server process (not under the race detector: a
+// fill is server work) with kreabus' streams and a job ledger filled with
+// settled and open jobs, for tests of what must not grow with history. It
+// returns the server's URL, a JetStream context on it and the ledger.
+func Filled(t testing.TB, settled, open int) (string, jetstream.JetStream, *ledger.Ledger) {
+	t.Helper()
+	ns := natstest.StartProcess(t)
+	nc := natstest.Connect(t, ns.URL())
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	led, err := Fill(ctx, js, settled, open, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns.URL(), js, led
 }
