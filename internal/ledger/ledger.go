@@ -53,15 +53,16 @@ type Ledger struct {
 	js  jetstream.JetStream
 	kv  jetstream.KeyValue
 	log *slog.Logger
-	// ttl is the bucket's own TTL when it has one, else cfg.TTL: the
-	// horizon after which views forget entries.
+	// ttl is the bucket's own TTL when it has one, else cfg.TTL: how long
+	// an entry lives.
 	ttl time.Duration
 }
 
 // Option configures Open.
 type Option func(*Ledger)
 
-// WithLogger sets the logger of the ledger, its Recorder and views.
+// WithLogger sets the logger of the ledger and of what it makes (Recorder,
+// Owners, OpenJobs).
 func WithLogger(log *slog.Logger) Option {
 	return func(l *Ledger) {
 		if log != nil {
@@ -113,7 +114,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Optio
 					"bucket", cfg.Bucket, "bucket_ttl", ttl, "configured_ttl", cfg.TTL)
 			}
 		} else {
-			l.log.Warn("ledger bucket has no TTL: it grows without bound; views still forget entries after the configured TTL",
+			l.log.Warn("ledger bucket has no TTL: it grows without bound (disk and nats-server memory)",
 				"bucket", cfg.Bucket, "configured_ttl", cfg.TTL)
 		}
 	}

@@ -422,6 +422,21 @@ func TestEvidenceLinksUncertainRequest(t *testing.T) {
 	if req, _ := e.l.Request(e.ctx, rid); req.JobID != jid {
 		t.Fatalf("request's job changed: %+v", req)
 	}
+	// A running job first heard of from a non-terminal webhook (another
+	// uncertain request): linked, and on the open list so that the
+	// reconciler polls it should its terminal webhook be lost.
+	if _, err := e.l.PutRequestAt(e.ctx, Record{RequestID: "req-running", Status: StatusUncertain, Attempt: 1, IntentAt: time.Now()}, 0); err != nil {
+		t.Fatal(err)
+	}
+	running := uuid.NewString()
+	e.publish("req-running", running, krea.StatusProcessing, events.SourceWebhook, "")
+	e.drained()
+	if req, _ := e.l.Request(e.ctx, "req-running"); req == nil || req.JobID != running {
+		t.Fatalf("running job not linked: %+v", req)
+	}
+	if o := e.open(); o.Len() != 1 {
+		t.Fatalf("open list holds %d jobs, want the running one", o.Len())
+	}
 	// An unknown request (a program calling Krea itself): left alone.
 	jid3 := uuid.NewString()
 	e.publish("req-elsewhere", jid3, krea.StatusCompleted, events.SourceWebhook, "")

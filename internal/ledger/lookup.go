@@ -64,7 +64,7 @@ type Owners struct {
 
 var _ Index = (*Owners)(nil)
 
-// Owners returns an Index on the bucket with a cache of size settled jobs
+// Owners returns an Index on the bucket with a cache of size jobs
 // (DefaultCacheSize when size is 0, none when negative).
 func (l *Ledger) Owners(size int) *Owners {
 	if size == 0 {
@@ -120,8 +120,8 @@ func (o *Owners) Stored(requestID, jobID string, status krea.Status, own Ownersh
 // now on (JobChangesSubject, the bucket's RePublish), until ctx ends. A
 // republished record is the whole record as stored, so the latest one is
 // the truth whatever came before; what could make an entry stale is a
-// message missed, so the cache is emptied when the connection comes back
-// after a loss and when the subscription drops messages. Without the
+// message missed, so the cache is emptied whenever the connection is lost
+// or comes back, and when the subscription drops messages. Without the
 // RePublish (a bucket no program could update) nothing arrives and every
 // first webhook of a job reads the ledger.
 func (o *Owners) Follow(ctx context.Context) error {
@@ -129,13 +129,9 @@ func (o *Owners) Follow(ctx context.Context) error {
 		return nil
 	}
 	nc := o.l.js.Conn()
-	reconnects := nc.Stats().Reconnects
+	status := nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CONNECTED)
 	var dropped int
 	sub, err := nc.Subscribe(JobChangesSubject(o.l.cfg.Bucket), func(m *nats.Msg) {
-		if r := nc.Stats().Reconnects; r != reconnects {
-			reconnects = r
-			o.cache.clear()
-		}
 		if d, _ := m.Sub.Dropped(); d != dropped {
 			dropped = d
 			o.cache.clear()
@@ -143,11 +139,20 @@ func (o *Owners) Follow(ctx context.Context) error {
 		o.apply(m)
 	})
 	if err != nil {
+		nc.RemoveStatusListener(status)
 		return fmt.Errorf("ledger: follow job records: %w", err)
 	}
 	go func() {
-		<-ctx.Done()
-		_ = sub.Unsubscribe()
+		defer nc.RemoveStatusListener(status)
+		for {
+			select {
+			case <-ctx.Done():
+				_ = sub.Unsubscribe()
+				return
+			case <-status:
+				o.cache.clear()
+			}
+		}
 	}()
 	return nil
 }
@@ -159,8 +164,8 @@ func (o *Owners) apply(m *nats.Msg) {
 	if i < 0 || !validID(id) {
 		return
 	}
-	if op := m.Header.Get("KV-Operation"); op != "" {
-		// Deleted, purged or expired.
+	if m.Header.Get("KV-Operation") != "" || m.Header.Get("Nats-Marker-Reason") != "" || len(m.Data) == 0 {
+		// Deleted, purged, or expired (the server's marker).
 		o.cache.remove(id)
 		return
 	}
@@ -179,7 +184,8 @@ func (o *Owners) apply(m *nats.Msg) {
 	o.cache.put(strings.Clone(id), &settled{owner: rec.RequestID, terminal: rec.Terminal, extra: rec.Extra, metadata: rec.Metadata})
 }
 
-// settled is what the cache keeps of a job.
+// settled is what the cache keeps of a job: who owns it, whether it is
+// settled (terminal), whether it is extra.
 type settled struct {
 	owner    string
 	terminal bool

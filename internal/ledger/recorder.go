@@ -127,7 +127,7 @@ func (r *Recorder) consumer(ctx context.Context) (jetstream.Consumer, error) {
 // nats.go v1.55 Consume can skip its next pull when the last message it
 // asked for is handled before the goroutine that sent the pull has marked
 // it sent; only its heartbeat check then pulls again (by default after
-// 30 s, which would hold back the ledger and so the bridge's view).
+// 30 s, which would hold back the ledger, and the reconciler with it).
 const recorderHeartbeat = time.Second
 
 // consume runs one consumption of cons until ctx ends or it fails.
@@ -304,13 +304,13 @@ func (r *Recorder) Apply(ctx context.Context, ev *events.Event) (bool, error) {
 			extra = extra || x
 		}
 	}
-	changed := false
-	_, err := l.update(ctx, JobKey(ev.JobID), func(cur *Record) (*Record, error) {
+	changed, created := false, false
+	stored, err := l.update(ctx, JobKey(ev.JobID), func(cur *Record) (*Record, error) {
 		next, ch := applyEvent(cur, ev, time.Now())
 		if extra && !next.Extra && next.RequestID == ev.RequestID {
 			next.Extra, ch = true, true
 		}
-		changed = ch
+		changed, created = ch, cur == nil
 		if !ch {
 			return nil, nil
 		}
@@ -318,6 +318,13 @@ func (r *Recorder) Apply(ctx context.Context, ev *events.Event) (bool, error) {
 	})
 	if err != nil {
 		return false, err
+	}
+	if created && stored != nil && !stored.Terminal {
+		// A running job first heard of from its events (a webhook for a
+		// call whose answer was lost): the reconciler must follow it too.
+		if err := l.PutOpen(ctx, *stored); err != nil {
+			return changed, err
+		}
 	}
 	if ev.Status.IsTerminal() {
 		if err := l.CloseOpen(ctx, ev.JobID); err != nil {

@@ -343,18 +343,28 @@ func (r *Reconciler) poll(ctx context.Context, rec ledger.Record) {
 // the job as terminal.
 func (r *Reconciler) publish(ctx context.Context, rec ledger.Record, status krea.Status, body []byte, reason string) {
 	log := r.log.With("job_id", rec.JobID, "request_id", rec.RequestID, "status", status)
-	if r.settled(ctx, rec) {
+	jr, settled := r.record(ctx, rec)
+	if settled {
 		log.Debug("job settled meanwhile; not publishing")
 		return
+	}
+	md, extra := rec.Metadata, rec.Extra
+	if jr != nil {
+		// The job record is newer than the open list's copy: it may have
+		// been found extra since.
+		extra = extra || jr.Extra
+		if len(md) == 0 {
+			md = jr.Metadata
+		}
 	}
 	msg := events.NewJobMsg(events.EventHeaders{
 		JobID:     rec.JobID,
 		Status:    status,
 		RequestID: rec.RequestID,
 		Source:    events.SourcePoll,
-		Metadata:  rec.Metadata,
+		Metadata:  md,
 		Reason:    reason,
-		ExtraJob:  rec.Extra,
+		ExtraJob:  extra,
 	}, body)
 	pctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
 	defer cancel()
@@ -373,12 +383,22 @@ func (r *Reconciler) publish(ctx context.Context, rec ledger.Record, status krea
 // was first. A ledger that cannot be read says no: the poll goes on, and
 // JetStream's duplicate window still guards the event.
 func (r *Reconciler) settled(ctx context.Context, rec ledger.Record) bool {
+	_, settled := r.record(ctx, rec)
+	return settled
+}
+
+// record reads the job's record (nil when it cannot) and reports whether it
+// is terminal, taking the job off the open list then.
+func (r *Reconciler) record(ctx context.Context, rec ledger.Record) (*ledger.Record, bool) {
 	jr, err := r.d.Store.Job(ctx, rec.JobID)
-	if err != nil || !jr.Terminal {
-		return false
+	if err != nil {
+		return nil, false
+	}
+	if !jr.Terminal {
+		return jr, false
 	}
 	r.close(ctx, rec.JobID)
-	return true
+	return jr, true
 }
 
 // close takes a settled job off the open list and out of the schedule.

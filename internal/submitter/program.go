@@ -162,6 +162,12 @@ func (p *Program) run(ctx context.Context) {
 		}
 		return
 	}
+	if ttl := led.TTL(); ttl <= p.s.ReconcilerConfig.JobMaxAge {
+		// An existing bucket keeps its own TTL: open jobs would expire
+		// before the reconciler could end them.
+		p.fail(fmt.Errorf("ledger bucket %s: TTL %v must exceed KREABUS_JOB_MAX_AGE (%v)", led.Bucket(), ttl, p.s.ReconcilerConfig.JobMaxAge))
+		return
+	}
 	rec, err := ledger.NewRecorder(led, p.admin.Registry())
 	if err != nil {
 		p.fail(err)

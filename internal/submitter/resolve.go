@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/kreabus/kreabus/internal/ledger"
+	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
 
@@ -63,7 +64,7 @@ func (s *Submitter) resolveUncertain(ctx context.Context, d *delivery, rec *ledg
 		return false
 	}
 	since := time.Since(rec.IntentAt)
-	mine, unowned, err := s.jobsAround(ctx, d.id, rec.IntentAt, s.callEnd(rec))
+	mine, unowned, err := s.jobsAround(ctx, d, rec.IntentAt, s.callEnd(rec))
 	log := d.log.With("attempt", rec.Attempt, "intent_at", rec.IntentAt)
 	switch {
 	case err == nil && mine != "":
@@ -91,12 +92,30 @@ func (s *Submitter) resolveUncertain(ctx context.Context, d *delivery, rec *ledg
 			"candidates", strings.Join(unowned, ","), "wait", s.cfg.UncertainWait)
 		return true
 	}
+	if !s.unchanged(ctx, d, rec) {
+		return false
+	}
 	s.m.uncertain.WithLabelValues(UncertainRejected).Inc()
 	reason := fmt.Sprintf("the outcome of the call to Krea is unknown and no webhook settled it within KREABUS_UNCERTAIN_WAIT (%v); not sent again so as not to pay twice", s.cfg.UncertainWait)
 	if len(unowned) > 0 {
 		reason += "; jobs made around the call that no request owns: " + strings.Join(unowned, ",")
 	}
 	s.reject(context.WithoutCancel(ctx), d, RejectUncertain, reason, nil)
+	return false
+}
+
+// unchanged reports whether the request's record is still the uncertain
+// one read at the start of this delivery; when another delivery moved it
+// on meanwhile (the listing can take a while), this one is handed back to
+// decide again from what it wrote.
+func (s *Submitter) unchanged(ctx context.Context, d *delivery, rec *ledger.Record) bool {
+	lctx, cancel := context.WithTimeout(ctx, defaultOpTimeout)
+	now, _, err := s.ledger.RequestAt(lctx, d.id)
+	cancel()
+	if err == nil && now.Status == rec.Status && now.Attempt == rec.Attempt && now.IntentAt.Equal(rec.IntentAt) {
+		return true
+	}
+	s.nak(d, s.cfg.RetryBackoffMin)
 	return false
 }
 
@@ -109,6 +128,8 @@ func (s *Submitter) adopt(ctx context.Context, d *delivery, rec *ledger.Record, 
 	cancel()
 	var xe *ledger.ConflictError
 	switch {
+	case errors.As(err, &xe) && xe.Existing.Status == events.StatusRejected:
+		s.republishRejection(ctx, d, &xe.Existing)
 	case errors.As(err, &xe):
 		s.republish(ctx, d, &xe.Existing)
 	case err != nil:
@@ -123,11 +144,13 @@ func (s *Submitter) adopt(ctx context.Context, d *delivery, rec *ledger.Record, 
 // to end could have made one in, newest first, and sorts them by owner:
 // mine is one the ledger gives to requestID; unowned are those the ledger
 // holds no record of. An error says the listing could not be read whole.
-func (s *Submitter) jobsAround(ctx context.Context, requestID string, intent, end time.Time) (mine string, unowned []string, err error) {
+func (s *Submitter) jobsAround(ctx context.Context, d *delivery, intent, end time.Time) (mine string, unowned []string, err error) {
+	requestID := d.id
 	from := intent.Add(-listSkew)
 	to := end.Add(listSkew)
 	cursor := to.Add(time.Millisecond).UTC().Format("2006-01-02T15:04:05.000Z")
 	for range maxListPages {
+		s.heartbeat(d)
 		lctx, cancel := context.WithTimeout(ctx, s.cfg.APITimeout)
 		page, err := s.api.ListJobs(lctx, krea.ListOptions{Cursor: cursor, Limit: listPageSize})
 		cancel()
