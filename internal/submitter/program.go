@@ -71,7 +71,7 @@ func (s *Settings) Validate() error {
 }
 
 // Program is cmd/submitter running: its NATS connection, the stream
-// ensurer, the ledger with its Recorder and View, the reconciler, the
+// ensurer, the ledger with its Recorder and open-jobs list, the reconciler, the
 // submitter and the admin server.
 // Start it, then Shutdown it.
 type Program struct {
