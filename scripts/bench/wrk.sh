@@ -24,6 +24,7 @@ cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3}
 SHAPE=${SHAPE:-live}
 LEAD=${LEAD:-2000}
+BRIDGE_ENV=${BRIDGE_ENV:-} # extra settings for kreabus' bridge, e.g. KREABUS_LEDGER_CACHE=65536
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
@@ -69,7 +70,7 @@ run_target() { # name round
 			sleep 5 # let the server finish writing the fill to disk, off the measured window
 		fi
 		env NATS_URL=nats://127.0.0.1:$NSP KREABUS_WEBHOOK_SECRET=$SECRET KREABUS_LISTEN=127.0.0.1:$PORT \
-			KREABUS_ADMIN_LISTEN=127.0.0.1:$ADMIN "$OUT/bridge" >"$OUT/bridge-$round.log" 2>&1 &
+			KREABUS_ADMIN_LISTEN=127.0.0.1:$ADMIN $BRIDGE_ENV "$OUT/bridge" >"$OUT/bridge-$round.log" 2>&1 &
 		TP=$!
 		for _ in $(seq 100); do curl -sf 127.0.0.1:$ADMIN/readyz >/dev/null && break; sleep 0.1; done
 	else
