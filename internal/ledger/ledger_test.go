@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -736,37 +738,88 @@ func TestPutRejection(t *testing.T) {
 	}
 }
 
-// TestSettledCacheBounded: the bridge's cache never holds more than its
-// size, and keeps what is used.
-func TestSettledCacheBounded(t *testing.T) {
-	c := newSettledCache(256)
-	hot := "hot"
-	c.put(hot, &settled{owner: "r"})
+// TestJobCacheBounded: the bridge's cache never holds more than its size,
+// keeps what is used, never un-terminals a job, and copies what it keeps.
+func TestJobCacheBounded(t *testing.T) {
+	c := newJobCache(256)
+	hot := uuid.NewString()
+	md := []byte(`{"m":1}`)
+	c.put(hot, jobFacts{owner: "r", metadata: md})
+	md[2] = 'x' // the caller's buffer is reused
 	for i := range 10_000 {
-		c.put(fmt.Sprint(i), &settled{owner: "r"})
-		if c.get(hot) == nil {
+		c.put(uuid.NewString(), jobFacts{owner: "r"})
+		f, ok := c.get(hot)
+		if !ok {
 			t.Fatalf("hot entry evicted after %d puts", i)
+		}
+		if f.owner != "r" || string(f.metadata) != `{"m":1}` {
+			t.Fatalf("hot entry %+v", f)
 		}
 	}
 	if n := c.len(); n > 256 {
 		t.Fatalf("cache holds %d entries, bound 256", n)
 	}
-	if none := newSettledCache(-1); none.get("x") != nil || func() bool { none.put("x", &settled{}); return none.get("x") != nil }() {
+	c.put(hot, jobFacts{owner: "r", terminal: true, extra: true})
+	c.put(hot, jobFacts{owner: "r"})
+	if f, _ := c.get(hot); !f.terminal || !f.extra {
+		t.Fatalf("terminal entry replaced by an older one: %+v", f)
+	}
+	if f, _ := c.get(strings.ToUpper(hot)); !f.terminal {
+		t.Fatal("the key is the UUID, whatever its letter case")
+	}
+	c.put("not-a-uuid", jobFacts{owner: "r"})
+	if _, ok := c.get("not-a-uuid"); ok {
+		t.Fatal("a job ID that is not a UUID was cached")
+	}
+	c.remove(hot)
+	if _, ok := c.get(hot); ok {
+		t.Fatal("removed entry still cached")
+	}
+	none := newJobCache(-1)
+	none.put(hot, jobFacts{owner: "r"})
+	if _, ok := none.get(hot); ok {
 		t.Fatal("a disabled cache keeps entries")
 	}
 }
 
+// TestJobCacheMemory: what a full cache of jobs (UUID owners, 45-byte
+// metadata) costs in heap.
+func TestJobCacheMemory(t *testing.T) {
+	const n = DefaultCacheSize
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = uuid.NewString()
+	}
+	md := json.RawMessage(`{"user":"u-4812","campaign":"spring-launch"}`)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	c := newJobCache(n)
+	for _, id := range ids {
+		c.put(id, jobFacts{owner: id, metadata: md})
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := float64(after.HeapAlloc-before.HeapAlloc) / float64(c.len())
+	t.Logf("%d jobs cached: %.0f bytes each, %d heap objects in all", c.len(), per, int64(after.HeapObjects)-int64(before.HeapObjects))
+	if per > 200 {
+		t.Errorf("%.0f bytes per cached job, want at most 200", per)
+	}
+	runtime.KeepAlive(c)
+}
+
 func BenchmarkLookupCached(b *testing.B) {
-	c := newSettledCache(DefaultCacheSize)
+	c := newJobCache(DefaultCacheSize)
 	ids := make([]string, 1024)
 	for i := range ids {
 		ids[i] = uuid.NewString()
-		c.put(ids[i], &settled{owner: "r1", terminal: true})
+		c.put(ids[i], jobFacts{owner: "r1", terminal: true})
 	}
 	b.RunParallel(func(pb *testing.PB) {
 		i := 0
 		for pb.Next() {
-			_ = c.get(ids[i%len(ids)]).ownership("r1")
+			f, _ := c.get(ids[i%len(ids)])
+			_ = f.ownership("r1")
 			i++
 		}
 	})
@@ -854,7 +907,7 @@ func TestOwnersFollow(t *testing.T) {
 	}
 	wait("terminal from memory", func(o Ownership) bool { return o.Terminal }, rid)
 	// An older record arriving late never un-terminals the cached job.
-	owners.cache.put(jid, &settled{owner: rid})
+	owners.cache.put(jid, jobFacts{owner: rid})
 	if o := lookup(t, owners, rid, jid); !o.Terminal {
 		t.Fatalf("terminal entry replaced by an older one: %+v", o)
 	}

@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"strings"
-	"sync"
 
 	"github.com/nats-io/nats.go"
 
@@ -48,7 +46,7 @@ type Index interface {
 }
 
 // DefaultCacheSize is how many jobs an Owners keeps in memory.
-const DefaultCacheSize = 32768
+const DefaultCacheSize = 65536
 
 // Owners answers Lookup from memory when it can and from the bucket
 // otherwise, reading job.<job_id> and, only when the bucket holds no such
@@ -59,7 +57,7 @@ const DefaultCacheSize = 32768
 // (whose owner and state never change again, so repeats need no read).
 type Owners struct {
 	l     *Ledger
-	cache *settledCache
+	cache *jobCache
 }
 
 var _ Index = (*Owners)(nil)
@@ -70,24 +68,24 @@ func (l *Ledger) Owners(size int) *Owners {
 	if size == 0 {
 		size = DefaultCacheSize
 	}
-	return &Owners{l: l, cache: newSettledCache(size)}
+	return &Owners{l: l, cache: newJobCache(size)}
 }
 
 // Lookup implements Index.
 func (o *Owners) Lookup(ctx context.Context, requestID, jobID string) (Ownership, error) {
-	if e := o.cache.get(jobID); e != nil {
-		own := e.ownership(requestID)
+	if f, ok := o.cache.get(jobID); ok {
+		own := f.ownership(requestID)
 		own.Cached = true
 		return own, nil
 	}
 	jr, err := o.l.Job(ctx, jobID)
 	switch {
 	case err == nil:
-		e := &settled{owner: jr.RequestID, terminal: jr.Terminal, extra: jr.Extra, metadata: jr.Metadata}
+		f := jobFacts{owner: jr.RequestID, terminal: jr.Terminal, extra: jr.Extra, metadata: jr.Metadata}
 		if jr.Terminal {
-			o.cache.put(strings.Clone(jobID), e)
+			o.cache.put(jobID, f)
 		}
-		return e.ownership(requestID), nil
+		return f.ownership(requestID), nil
 	case !errors.Is(err, ErrNotFound):
 		return Ownership{}, err
 	}
@@ -110,10 +108,9 @@ func (o *Owners) Stored(requestID, jobID string, status krea.Status, own Ownersh
 	if !status.IsTerminal() || own.Foreign || jobID == "" {
 		return
 	}
-	// Both IDs may be slices of a request's buffers: keep copies.
-	o.cache.put(strings.Clone(jobID), &settled{
-		owner: strings.Clone(requestID), terminal: true, extra: own.Extra, metadata: own.Metadata,
-	})
+	// The cache copies what it keeps: the IDs may be slices of a
+	// request's buffers.
+	o.cache.put(jobID, jobFacts{owner: requestID, terminal: true, extra: own.Extra, metadata: own.Metadata})
 }
 
 // Follow keeps the cache fed with every job record the bucket stores from
@@ -125,7 +122,7 @@ func (o *Owners) Stored(requestID, jobID string, status krea.Status, own Ownersh
 // RePublish (a bucket no program could update) nothing arrives and every
 // first webhook of a job reads the ledger.
 func (o *Owners) Follow(ctx context.Context) error {
-	if o.cache.per == 0 {
+	if o.cache.off() {
 		return nil
 	}
 	nc := o.l.js.Conn()
@@ -181,132 +178,5 @@ func (o *Owners) apply(m *nats.Msg) {
 	if !hasMetadata(rec.Metadata) {
 		rec.Metadata = nil
 	}
-	o.cache.put(strings.Clone(id), &settled{owner: rec.RequestID, terminal: rec.Terminal, extra: rec.Extra, metadata: rec.Metadata})
-}
-
-// settled is what the cache keeps of a job: who owns it, whether it is
-// settled (terminal), whether it is extra.
-type settled struct {
-	owner    string
-	terminal bool
-	extra    bool
-	metadata json.RawMessage
-}
-
-func (e *settled) ownership(requestID string) Ownership {
-	if e.owner != "" && requestID != "" && e.owner != requestID {
-		return Ownership{Foreign: true, Terminal: e.terminal}
-	}
-	return Ownership{Terminal: e.terminal, Extra: e.extra, Metadata: e.metadata}
-}
-
-// settledCache is a bounded map in shards, each with two generations: a
-// shard whose current generation is full drops its old one and starts a
-// new one; a hit in the old generation moves up. That keeps what is used
-// at O(1) cost per operation and no per-entry links, with at most size
-// entries.
-type settledCache struct {
-	seed   maphash.Seed
-	per    int // entries per generation and shard; 0: no cache
-	shards [cacheShards]cacheShard
-}
-
-const cacheShards = 16
-
-type cacheShard struct {
-	mu       sync.Mutex
-	cur, old map[string]*settled
-}
-
-func newSettledCache(size int) *settledCache {
-	c := &settledCache{seed: maphash.MakeSeed()}
-	if size > 0 {
-		c.per = max(1, size/(2*cacheShards))
-	}
-	return c
-}
-
-func (c *settledCache) shard(k string) *cacheShard {
-	return &c.shards[maphash.String(c.seed, k)%cacheShards]
-}
-
-func (c *settledCache) get(k string) *settled {
-	if c.per == 0 {
-		return nil
-	}
-	s := c.shard(k)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if e := s.cur[k]; e != nil {
-		return e
-	}
-	e := s.old[k]
-	if e != nil {
-		delete(s.old, k)
-		s.putLocked(k, e, c.per)
-	}
-	return e
-}
-
-// put stores e for k; a terminal entry is never replaced by one that is not
-// (a job never leaves a terminal state; an older record may arrive late).
-func (c *settledCache) put(k string, e *settled) {
-	if c.per == 0 {
-		return
-	}
-	s := c.shard(k)
-	s.mu.Lock()
-	if old := s.cur[k]; old != nil && old.terminal && !e.terminal {
-		s.mu.Unlock()
-		return
-	}
-	if old := s.old[k]; old != nil && old.terminal && !e.terminal {
-		e = old
-	}
-	delete(s.old, k)
-	s.putLocked(k, e, c.per)
-	s.mu.Unlock()
-}
-
-func (c *settledCache) remove(k string) {
-	if c.per == 0 {
-		return
-	}
-	s := c.shard(k)
-	s.mu.Lock()
-	delete(s.cur, k)
-	delete(s.old, k)
-	s.mu.Unlock()
-}
-
-// clear empties the cache.
-func (c *settledCache) clear() {
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.Lock()
-		s.cur, s.old = nil, nil
-		s.mu.Unlock()
-	}
-}
-
-func (s *cacheShard) putLocked(k string, e *settled, per int) {
-	if s.cur == nil {
-		s.cur = make(map[string]*settled, per)
-	}
-	if _, ok := s.cur[k]; !ok && len(s.cur) >= per {
-		s.old, s.cur = s.cur, make(map[string]*settled, per)
-	}
-	s.cur[k] = e
-}
-
-// len is the number of entries, for tests.
-func (c *settledCache) len() int {
-	n := 0
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.Lock()
-		n += len(s.cur) + len(s.old)
-		s.mu.Unlock()
-	}
-	return n
+	o.cache.put(id, jobFacts{owner: rec.RequestID, terminal: rec.Terminal, extra: rec.Extra, metadata: rec.Metadata})
 }
