@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"bytes"
 	"encoding/json"
 	"sync"
 	"unsafe"
@@ -172,8 +173,23 @@ func (c *jobCache) put(id string, f jobFacts) {
 	s := c.shard(k)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e, ok := s.cur.m[k]; ok && e.flags&flagTerminal != 0 && !f.terminal {
-		return
+	if e, ok := s.cur.m[k]; ok {
+		if e.flags&flagTerminal != 0 && !f.terminal {
+			return
+		}
+		if cf := view(e, s.cur.arena); cf.owner == f.owner && bytes.Equal(cf.metadata, f.metadata) {
+			// The same job settling (its webhook stored): new flags only,
+			// no new bytes.
+			e.flags = 0
+			if f.terminal {
+				e.flags |= flagTerminal
+			}
+			if f.extra {
+				e.flags |= flagExtra
+			}
+			s.cur.m[k] = e
+			return
+		}
 	}
 	if e, ok := s.old.m[k]; ok {
 		if e.flags&flagTerminal != 0 && !f.terminal {

@@ -38,7 +38,7 @@ type Config struct {
 	TTL      time.Duration `env:"KREABUS_LEDGER_TTL" flag:"ledger-ttl" default:"168h" usage:"how long a ledger entry is kept after its last write (bounds the ledger; must exceed KREABUS_JOB_MAX_AGE)"`
 	Workers  int           `env:"KREABUS_LEDGER_WORKERS" flag:"ledger-workers" default:"8" usage:"job events the ledger recorder applies concurrently"`
 	// CacheSize bounds the bridge's cache of settled jobs.
-	CacheSize int `env:"KREABUS_LEDGER_CACHE" flag:"ledger-cache" default:"65536" usage:"jobs the bridge keeps in memory (recorded while it runs, or settled) to answer webhooks without a ledger read (-1: none)"`
+	CacheSize int `env:"KREABUS_LEDGER_CACHE" flag:"ledger-cache" default:"32768" usage:"jobs the bridge keeps in memory (recorded while it runs, or settled) to answer webhooks without a ledger read (-1: none)"`
 
 	// Create lets Open create the bucket and the Recorder create its
 	// durable consumer when missing.

@@ -46,7 +46,7 @@ type Index interface {
 }
 
 // DefaultCacheSize is how many jobs an Owners keeps in memory.
-const DefaultCacheSize = 65536
+const DefaultCacheSize = 32768
 
 // Owners answers Lookup from memory when it can and from the bucket
 // otherwise, reading job.<job_id> and, only when the bucket holds no such
