@@ -565,7 +565,7 @@ type rejection struct {
 	Path      string `json:"path,omitempty"`
 	Reason    string `json:"reason"`
 	// Kind is the reason's category (invalid_request, api_refused,
-	// model_unavailable, out_of_retries, malformed_response).
+	// model_unavailable, out_of_retries, uncertain).
 	Kind string `json:"kind"`
 	// Status is the HTTP status of the API's refusal, when it refused.
 	HTTPStatus int `json:"http_status,omitempty"`

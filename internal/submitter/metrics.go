@@ -9,12 +9,11 @@ import (
 // Rejection reasons, the values of kreabus_submitter_rejections_total's
 // reason label and of the "kind" field of a rejected event's body.
 const (
-	RejectInvalid           = "invalid_request"    // the request failed validation
-	RejectRefused           = "api_refused"        // the API answered 400/404/409/422
-	RejectModelUnavailable  = "model_unavailable"  // the API answered 410
-	RejectOutOfRetries      = "out_of_retries"     // retryable failures until KREABUS_MAX_DELIVERIES
-	RejectMalformedResponse = "malformed_response" // a 2xx answer without a usable job (no longer produced: it is an uncertain call now)
-	RejectUncertain         = "uncertain"          // a call's outcome stayed unknown past KREABUS_UNCERTAIN_WAIT
+	RejectInvalid          = "invalid_request"   // the request failed validation
+	RejectRefused          = "api_refused"       // the API answered 400/404/409/422
+	RejectModelUnavailable = "model_unavailable" // the API answered 410
+	RejectOutOfRetries     = "out_of_retries"    // retryable failures until KREABUS_MAX_DELIVERIES
+	RejectUncertain        = "uncertain"         // a call's outcome stayed unknown past KREABUS_UNCERTAIN_WAIT
 )
 
 type metrics struct {
