@@ -276,36 +276,17 @@ func (r *Recorder) Apply(ctx context.Context, ev *events.Event) (bool, error) {
 		return false, fmt.Errorf("%w: job_id %q", ErrInvalidRecord, ev.JobID)
 	}
 	extra := ev.ExtraJob
-	if validID(ev.RequestID) {
-		known, err := l.Job(ctx, ev.JobID)
-		switch {
-		case err != nil && !errors.Is(err, ErrNotFound):
-			return false, err
-		case known != nil:
-		case ev.Status == events.StatusSubmitted:
-			err := l.RecordSubmission(ctx, Record{
-				RequestID: ev.RequestID, JobID: ev.JobID, Metadata: ev.Metadata,
-				SubmittedAt: eventSubmittedAt(ev, time.Now()), Source: ev.Source,
-			})
-			var xe *ConflictError
-			switch {
-			case errors.As(err, &xe):
-				extra = true
-				l.log.Warn("submitted event names a second job of its request",
-					"request_id", ev.RequestID, "job_id", ev.JobID, "ledger_job_id", xe.Existing.JobID)
-			case err != nil:
-				return false, err
-			}
-		default:
-			x, err := l.LinkEvidence(ctx, ev.RequestID, ev.JobID, eventSubmittedAt(ev, time.Now()), ev.Source)
+	changed, created := false, false
+	stored, err := l.update(ctx, JobKey(ev.JobID), func(cur *Record) (*Record, error) {
+		if cur == nil && validID(ev.RequestID) {
+			// A job the ledger lacks: what the event proves about its
+			// request comes first (one read of the job for both).
+			x, err := r.evidence(ctx, ev)
 			if err != nil {
-				return false, err
+				return nil, err
 			}
 			extra = extra || x
 		}
-	}
-	changed, created := false, false
-	stored, err := l.update(ctx, JobKey(ev.JobID), func(cur *Record) (*Record, error) {
 		next, ch := applyEvent(cur, ev, time.Now())
 		if extra && !next.Extra && next.RequestID == ev.RequestID {
 			next.Extra, ch = true, true
@@ -332,4 +313,28 @@ func (r *Recorder) Apply(ctx context.Context, ev *events.Event) (bool, error) {
 		}
 	}
 	return changed, nil
+}
+
+// evidence records what an event for a job the ledger lacks proves: a
+// submitted event records the submission (the submitter's own write failed,
+// or a program calls Krea itself; the job record is then written too, and
+// the caller's write of it finds it there and tries again); any other
+// links a request still without a job to it. It reports whether the job is
+// extra: its request has another outcome.
+func (r *Recorder) evidence(ctx context.Context, ev *events.Event) (bool, error) {
+	l := r.l
+	if ev.Status != events.StatusSubmitted {
+		return l.LinkEvidence(ctx, ev.RequestID, ev.JobID, eventSubmittedAt(ev, time.Now()), ev.Source)
+	}
+	err := l.RecordSubmission(ctx, Record{
+		RequestID: ev.RequestID, JobID: ev.JobID, Metadata: ev.Metadata,
+		SubmittedAt: eventSubmittedAt(ev, time.Now()), Source: ev.Source,
+	})
+	var xe *ConflictError
+	if errors.As(err, &xe) {
+		l.log.Warn("submitted event names a second job of its request",
+			"request_id", ev.RequestID, "job_id", ev.JobID, "ledger_job_id", xe.Existing.JobID)
+		return true, nil
+	}
+	return false, err
 }
