@@ -339,9 +339,9 @@ func (b *Bridge) webhook(w http.ResponseWriter, r *http.Request, token string) {
 	var own ledger.Ownership
 	if b.ledger != nil {
 		lstart := time.Now()
-		lctx, cancel := context.WithTimeout(r.Context(), b.cfg.PublishTimeout)
-		own, err = b.ledger.Lookup(lctx, requestID, wh.JobID)
-		cancel()
+		// No deadline here: the ledger bounds its reads (ReadTimeout), and
+		// only lookups that miss its cache read at all.
+		own, err = b.ledger.Lookup(r.Context(), requestID, wh.JobID)
 		b.m.lookup.Observe(time.Since(lstart).Seconds())
 		if own.Cached {
 			b.m.fromCache.Inc()

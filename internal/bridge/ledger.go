@@ -51,6 +51,7 @@ func (p *Program) openLedger(ctx context.Context) {
 	defer p.bg.Done()
 	cfg := p.s.LedgerConfig
 	cfg.Create = p.s.CreateStreams
+	cfg.ReadTimeout = p.s.PublishTimeout
 	if cfg.Replicas == 0 {
 		cfg.Replicas = p.s.StreamsConfig.Replicas
 	}

@@ -21,6 +21,8 @@ const (
 	// DefaultAckWait is how long the server waits for the Recorder to
 	// acknowledge an event before it redelivers it.
 	DefaultAckWait = 30 * time.Second
+	// DefaultReadTimeout bounds an Owners lookup's key reads.
+	DefaultReadTimeout = 5 * time.Second
 	// MinTTL is the shortest TTL accepted (JetStream's limit markers need
 	// at least a second).
 	MinTTL = time.Second
@@ -45,6 +47,11 @@ type Config struct {
 	Create bool
 	// AckWait is the Recorder consumer's ack wait (default DefaultAckWait).
 	AckWait time.Duration
+	// ReadTimeout bounds the key reads of an Owners lookup whose context
+	// has no deadline (default DefaultReadTimeout). The deadline is made
+	// only when a read is needed: most lookups are answered from memory,
+	// and a timer per webhook would cost more than the answer.
+	ReadTimeout time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -65,6 +72,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.AckWait <= 0 {
 		c.AckWait = DefaultAckWait
+	}
+	if c.ReadTimeout <= 0 {
+		c.ReadTimeout = DefaultReadTimeout
 	}
 }
 

@@ -39,6 +39,8 @@ type Index interface {
 	// Lookup says what the ledger knows about a webhook for jobID that
 	// came with a token for requestID. An error means the ledger could not
 	// be read: the caller cannot tell a foreign job and must not store.
+	// ctx bounds the reads; without a deadline, the ledger's ReadTimeout
+	// does.
 	Lookup(ctx context.Context, requestID, jobID string) (Ownership, error)
 	// Stored tells the index that an event of jobID with status, answering
 	// requestID, was stored, with the ownership Lookup gave.
@@ -77,6 +79,11 @@ func (o *Owners) Lookup(ctx context.Context, requestID, jobID string) (Ownership
 		own := f.ownership(requestID)
 		own.Cached = true
 		return own, nil
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.l.cfg.ReadTimeout)
+		defer cancel()
 	}
 	jr, err := o.l.Job(ctx, jobID)
 	switch {
@@ -166,17 +173,9 @@ func (o *Owners) apply(m *nats.Msg) {
 		o.cache.remove(id)
 		return
 	}
-	var rec struct {
-		RequestID string          `json:"request_id"`
-		Terminal  bool            `json:"terminal"`
-		Extra     bool            `json:"extra"`
-		Metadata  json.RawMessage `json:"metadata"`
-	}
-	if err := json.Unmarshal(m.Data, &rec); err != nil || rec.RequestID == "" {
+	f, err := readJobFacts(m.Data)
+	if err != nil || f.owner == "" {
 		return
 	}
-	if !hasMetadata(rec.Metadata) {
-		rec.Metadata = nil
-	}
-	o.cache.put(id, jobFacts{owner: rec.RequestID, terminal: rec.Terminal, extra: rec.Extra, metadata: rec.Metadata})
+	o.cache.put(id, f)
 }

@@ -27,7 +27,7 @@ LEAD=${LEAD:-2000}
 BRIDGE_ENV=${BRIDGE_ENV:-} # extra settings for kreabus' bridge, e.g. KREABUS_LEDGER_CACHE=65536
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
-THREADS=${THREADS:-2}
+THREADS=${THREADS:-1} # one wrk thread: requests leave in file order, so a job recorded LEAD lines ahead is recorded before its webhook (two threads drift thousands of lines apart and outrun the feeder)
 N=${N:-400000}
 OUT=${OUT:-${TMPDIR:-/tmp}/kreabus-wrk}
 mkdir -p "$OUT"
