@@ -168,7 +168,7 @@ func New(cfg Config, d Deps) (*Bridge, error) {
 		allowPost:             []string{http.MethodPost},
 		contentJSON:           []string{"application/json"},
 	}
-	for _, e := range []error{ErrNotJSON, ErrNotObject, ErrJobIDMissing, ErrJobIDInvalid, ErrStatusMissing, ErrStatusInvalid, errFieldNotString} {
+	for _, e := range []error{ErrNotJSON, ErrNotObject, ErrJobIDMissing, ErrJobIDInvalid, ErrStatusMissing, ErrStatusInvalid, ErrFieldNotString, ErrFieldAmbiguous, ErrNotUTF8} {
 		b.aParse[e] = m.answer(http.StatusBadRequest, OutcomeBadRequest, e.Error())
 	}
 
