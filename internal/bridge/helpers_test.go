@@ -61,13 +61,14 @@ type envOptions struct {
 	realLedger bool
 	noStream   bool   // do not create KREA_JOBS
 	natsURL    string // use this server instead of an embedded JetStream
+	maxPayload int32  // of the embedded server; 0: natstest's default
 }
 
 func newEnv(t testing.TB, o envOptions) *testEnv {
 	t.Helper()
 	url := o.natsURL
 	if url == "" {
-		url = natstest.RunServer(t).ClientURL()
+		url = natstest.RunServer(t, natstest.Options{MaxPayload: o.maxPayload}).ClientURL()
 	}
 	nc := natstest.Connect(t, url)
 	js, err := jetstream.New(nc)
@@ -124,7 +125,11 @@ func newEnv(t testing.TB, o envOptions) *testEnv {
 		t.Fatal(err)
 	}
 	e.tok, _ = events.NewTokenizer(cfg.Secret, cfg.SecretPrevious)
-	e.b.Server().ConnState = e.conns.hook
+	limit := e.b.Server().ConnState
+	e.b.Server().ConnState = func(c net.Conn, st http.ConnState) {
+		e.conns.hook(c, st)
+		limit(c, st)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -21,12 +21,12 @@ type Webhook struct {
 
 // Parse errors. Their text is the body of the 400 answer.
 var (
-	ErrNotJSON        = errors.New("body is not valid JSON")
-	ErrNotObject      = errors.New("body is not a JSON object")
-	ErrJobIDMissing   = errors.New("job_id is missing")
-	ErrJobIDInvalid   = errors.New("job_id is not a UUID")
-	ErrStatusMissing  = errors.New("status is missing")
-	ErrStatusInvalid  = errors.New("status is not a well-formed job status")
+	ErrNotJSON       = errors.New("body is not valid JSON")
+	ErrNotObject     = errors.New("body is not a JSON object")
+	ErrJobIDMissing  = errors.New("job_id is missing")
+	ErrJobIDInvalid  = errors.New("job_id is not a UUID")
+	ErrStatusMissing = errors.New("status is missing")
+	ErrStatusInvalid = errors.New("status is not a well-formed job status")
 	// ErrFieldNotString: job_id or status is a number, object, array,
 	// boolean or null. A null after a value would leave encoding/json
 	// with the value and other decoders with nothing.

@@ -428,10 +428,22 @@ func BenchmarkVerifyToken(b *testing.B) {
 }
 
 // TestFuzzCorpus keeps the committed seed corpus meaningful: the seeds
-// meant to be accepted still verify and parse.
+// meant to be accepted still verify and parse, and those meant to be
+// refused are refused for their reason.
 func TestFuzzCorpus(t *testing.T) {
 	tz, _ := events.NewTokenizer(fuzzSecret, fuzzPrevSecret)
-	for _, name := range []string{"valid_completed", "previous_secret_processing", "folded_escaped_keys"} {
+	for name, want := range map[string]error{
+		"valid_completed":            nil,
+		"previous_secret_processing": nil,
+		"escaped_keys":               nil,
+		"valid_utf8_values":          nil,
+		"folded_escaped_keys":        ErrFieldAmbiguous,
+		"folded_long_s":              ErrFieldAmbiguous,
+		"upper_case_repeat":          ErrFieldAmbiguous,
+		"null_after_value":           ErrFieldAmbiguous,
+		"invalid_utf8":               ErrNotUTF8,
+		"invalid_utf8_key":           ErrNotUTF8,
+	} {
 		raw, err := os.ReadFile(filepath.Join("testdata", "fuzz", "FuzzWebhook", name))
 		if err != nil {
 			t.Fatal(err)
@@ -448,8 +460,9 @@ func TestFuzzCorpus(t *testing.T) {
 		if _, err := tz.Verify(token); err != nil {
 			t.Errorf("%s: token: %v", name, err)
 		}
-		if w, err := ParseWebhook([]byte(body)); err != nil || w.JobID != sampleJobID {
-			t.Errorf("%s: %+v, %v", name, w, err)
+		w, err := ParseWebhook([]byte(body))
+		if !errors.Is(err, want) || (want == nil && w.JobID != sampleJobID) {
+			t.Errorf("%s: %+v, %v, want %v", name, w, err, want)
 		}
 	}
 }

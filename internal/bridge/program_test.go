@@ -372,14 +372,15 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{Secret: "x", Listen: DefaultListen, MaxBody: DefaultMaxBody, PublishTimeout: DefaultPublishTimeout,
-		MaxInFlight: DefaultMaxInFlight, ReadHeaderTimeout: DefaultReadHeaderTimeout, ReadTimeout: DefaultReadTimeout,
+		MaxInFlight: DefaultMaxInFlight, MaxInFlightPerToken: DefaultMaxInFlightPerToken, BodyBudget: DefaultBodyBudget,
+		MaxConns: DefaultMaxConns, ReadHeaderTimeout: DefaultReadHeaderTimeout, ReadTimeout: DefaultReadTimeout,
 		WriteTimeout: DefaultWriteTimeout, IdleTimeout: DefaultIdleTimeout, MaxHeaderBytes: DefaultMaxHeaderBytes,
 		ShutdownTimeout: DefaultShutdownTimeout}
 	if c != want {
 		t.Errorf("defaults %+v", c)
 	}
 	// The tag defaults agree with the code defaults.
-	s := testSettings(t, "nats://127.0.0.1:4222", map[string]string{"KREABUS_LISTEN": "", "KREABUS_PUBLISH_TIMEOUT": "5s"})
+	s := testSettings(t, "nats://127.0.0.1:4222", map[string]string{"KREABUS_LISTEN": "", "KREABUS_PUBLISH_TIMEOUT": DefaultPublishTimeout.String()})
 	s.Config.Listen = DefaultListen
 	want.Secret = testSecret
 	if s.Config != want {
