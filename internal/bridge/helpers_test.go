@@ -14,11 +14,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloudevents/sdk-go/v2/extensions"
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kreabus/kreabus/internal/cetest"
 	"github.com/kreabus/kreabus/internal/ledger"
 	"github.com/kreabus/kreabus/internal/natstest"
 	"github.com/kreabus/kreabus/pkg/events"
@@ -344,6 +346,18 @@ func checkEvent(t testing.TB, m jetstream.Msg, jobID string, status krea.Status,
 	}
 	if _, err := time.Parse(time.RFC3339Nano, h.Get(events.HeaderCETime)); err != nil {
 		t.Errorf("ce-time %q: %v", h.Get(events.HeaderCETime), err)
+	}
+	// As a CloudEvents consumer reads it, with the official SDK.
+	ev, err := cetest.Decode(h, m.Data())
+	if err != nil {
+		t.Fatalf("stored event is not a valid CloudEvent: %v", err)
+	}
+	if ev.ID() != msgID || ev.DataContentType() != "application/json" || string(ev.Data()) != string(body) {
+		t.Errorf("as a CloudEvent: id %q datacontenttype %q", ev.ID(), ev.DataContentType())
+	}
+	tp := h.Get(events.HeaderTraceParent)
+	if dt, ok := extensions.GetDistributedTracingExtension(*ev); ok != (tp != "") || dt.TraceParent != tp {
+		t.Errorf("tracing extension %+v, %v; traceparent %q", dt, ok, tp)
 	}
 }
 
