@@ -406,10 +406,14 @@ func (b *Bridge) webhook(w http.ResponseWriter, r *http.Request, token string) {
 
 	// One deadline for the owner lookup and the PubAck together: the
 	// sender's answer comes within PublishTimeout of the body's end.
-	ctx, cancel := context.WithTimeout(r.Context(), b.cfg.PublishTimeout)
-	defer cancel()
+	// Without a ledger the publish alone is bounded by the library's
+	// PublishTimeout, without a context of its own.
+	ctx := r.Context()
 	var own ledger.Ownership
 	if b.ledger != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, b.cfg.PublishTimeout)
+		defer cancel()
 		lstart := time.Now()
 		own, err = b.ledger.Lookup(ctx, requestID, wh.JobID)
 		b.m.lookup.Observe(time.Since(lstart).Seconds())
