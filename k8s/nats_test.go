@@ -269,6 +269,12 @@ func TestNATSConfigPermissions(t *testing.T) {
 	must("bridge hears job records", err)
 	defer jobFeed.Unsubscribe()
 
+	// App: follows the stored job events, without a consumer.
+	follow, err := app.nc.SubscribeSync(events.FollowSubjects)
+	must("app subscribes to the follow subjects", err)
+	defer follow.Unsubscribe()
+	must("app flushes", app.nc.Flush())
+
 	// App: publishes a generation request.
 	ack, err := app.js.Publish(ctx, events.RequestsPrefix+"image", []byte(`{"request_id":"req-1"}`), jetstream.WithMsgID("req-1"))
 	must("app publishes a request", err)
@@ -319,6 +325,17 @@ func TestNATSConfigPermissions(t *testing.T) {
 		}
 	}()
 	<-done
+
+	// App: hears each stored event once on the follow subjects, in order:
+	// the repeated webhook was not stored, so not republished (it would
+	// come before failed).
+	for _, want := range []string{"submitted", "completed", "failed"} {
+		m, err := follow.NextMsg(5 * time.Second)
+		must("app hears "+want, err)
+		if m.Subject != events.FollowPrefix+want {
+			t.Errorf("app heard %s, want %s", m.Subject, events.FollowPrefix+want)
+		}
+	}
 
 	// Submitter: the ledger recorder sees all three events.
 	fetchAck("ledger recorder", recCons, 3)

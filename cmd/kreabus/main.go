@@ -84,7 +84,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 Publish your own request with the nats CLI:
   nats --server %s pub krea.requests.image -H Nats-Msg-Id:my-req-1 \
     '{"request_id":"my-req-1","path":"/generate/image/bfl/flux-1-dev","input":{"prompt":"a red fox"}}'
-Watch every event with headers:  nats --server %s sub 'krea.jobs.>'
+Watch every stored event, each once, with headers:  nats --server %s sub 'kreabus.events.>'
 Ctrl-C stops kreabus.
 `, p.NATSURL(), p.NATSURL())
 	<-ctx.Done()

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,9 +23,15 @@ import (
 // Defaults.
 const (
 	DefaultListen = ":9090"
-	// CheckTimeout bounds each readiness check so /readyz answers promptly
-	// even while NATS hangs.
+	// CheckTimeout bounds one run of a readiness check. Runs go on in the
+	// background: /readyz never waits for them longer than ReadyWait.
 	CheckTimeout = 2 * time.Second
+	// ReadyWait is the longest /readyz waits for its checks: a check
+	// still running then (NATS hanging, a request in flight to a server
+	// that just died) is answered with its last result, so probes get an
+	// answer within ReadyWait whatever NATS does. A check that never
+	// finished a run counts as failed.
+	ReadyWait = 50 * time.Millisecond
 )
 
 // Config holds the admin listener setting.
@@ -44,7 +49,7 @@ type Server struct {
 	reg      *prometheus.Registry
 	log      *slog.Logger
 	mu       sync.Mutex
-	checks   map[string]Check
+	checks   map[string]*checkState
 	draining atomic.Bool
 	pprof    bool
 	srv      *http.Server
@@ -56,7 +61,7 @@ type Server struct {
 func New(log *slog.Logger) *Server {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return &Server{reg: reg, log: log, checks: map[string]Check{}}
+	return &Server{reg: reg, log: log, checks: map[string]*checkState{}}
 }
 
 // Registry is where the program's metrics go.
@@ -65,7 +70,7 @@ func (s *Server) Registry() *prometheus.Registry { return s.reg }
 // AddCheck adds a named readiness check.
 func (s *Server) AddCheck(name string, c Check) {
 	s.mu.Lock()
-	s.checks[name] = c
+	s.checks[name] = &checkState{fn: c}
 	s.mu.Unlock()
 }
 
@@ -73,25 +78,82 @@ func (s *Server) AddCheck(name string, c Check) {
 // load balancer stops sending work before the servers drain.
 func (s *Server) SetDraining() { s.draining.Store(true) }
 
-// Ready runs the checks and returns the failures by name.
+// checkState is one check and its last result. At most one run of a
+// check is in flight: probes arriving meanwhile share it.
+type checkState struct {
+	fn      Check
+	mu      sync.Mutex
+	running chan struct{} // closed when the run in flight ends; nil when none
+	ran     bool          // a run has finished
+	err     error         // of the last finished run
+}
+
+// start starts a run unless one is in flight, and returns the channel
+// closed when the run in flight ends.
+func (c *checkState) start() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.running != nil {
+		return c.running
+	}
+	done := make(chan struct{})
+	c.running = done
+	go func() {
+		// Not the probe's context: the run outlives a probe that gave up
+		// waiting, so the next probe finds its result.
+		ctx, cancel := context.WithTimeout(context.Background(), CheckTimeout)
+		err := c.fn(ctx)
+		cancel()
+		c.mu.Lock()
+		c.err, c.ran, c.running = err, true, nil
+		c.mu.Unlock()
+		close(done)
+	}()
+	return done
+}
+
+// result is the last finished run's error.
+func (c *checkState) result() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.ran {
+		return errors.New("not checked yet")
+	}
+	return c.err
+}
+
+// Ready runs the checks, in parallel, and returns the failures by name.
+// It returns within ReadyWait: a check still running then gives its last
+// result.
 func (s *Server) Ready(ctx context.Context) map[string]string {
 	failed := map[string]string{}
 	if s.draining.Load() {
 		failed["shutdown"] = "draining"
 	}
 	s.mu.Lock()
-	names := make([]string, 0, len(s.checks))
-	for n := range s.checks {
-		names = append(names, n)
+	checks := make(map[string]*checkState, len(s.checks))
+	for n, c := range s.checks {
+		checks[n] = c
 	}
-	checks := s.checks
 	s.mu.Unlock()
-	sort.Strings(names)
-	for _, n := range names {
-		cctx, cancel := context.WithTimeout(ctx, CheckTimeout)
-		err := checks[n](cctx)
-		cancel()
-		if err != nil {
+	runs := make([]<-chan struct{}, 0, len(checks))
+	for _, c := range checks {
+		runs = append(runs, c.start())
+	}
+	wait := time.NewTimer(ReadyWait)
+	defer wait.Stop()
+waiting:
+	for _, done := range runs {
+		select {
+		case <-done:
+		case <-wait.C:
+			break waiting
+		case <-ctx.Done():
+			break waiting
+		}
+	}
+	for n, c := range checks {
+		if err := c.result(); err != nil {
 			failed[n] = err.Error()
 		}
 	}

@@ -80,15 +80,21 @@ type Bridge struct {
 	srv           *http.Server
 
 	inFlight atomic.Int64
+	bodies   byteBudget
+	tokens   *tokenSlots
+	conns    connLimit
+	tooLarge atomic.Pointer[limitAnswer] // 413 for the current body limit
 	idPrefix string
 	idSeq    atomic.Uint64
 	bufs     sync.Pool
 
 	okStored, okDuplicate                                         prometheus.Counter
 	aMethod, aNotFound, aBusy, aNoToken, aBadToken, aMediaType    *answer
-	aEncoding, aTooLarge, aUnreadable, aForbidden, aUnavailable   *answer
+	aEncoding, aUnreadable, aForbidden, aUnavailable              *answer
+	aTokenBusy, aBytesBusy                                        *answer
 	aParse                                                        map[error]*answer
 	retryAfterUnavailable, retryAfterBusy, allowPost, contentJSON []string
+	connClose                                                     []string
 }
 
 // Pool limits for body buffers.
@@ -96,6 +102,18 @@ const (
 	initialBufSize = 4 << 10
 	maxPooledBuf   = 64 << 10
 )
+
+// HeaderRoom is what the bridge keeps, under the NATS server's
+// max_payload, for an event's headers (the request's metadata, up to
+// 4 KiB, and the contract headers): a body larger than max_payload less
+// HeaderRoom could never be stored, so it is refused with 413.
+const HeaderRoom = 8 << 10
+
+// limitAnswer is the 413 answer naming the body limit in force.
+type limitAnswer struct {
+	limit int
+	a     *answer
+}
 
 // New returns a Bridge with cfg (defaults applied) publishing on d.Conn.
 func New(cfg Config, d Deps) (*Bridge, error) {
@@ -157,7 +175,8 @@ func New(cfg Config, d Deps) (*Bridge, error) {
 		aBadToken:    m.answer(http.StatusUnauthorized, OutcomeUnauthorized, "invalid webhook token"),
 		aMediaType:   m.answer(http.StatusUnsupportedMediaType, OutcomeUnsupportedMediaType, "content type must be application/json"),
 		aEncoding:    m.answer(http.StatusUnsupportedMediaType, OutcomeUnsupportedMediaType, "content encoding not supported"),
-		aTooLarge:    m.answer(http.StatusRequestEntityTooLarge, OutcomeTooLarge, "body larger than "+strconv.Itoa(cfg.MaxBody)+" bytes"),
+		aTokenBusy:   m.answer(http.StatusTooManyRequests, OutcomeTooManyRequests, "too many webhooks in flight for this token, retry later"),
+		aBytesBusy:   m.answer(http.StatusTooManyRequests, OutcomeTooManyRequests, "too many webhook bytes in flight, retry later"),
 		aUnreadable:  m.answer(http.StatusBadRequest, OutcomeBadRequest, "could not read the body"),
 		aForbidden:   m.answer(http.StatusForbidden, OutcomeForbidden, "job belongs to another request"),
 		aUnavailable: m.answer(http.StatusServiceUnavailable, OutcomeUnavailable, "event store unavailable, retry later"),
@@ -167,8 +186,12 @@ func New(cfg Config, d Deps) (*Bridge, error) {
 		retryAfterBusy:        []string{strconv.Itoa(RetryAfterBusy)},
 		allowPost:             []string{http.MethodPost},
 		contentJSON:           []string{"application/json"},
+		connClose:             []string{"close"},
 	}
-	for _, e := range []error{ErrNotJSON, ErrNotObject, ErrJobIDMissing, ErrJobIDInvalid, ErrStatusMissing, ErrStatusInvalid, errFieldNotString} {
+	b.bodies.max = int64(cfg.BodyBudget)
+	b.tokens = newTokenSlots(cfg.MaxInFlightPerToken)
+	b.conns.max = int64(cfg.MaxConns)
+	for _, e := range []error{ErrNotJSON, ErrNotObject, ErrJobIDMissing, ErrJobIDInvalid, ErrStatusMissing, ErrStatusInvalid, ErrFieldNotString, ErrFieldAmbiguous, ErrNotUTF8} {
 		b.aParse[e] = m.answer(http.StatusBadRequest, OutcomeBadRequest, e.Error())
 	}
 
@@ -202,7 +225,9 @@ func New(cfg Config, d Deps) (*Bridge, error) {
 		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ConnState:         b.conns.hook,
 	}
+	m.register(reg, b)
 	return b, nil
 }
 
@@ -247,6 +272,32 @@ func (b *Bridge) Shutdown(ctx context.Context) error {
 // InFlight is the number of webhooks being handled.
 func (b *Bridge) InFlight() int { return int(b.inFlight.Load()) }
 
+// BodyBytesInFlight is the number of body bytes the webhooks being
+// handled hold (at most KREABUS_BODY_BUDGET).
+func (b *Bridge) BodyBytesInFlight() int64 { return b.bodies.used.Load() }
+
+// MaxBody is the body limit in force: KREABUS_MAX_BODY, lowered to what
+// the NATS server takes (its max_payload less HeaderRoom) while connected
+// to a server that takes less.
+func (b *Bridge) MaxBody() int {
+	limit := b.cfg.MaxBody
+	if mp := b.nc.MaxPayload() - HeaderRoom; mp > 0 && mp < int64(limit) {
+		limit = int(mp)
+	}
+	return limit
+}
+
+// tooLargeAnswer is the 413 answer for limit, made once per limit.
+func (b *Bridge) tooLargeAnswer(limit int) *answer {
+	if la := b.tooLarge.Load(); la != nil && la.limit == limit {
+		return la.a
+	}
+	la := &limitAnswer{limit: limit, a: b.m.answer(http.StatusRequestEntityTooLarge, OutcomeTooLarge,
+		"body larger than "+strconv.Itoa(limit)+" bytes")}
+	b.tooLarge.Store(la)
+	return la.a
+}
+
 func (b *Bridge) newRequestID() string {
 	var buf [32]byte
 	s := append(buf[:0], b.idPrefix...)
@@ -275,16 +326,10 @@ func (b *Bridge) webhook(w http.ResponseWriter, r *http.Request, token string) {
 		return
 	}
 
-	b.m.inFlight.Inc()
-	defer b.m.inFlight.Dec()
-	n := b.inFlight.Add(1)
-	defer b.inFlight.Add(-1)
-	if n > int64(b.cfg.MaxInFlight) {
-		h["Retry-After"] = b.retryAfterBusy
-		b.reject(w, r, rid, b.aBusy)
-		return
-	}
-
+	// Nothing is read or held before the token is verified; then the
+	// token's slot, the global slot and the body's bytes are taken in
+	// that order, each refused at once, so an offender meets its own
+	// limit before it can take anyone else's share.
 	if token == "" {
 		b.reject(w, r, rid, b.aNoToken)
 		return
@@ -307,20 +352,43 @@ func (b *Bridge) webhook(w http.ResponseWriter, r *http.Request, token string) {
 			slog.String("content_encoding", truncate(ce, 64)))
 		return
 	}
-	if r.ContentLength > int64(b.cfg.MaxBody) {
-		b.reject(w, r, rid, b.aTooLarge, slog.String("request_id", requestID),
+	maxBody := b.MaxBody()
+	if r.ContentLength > int64(maxBody) {
+		b.reject(w, r, rid, b.tooLargeAnswer(maxBody), slog.String("request_id", requestID),
 			slog.Int64("content_length", r.ContentLength))
+		return
+	}
+
+	if !b.tokens.acquire(requestID) {
+		b.shed(h)
+		b.reject(w, r, rid, b.aTokenBusy, slog.String("request_id", requestID))
+		return
+	}
+	defer b.tokens.release(requestID)
+	b.m.inFlight.Inc()
+	defer b.m.inFlight.Dec()
+	n := b.inFlight.Add(1)
+	defer b.inFlight.Add(-1)
+	if n > int64(b.cfg.MaxInFlight) {
+		b.shed(h)
+		b.reject(w, r, rid, b.aBusy, slog.String("request_id", requestID))
 		return
 	}
 
 	bp := b.bufs.Get().(*[]byte)
 	defer b.putBuf(bp)
-	body, err := b.readBody(w, r, bp)
+	var held int64 // body bytes taken from the budget
+	defer func() { b.bodies.give(held) }()
+	body, err := b.readBody(w, r, bp, maxBody, &held)
 	if err != nil {
 		a := b.aUnreadable
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			a = b.aTooLarge
+		switch {
+		case errors.Is(err, errBodyBudget):
+			b.shed(h)
+			a = b.aBytesBusy
+		case errors.As(err, &mbe):
+			a = b.tooLargeAnswer(maxBody)
 		}
 		b.reject(w, r, rid, a, slog.String("request_id", requestID), slog.String("err", err.Error()))
 		return
@@ -336,12 +404,22 @@ func (b *Bridge) webhook(w http.ResponseWriter, r *http.Request, token string) {
 		return
 	}
 
+	// One deadline for the owner lookup and the PubAck together: the
+	// sender's answer comes within PublishTimeout of the body's end. A
+	// lookup answered from memory (most) takes no time, and the library
+	// bounds the PubAck by PublishTimeout without a context of ours; a
+	// lookup that read the ledger (its reads bounded by the same
+	// timeout) leaves the PubAck what is left of it.
+	ctx := r.Context()
 	var own ledger.Ownership
 	if b.ledger != nil {
 		lstart := time.Now()
-		// No deadline here: the ledger bounds its reads (ReadTimeout), and
-		// only lookups that miss its cache read at all.
-		own, err = b.ledger.Lookup(r.Context(), requestID, wh.JobID)
+		own, err = b.ledger.Lookup(ctx, requestID, wh.JobID)
+		if !own.Cached {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, lstart.Add(b.cfg.PublishTimeout))
+			defer cancel()
+		}
 		b.m.lookup.Observe(time.Since(lstart).Seconds())
 		if own.Cached {
 			b.m.fromCache.Inc()
@@ -382,7 +460,14 @@ func (b *Bridge) webhook(w http.ResponseWriter, r *http.Request, token string) {
 	if tp := r.Header.Get("Traceparent"); tp != "" && validTraceParent(tp) {
 		hdr.TraceParent = tp
 	}
-	ack, err := b.publish(r.Context(), events.NewJobMsg(hdr, body))
+	ack, err := b.publish(ctx, events.NewJobMsg(hdr, body))
+	if errors.Is(err, nats.ErrMaxPayload) {
+		// The server's max_payload shrank under the limit read above (a
+		// reconnect to another server): permanent for this body, not a 503.
+		b.reject(w, r, rid, b.tooLargeAnswer(b.MaxBody()), slog.String("request_id", requestID),
+			slog.String("job_id", wh.JobID), slog.Int("body_bytes", len(body)))
+		return
+	}
 	if err != nil {
 		h["Retry-After"] = b.retryAfterUnavailable
 		b.reject(w, r, rid, b.aUnavailable, slog.String("request_id", requestID),
@@ -415,17 +500,55 @@ func (b *Bridge) webhook(w http.ResponseWriter, r *http.Request, token string) {
 	b.writeOK(w, bp, wh, ack.Duplicate)
 }
 
-// readBody reads the body into *bp, at most MaxBody bytes: the limit is
-// enforced while reading, so a large body is never buffered whole.
-func (b *Bridge) readBody(w http.ResponseWriter, r *http.Request, bp *[]byte) ([]byte, error) {
+// errBodyBudget: the body would take the webhooks in flight past
+// KREABUS_BODY_BUDGET.
+var errBodyBudget = errors.New("body budget exhausted")
+
+// shed prepares a 429 answer to a webhook whose body is not read: the
+// connection is closed after it, rather than the server reading the rest
+// of the body (up to 256 KiB, for as long as the sender dawdles) to keep
+// it alive: under overload, connections are freed.
+func (b *Bridge) shed(h http.Header) {
+	h["Retry-After"] = b.retryAfterBusy
+	h["Connection"] = b.connClose
+}
+
+// readBody reads the body into *bp, at most limit bytes: the limit is
+// enforced while reading, so a large body is never buffered whole. Every
+// byte of buffer it uses is first taken from the body budget and added to
+// *held (the caller gives it back); errBodyBudget when the budget has no
+// room.
+func (b *Bridge) readBody(w http.ResponseWriter, r *http.Request, bp *[]byte, limit int, held *int64) ([]byte, error) {
 	buf := (*bp)[:0]
 	if cl := int(r.ContentLength); cl >= cap(buf) {
-		buf = make([]byte, 0, cl+512) // room for the EOF read
+		if !b.bodies.take(int64(cl) + 1) {
+			return nil, errBodyBudget
+		}
+		*held += int64(cl) + 1
+		buf = make([]byte, 0, cl+1) // room for the read that sees EOF
+	} else {
+		if !b.bodies.take(int64(cap(buf))) {
+			return nil, errBodyBudget
+		}
+		*held += int64(cap(buf))
 	}
-	rd := http.MaxBytesReader(w, r.Body, int64(b.cfg.MaxBody))
+	rd := http.MaxBytesReader(w, r.Body, int64(limit))
 	for {
 		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
+			// Unknown length (chunked): grow by doubling, never past
+			// the limit (and the byte that sees EOF or the excess).
+			grow := min(max(cap(buf), initialBufSize), limit+1-cap(buf))
+			if grow <= 0 {
+				grow = 1
+			}
+			if !b.bodies.take(int64(grow)) {
+				*bp = buf
+				return nil, errBodyBudget
+			}
+			*held += int64(grow)
+			nb := make([]byte, len(buf), cap(buf)+grow)
+			copy(nb, buf)
+			buf = nb
 		}
 		n, err := rd.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
@@ -605,7 +728,7 @@ func (b *Bridge) publish(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, e
 				budget = t.C
 			}
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, ctxErr(ctx)
 		case <-budget:
 			return nil, errPublishTimeout
 		}
@@ -614,10 +737,19 @@ func (b *Bridge) publish(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, e
 		case <-wait.C:
 		case <-ctx.Done():
 			wait.Stop()
-			return nil, ctx.Err()
+			return nil, ctxErr(ctx)
 		case <-budget:
 			wait.Stop()
 			return nil, errPublishTimeout
 		}
 	}
+}
+
+// ctxErr is the error of the webhook's context: its deadline is the
+// publish timeout.
+func ctxErr(ctx context.Context) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return errPublishTimeout
+	}
+	return ctx.Err()
 }

@@ -14,11 +14,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloudevents/sdk-go/v2/extensions"
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kreabus/kreabus/internal/cetest"
 	"github.com/kreabus/kreabus/internal/ledger"
 	"github.com/kreabus/kreabus/internal/natstest"
 	"github.com/kreabus/kreabus/pkg/events"
@@ -61,13 +63,14 @@ type envOptions struct {
 	realLedger bool
 	noStream   bool   // do not create KREA_JOBS
 	natsURL    string // use this server instead of an embedded JetStream
+	maxPayload int32  // of the embedded server; 0: natstest's default
 }
 
 func newEnv(t testing.TB, o envOptions) *testEnv {
 	t.Helper()
 	url := o.natsURL
 	if url == "" {
-		url = natstest.RunServer(t).ClientURL()
+		url = natstest.RunServer(t, natstest.Options{MaxPayload: o.maxPayload}).ClientURL()
 	}
 	nc := natstest.Connect(t, url)
 	js, err := jetstream.New(nc)
@@ -124,7 +127,11 @@ func newEnv(t testing.TB, o envOptions) *testEnv {
 		t.Fatal(err)
 	}
 	e.tok, _ = events.NewTokenizer(cfg.Secret, cfg.SecretPrevious)
-	e.b.Server().ConnState = e.conns.hook
+	limit := e.b.Server().ConnState
+	e.b.Server().ConnState = func(c net.Conn, st http.ConnState) {
+		e.conns.hook(c, st)
+		limit(c, st)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -339,6 +346,18 @@ func checkEvent(t testing.TB, m jetstream.Msg, jobID string, status krea.Status,
 	}
 	if _, err := time.Parse(time.RFC3339Nano, h.Get(events.HeaderCETime)); err != nil {
 		t.Errorf("ce-time %q: %v", h.Get(events.HeaderCETime), err)
+	}
+	// As a CloudEvents consumer reads it, with the official SDK.
+	ev, err := cetest.Decode(h, m.Data())
+	if err != nil {
+		t.Fatalf("stored event is not a valid CloudEvent: %v", err)
+	}
+	if ev.ID() != msgID || ev.DataContentType() != "application/json" || string(ev.Data()) != string(body) {
+		t.Errorf("as a CloudEvent: id %q datacontenttype %q", ev.ID(), ev.DataContentType())
+	}
+	tp := h.Get(events.HeaderTraceParent)
+	if dt, ok := extensions.GetDistributedTracingExtension(*ev); ok != (tp != "") || dt.TraceParent != tp {
+		t.Errorf("tracing extension %+v, %v; traceparent %q", dt, ok, tp)
 	}
 }
 

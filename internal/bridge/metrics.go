@@ -81,6 +81,28 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, nil
 }
 
+// register adds the gauges read from b's limits when scraped: nothing is
+// counted twice on the hot path.
+func (m *metrics) register(reg prometheus.Registerer, b *Bridge) {
+	for _, c := range []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kreabus_bridge_body_bytes_in_flight",
+			Help: "Body bytes held by webhooks being handled (bounded by KREABUS_BODY_BUDGET).",
+		}, func() float64 { return float64(b.bodies.used.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kreabus_bridge_connections_open",
+			Help: "Open webhook connections (bounded by KREABUS_MAX_CONNS).",
+		}, func() float64 { return float64(b.conns.open.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "kreabus_bridge_connections_refused_total",
+			Help: "Webhook connections closed at accept because KREABUS_MAX_CONNS were open.",
+		}, func() float64 { return float64(b.conns.refused.Load()) }),
+	} {
+		// A second bridge on one registry (tests) keeps the first's.
+		_ = reg.Register(c)
+	}
+}
+
 // answer is a fixed HTTP answer: code, outcome and body resolved once, so
 // the hot path neither formats nor looks up label values.
 type answer struct {

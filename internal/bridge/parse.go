@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"unicode/utf8"
 
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
@@ -20,13 +21,26 @@ type Webhook struct {
 
 // Parse errors. Their text is the body of the 400 answer.
 var (
-	ErrNotJSON        = errors.New("body is not valid JSON")
-	ErrNotObject      = errors.New("body is not a JSON object")
-	ErrJobIDMissing   = errors.New("job_id is missing")
-	ErrJobIDInvalid   = errors.New("job_id is not a UUID")
-	ErrStatusMissing  = errors.New("status is missing")
-	ErrStatusInvalid  = errors.New("status is not a well-formed job status")
-	errFieldNotString = errors.New("job_id and status must be strings")
+	ErrNotJSON       = errors.New("body is not valid JSON")
+	ErrNotObject     = errors.New("body is not a JSON object")
+	ErrJobIDMissing  = errors.New("job_id is missing")
+	ErrJobIDInvalid  = errors.New("job_id is not a UUID")
+	ErrStatusMissing = errors.New("status is missing")
+	ErrStatusInvalid = errors.New("status is not a well-formed job status")
+	// ErrFieldNotString: job_id or status is a number, object, array,
+	// boolean or null. A null after a value would leave encoding/json
+	// with the value and other decoders with nothing.
+	ErrFieldNotString = errors.New("job_id and status must be strings")
+	// ErrFieldAmbiguous: job_id or status appears more than once, or under
+	// another letter case (JOB_ID, Status, ſtatus). encoding/json matches
+	// keys case-insensitively and takes the last one; case-sensitive
+	// decoders (most other languages) take the exact key: the two would
+	// read different jobs from one stored event.
+	ErrFieldAmbiguous = errors.New("job_id or status appears more than once or in another letter case")
+	// ErrNotUTF8: a string holds bytes that are not UTF-8. encoding/json
+	// replaces them, strict decoders (Python's json.loads) fail on the
+	// stored event.
+	ErrNotUTF8 = errors.New("body is not valid UTF-8")
 )
 
 // maxDepth is encoding/json's nesting limit: a body it refuses, we refuse.
@@ -34,13 +48,14 @@ const maxDepth = 10000
 
 // ParseWebhook validates body as JSON and extracts job_id and status.
 //
-// It is a single pass over the body, without building any value, and
-// accepts exactly what encoding/json accepts: the whole body must be valid
-// JSON (it is stored as the event, so garbage anywhere is refused), the top
-// level must be an object, and the two fields are read the way
-// json.Unmarshal into a struct reads them (keys matched case-insensitively,
-// escapes decoded, the last occurrence wins, null leaves a field unset), so
-// a consumer decoding the stored body sees the job and status the headers
+// It is a single pass over the body, without building any value. The body
+// is stored as the event and read by consumers in any language, so it
+// accepts only what every JSON decoder reads the same way: the whole body
+// must be valid JSON (RFC 8259, encoding/json's grammar) and valid UTF-8,
+// the top level must be an object, and job_id and status must each appear
+// exactly once, as strings, under exactly these keys (escapes decoded).
+// Then json.Unmarshal into a struct (case-insensitive keys, last one wins)
+// and a case-sensitive decoder both see the job and status the headers
 // name. job_id must be a UUID in the 8-4-4-4-12 form (it is returned in
 // lowercase); status must be krea.Status.Valid.
 func ParseWebhook(body []byte) (Webhook, error) {
@@ -63,8 +78,14 @@ func ParseWebhook(body []byte) (Webhook, error) {
 	if p.i != len(p.b) {
 		return Webhook{}, ErrNotJSON
 	}
+	if p.notUTF8 {
+		return Webhook{}, ErrNotUTF8
+	}
+	if jobID.ambiguous || status.ambiguous {
+		return Webhook{}, ErrFieldAmbiguous
+	}
 	if jobID.bad || status.bad {
-		return Webhook{}, errFieldNotString
+		return Webhook{}, ErrFieldNotString
 	}
 	var w Webhook
 	if !jobID.set {
@@ -96,10 +117,12 @@ func ParseWebhook(body []byte) (Webhook, error) {
 
 // field is a top-level string member found by the scanner.
 type field struct {
-	raw     []byte // between the quotes, as in the body
-	escaped bool   // raw holds escape sequences
-	set     bool   // a string value was seen
-	bad     bool   // a value that is neither a string nor null was seen
+	raw       []byte // between the quotes, as in the body
+	escaped   bool   // raw holds escape sequences
+	set       bool   // a string value was seen
+	seen      bool   // the key was seen (in any letter case)
+	bad       bool   // a value that is not a string was seen
+	ambiguous bool   // the key was seen twice, or in another letter case
 }
 
 // value returns the decoded string.
@@ -130,11 +153,13 @@ var (
 )
 
 // scanner is a JSON validator with the grammar of RFC 8259 as encoding/json
-// implements it (invalid UTF-8 inside strings is accepted, as json.Valid
-// does).
+// implements it. Invalid UTF-8 inside strings does not stop the scan (as
+// json.Valid accepts it) but is noted in notUTF8, so that a syntax error
+// later in the body still wins.
 type scanner struct {
-	b []byte
-	i int
+	b       []byte
+	i       int
+	notUTF8 bool
 }
 
 func (p *scanner) ws() {
@@ -172,11 +197,17 @@ func (p *scanner) topObject(jobID, status *field) bool {
 					return false
 				}
 			}
-			// encoding/json matches names with bytes.EqualFold semantics.
+			// encoding/json matches names with bytes.EqualFold semantics;
+			// only the exact name is unambiguous.
+			var exact bool
 			if bytes.EqualFold(key, keyJobID) {
-				target = jobID
+				target, exact = jobID, string(key) == string(keyJobID)
 			} else if bytes.EqualFold(key, keyStatus) {
-				target = status
+				target, exact = status, string(key) == string(keyStatus)
+			}
+			if target != nil {
+				target.ambiguous = target.ambiguous || target.seen || !exact
+				target.seen = true
 			}
 		}
 		p.ws()
@@ -197,10 +228,6 @@ func (p *scanner) topObject(jobID, status *field) bool {
 					return false
 				}
 				target.raw, target.escaped, target.set = p.b[vStart:p.i-1], vEsc, true
-			case 'n':
-				if !p.value(1) { // null leaves the field as it was
-					return false
-				}
 			default:
 				if !p.value(1) {
 					return false
@@ -374,16 +401,26 @@ func (p *scanner) str() (escaped, ok bool) {
 		case c < 0x20:
 			return false, false
 		default:
-			i++
+			// Non-ASCII: the rare path, off the plain loop. A run of
+			// non-ASCII bytes is checked at once.
+			j := i + 1
+			for j < len(b) && b[j] >= utf8.RuneSelf {
+				j++
+			}
+			if !utf8.Valid(b[i:j]) {
+				p.notUTF8 = true
+			}
+			i = j
 		}
 	}
 	return false, false
 }
 
-// plain marks the bytes a string holds as they are: not a quote, a
-// backslash or a control character.
+// plain marks the bytes a string holds as they are: printable ASCII but a
+// quote or a backslash. Non-ASCII bytes leave the fast loop to have their
+// UTF-8 checked.
 var plain = func() (t [256]bool) {
-	for c := 0x20; c < 256; c++ {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
 		t[c] = c != '"' && c != '\\'
 	}
 	return t

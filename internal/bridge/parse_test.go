@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -35,10 +36,7 @@ func TestParseWebhook(t *testing.T) {
 		{body: " \t\r\n" + string(sampleBody) + "\n ", jobID: sampleJobID, status: "completed"},
 		{body: `{"status":"failed","job_id":"3F1E8B5A-7C2D-4E9F-A1B0-5D6C7E8F9A0B"}`, jobID: sampleJobID, status: "failed"},
 		{body: `{"job\u005fid":"` + sampleJobID + `","status":"c\u006fmpleted"}`, jobID: sampleJobID, status: "completed"},
-		{body: `{"JOB_ID":"` + sampleJobID + `","Status":"cancelled"}`, jobID: sampleJobID, status: "cancelled"},
-		{body: `{"job_id":"` + sampleJobID + `","ſtatus":"queued"}`, jobID: sampleJobID, status: "queued"},
-		{body: `{"job_id":"` + sampleJobID + `","status":"failed","status":"completed"}`, jobID: sampleJobID, status: "completed"},
-		{body: `{"job_id":"` + sampleJobID + `","status":"completed","status":null}`, jobID: sampleJobID, status: "completed"},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed","s":"é✓😀","JobId":1,"job":"x","Statu":"y"}`, jobID: sampleJobID, status: "completed"},
 		{body: `{"job_id":"` + sampleJobID + `","status":"some-future-status"}`, jobID: sampleJobID, status: "some-future-status"},
 		{body: `{"job_id":"` + sampleJobID + `","status":"completed","x":` + deep(maxDepth-1) + `}`, jobID: sampleJobID, status: "completed"},
 		{body: `{"a":{"job_id":"x","status":"y"},"job_id":"` + sampleJobID + `","status":"failed","b":[{"status":"z"}]}`, jobID: sampleJobID, status: "failed"},
@@ -69,14 +67,27 @@ func TestParseWebhook(t *testing.T) {
 		{body: `"x"`, err: ErrNotObject},
 		{body: `12`, err: ErrNotObject},
 		{body: `{}`, err: ErrJobIDMissing},
-		{body: `{"job_id":null,"status":"completed"}`, err: ErrJobIDMissing},
+		{body: `{"job_id":null,"status":"completed"}`, err: ErrFieldNotString},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed","status":null}`, err: ErrFieldAmbiguous},
+		{body: `{"job_id":"` + sampleJobID + `","status":null}`, err: ErrFieldNotString},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed","job_id":null}`, err: ErrFieldAmbiguous},
+		{body: `{"JOB_ID":"` + sampleJobID + `","Status":"cancelled"}`, err: ErrFieldAmbiguous},
+		{body: `{"job_id":"` + sampleJobID + `","ſtatus":"queued"}`, err: ErrFieldAmbiguous},
+		{body: `{"job_id":"` + sampleJobID + `","status":"failed","status":"completed"}`, err: ErrFieldAmbiguous},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed","JOB_ID":"4d0e5f97-9721-4422-b88c-73a9032d7de1"}`, err: ErrFieldAmbiguous},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed","job\u005fid":"4d0e5f97-9721-4422-b88c-73a9032d7de1"}`, err: ErrFieldAmbiguous},
+		{body: "{\"job_id\":\"" + sampleJobID + "\",\"status\":\"completed\",\"s\":\"\xff\"}", err: ErrNotUTF8},
+		{body: "{\"job_id\":\"" + sampleJobID + "\",\"status\":\"completed\",\"\xc3\":1}", err: ErrNotUTF8},
+		{body: "{\"job_id\":\"" + sampleJobID + "\",\"status\":\"completed\",\"s\":[\"ok é\",\"\xed\xa0\x80\"]}", err: ErrNotUTF8},
+		{body: "{\"job_id\":\"" + sampleJobID + "\",\"status\":\"completed\",\"s\":\"\xe2\x9c\"}", err: ErrNotUTF8},
+		{body: "{\"job_id\":\"" + sampleJobID + "\",\"status\":\"completed\",\"s\":\"\xff\"", err: ErrNotJSON},
 		{body: `{"job_id":"","status":"completed"}`, err: ErrJobIDInvalid},
 		{body: `{"job_id":"3f1e8b5a7c2d4e9fa1b05d6c7e8f9a0b","status":"completed"}`, err: ErrJobIDInvalid},
 		{body: `{"job_id":"urn:uuid:` + sampleJobID + `","status":"completed"}`, err: ErrJobIDInvalid},
 		{body: `{"job_id":"3f1e8b5a-7c2d-4e9f-a1b0-5d6c7e8f9a0g","status":"completed"}`, err: ErrJobIDInvalid},
 		{body: `{"job_id":"3f1e8b5a_7c2d-4e9f-a1b0-5d6c7e8f9a0b","status":"completed"}`, err: ErrJobIDInvalid},
-		{body: `{"job_id":1,"status":"completed"}`, err: errFieldNotString},
-		{body: `{"job_id":"` + sampleJobID + `","status":["completed"]}`, err: errFieldNotString},
+		{body: `{"job_id":1,"status":"completed"}`, err: ErrFieldNotString},
+		{body: `{"job_id":"` + sampleJobID + `","status":["completed"]}`, err: ErrFieldNotString},
 		{body: `{"job_id":"` + sampleJobID + `"}`, err: ErrStatusMissing},
 		{body: `{"job_id":"` + sampleJobID + `","status":"completed.x"}`, err: ErrStatusInvalid},
 		{body: `{"job_id":"` + sampleJobID + `","status":">"}`, err: ErrStatusInvalid},
@@ -107,10 +118,13 @@ type stdWebhook struct {
 	Status string `json:"status"`
 }
 
-// checkParseInvariants compares ParseWebhook with encoding/json: it must
-// accept exactly the valid JSON objects whose job_id and status (as
-// json.Unmarshal reads them) are a UUID and a Valid status, and read the
-// same values.
+// checkParseInvariants compares ParseWebhook with two readers of the
+// stored body: encoding/json into a struct (keys matched
+// case-insensitively, the last one wins) and a case-sensitive decoder
+// (encoding/json into a map, as most other languages read JSON). It must
+// accept exactly the valid, UTF-8 JSON objects whose job_id and status
+// both readers read the same way and as a UUID and a Valid status: each
+// key present once, in exactly that spelling, with a string value.
 func checkParseInvariants(t testing.TB, body []byte) {
 	t.Helper()
 	w, err := ParseWebhook(body)
@@ -120,13 +134,21 @@ func checkParseInvariants(t testing.TB, body []byte) {
 	trimmed := bytes.TrimLeft(body, " \t\r\n")
 	isObject := valid && len(trimmed) > 0 && trimmed[0] == '{'
 	stdOK := isObject && stdErr == nil && isCanonicalUUID(std.JobID) && krea.Status(std.Status).Valid()
+	exact := readExact(t, body, isObject)
+	exactOK := exact.jobID != nil && exact.status != nil && exact.unambiguous &&
+		isCanonicalUUID(*exact.jobID) && krea.Status(*exact.status).Valid()
+	utf8OK := utf8.Valid(body)
 
 	if err == nil {
-		if !stdOK {
-			t.Fatalf("accepted %q that encoding/json reads as %+v (valid %v, err %v)", body, std, valid, stdErr)
+		if !stdOK || !exactOK || !utf8OK {
+			t.Fatalf("accepted %q that encoding/json reads as %+v (valid %v, err %v), a case-sensitive reader as %+v, UTF-8 %v",
+				body, std, valid, stdErr, exact, utf8OK)
 		}
 		if w.JobID != strings.ToLower(std.JobID) || string(w.Status) != std.Status {
 			t.Fatalf("%q: read %+v, encoding/json reads %+v", body, w, std)
+		}
+		if w.JobID != strings.ToLower(*exact.jobID) || string(w.Status) != *exact.status {
+			t.Fatalf("%q: read %+v, a case-sensitive reader reads %q, %q", body, w, *exact.jobID, *exact.status)
 		}
 		if !w.Status.Valid() {
 			t.Fatalf("%q: accepted invalid status %q", body, w.Status)
@@ -139,8 +161,8 @@ func checkParseInvariants(t testing.TB, body []byte) {
 		}
 		return
 	}
-	if stdOK {
-		t.Fatalf("refused %q (%v) that encoding/json reads as %+v", body, err, std)
+	if stdOK && exactOK && utf8OK {
+		t.Fatalf("refused %q (%v) that both readers read as %+v", body, err, std)
 	}
 	if errors.Is(err, ErrNotJSON) && valid {
 		t.Fatalf("%q: %v but json.Valid accepts it", body, err)
@@ -151,6 +173,80 @@ func checkParseInvariants(t testing.TB, body []byte) {
 	if errors.Is(err, ErrNotObject) && isObject {
 		t.Fatalf("%q: %v for an object", body, err)
 	}
+	if errors.Is(err, ErrNotUTF8) && utf8OK {
+		t.Fatalf("%q: %v for valid UTF-8", body, err)
+	}
+	if isObject && !utf8OK && !errors.Is(err, ErrNotUTF8) {
+		t.Fatalf("%q: %v, want %v", body, err, ErrNotUTF8)
+	}
+	if errors.Is(err, ErrFieldAmbiguous) && exact.unambiguous {
+		t.Fatalf("%q: %v but each key is there once, exactly spelled", body, err)
+	}
+	if isObject && utf8OK && !exact.unambiguous && !errors.Is(err, ErrFieldAmbiguous) {
+		t.Fatalf("%q: %v, want %v", body, err, ErrFieldAmbiguous)
+	}
+}
+
+// exactReading is what a case-sensitive decoder reads from a body.
+type exactReading struct {
+	jobID, status *string // nil: absent, or not a string
+	// unambiguous: no top-level key equals job_id or status ignoring
+	// case (bytes.EqualFold, as encoding/json) without equalling it
+	// exactly, and neither appears twice.
+	unambiguous bool
+}
+
+// readExact reads body's top level with encoding/json's tokenizer and into
+// a map (case-sensitive keys), independently of ParseWebhook.
+func readExact(t testing.TB, body []byte, isObject bool) exactReading {
+	t.Helper()
+	var r exactReading
+	if !isObject {
+		return r
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(body, &m); err != nil {
+		t.Fatalf("%q: valid object, but not into a map: %v", body, err)
+	}
+	str := func(raw json.RawMessage) *string {
+		var s string
+		if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
+			return nil
+		}
+		return &s
+	}
+	if raw, ok := m["job_id"]; ok {
+		r.jobID = str(raw)
+	}
+	if raw, ok := m["status"]; ok {
+		r.status = str(raw)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if _, err := dec.Token(); err != nil { // {
+		t.Fatalf("%q: %v", body, err)
+	}
+	counts := map[string]int{}
+	r.unambiguous = true
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			t.Fatalf("%q: %v", body, err)
+		}
+		key := tok.(string)
+		for _, name := range []string{"job_id", "status"} {
+			if strings.EqualFold(key, name) {
+				counts[name]++
+				if key != name || counts[name] > 1 {
+					r.unambiguous = false
+				}
+			}
+		}
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			t.Fatalf("%q: %v", body, err)
+		}
+	}
+	return r
 }
 
 func isCanonicalUUID(s string) bool {
@@ -332,10 +428,22 @@ func BenchmarkVerifyToken(b *testing.B) {
 }
 
 // TestFuzzCorpus keeps the committed seed corpus meaningful: the seeds
-// meant to be accepted still verify and parse.
+// meant to be accepted still verify and parse, and those meant to be
+// refused are refused for their reason.
 func TestFuzzCorpus(t *testing.T) {
 	tz, _ := events.NewTokenizer(fuzzSecret, fuzzPrevSecret)
-	for _, name := range []string{"valid_completed", "previous_secret_processing", "folded_escaped_keys"} {
+	for name, want := range map[string]error{
+		"valid_completed":            nil,
+		"previous_secret_processing": nil,
+		"escaped_keys":               nil,
+		"valid_utf8_values":          nil,
+		"folded_escaped_keys":        ErrFieldAmbiguous,
+		"folded_long_s":              ErrFieldAmbiguous,
+		"upper_case_repeat":          ErrFieldAmbiguous,
+		"null_after_value":           ErrFieldAmbiguous,
+		"invalid_utf8":               ErrNotUTF8,
+		"invalid_utf8_key":           ErrNotUTF8,
+	} {
 		raw, err := os.ReadFile(filepath.Join("testdata", "fuzz", "FuzzWebhook", name))
 		if err != nil {
 			t.Fatal(err)
@@ -352,8 +460,9 @@ func TestFuzzCorpus(t *testing.T) {
 		if _, err := tz.Verify(token); err != nil {
 			t.Errorf("%s: token: %v", name, err)
 		}
-		if w, err := ParseWebhook([]byte(body)); err != nil || w.JobID != sampleJobID {
-			t.Errorf("%s: %+v, %v", name, w, err)
+		w, err := ParseWebhook([]byte(body))
+		if !errors.Is(err, want) || (want == nil && w.JobID != sampleJobID) {
+			t.Errorf("%s: %+v, %v, want %v", name, w, err, want)
 		}
 	}
 }

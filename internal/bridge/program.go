@@ -23,9 +23,6 @@ import (
 // ConnectionName is the bridge's NATS connection name.
 const ConnectionName = "kreabus-bridge"
 
-// maxHeadersSize is room for an event's headers (metadata up to 4 KiB).
-const maxHeadersSize = 8 << 10
-
 // Program is cmd/bridge running: the bridge on its listener, its NATS
 // connection, the KREA_JOBS ensurer and the admin server. Start it, then
 // Shutdown it.
@@ -167,11 +164,12 @@ func (p *Program) ensureLoop(ctx context.Context) {
 		case err == nil:
 			p.setStreamErr(nil)
 			p.log.Info("stream ready", "stream", cfg.Name, "duplicate_window", cfg.Duplicates.String())
-			// An event is the body plus headers; a server that cannot take
-			// the largest body would turn it into a 503 forever.
-			if mp := p.nc.MaxPayload(); mp > 0 && int64(p.s.MaxBody)+maxHeadersSize > mp {
-				p.log.Warn("KREABUS_MAX_BODY is too close to the NATS server's max_payload: the largest webhooks cannot be stored",
-					"max_body", p.s.MaxBody, "max_payload", mp)
+			// An event is the body plus headers: a body the server cannot
+			// take is refused with 413 (never a 503 forever), below the
+			// configured limit if need be.
+			if limit := p.bridge.MaxBody(); limit < p.s.MaxBody {
+				p.log.Warn("KREABUS_MAX_BODY is above what the NATS server takes; lowered: larger webhooks get 413",
+					"max_body", p.s.MaxBody, "max_payload", p.nc.MaxPayload(), "header_room", HeaderRoom, "body_limit", limit)
 			}
 		case errors.Is(err, events.ErrIncompatibleStream):
 			p.setStreamErr(err)

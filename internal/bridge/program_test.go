@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -115,7 +116,34 @@ func TestProgramNATSRestart(t *testing.T) {
 	first := uuid.NewString()
 	programPost(t, p, "before", jobBody(first, krea.StatusCompleted)).ok(t)
 
+	// /readyz answers within 100 ms at the moment NATS dies and after,
+	// and turns 503.
+	probes := make(chan time.Duration, 1)
+	var probed atomic.Int32
+	go func() {
+		var slowest time.Duration
+		defer func() { probes <- slowest }()
+		for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+			start := time.Now()
+			code, _ := getStatus("http://" + p.AdminAddr() + "/readyz")
+			slowest = max(slowest, time.Since(start))
+			probed.Add(1)
+			if code == http.StatusServiceUnavailable {
+				return
+			}
+		}
+		slowest = time.Hour // never turned 503
+	}()
+	natstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if n := probed.Load(); n < 3 {
+			return fmt.Errorf("%d probes before NATS dies", n)
+		}
+		return nil
+	})
 	proc.Stop()
+	if slowest := <-probes; slowest > 100*time.Millisecond {
+		t.Errorf("slowest /readyz around NATS dying: %v", slowest)
+	}
 	waitReadyz(t, p, http.StatusServiceUnavailable)
 	for i := 0; i < 3; i++ {
 		start := time.Now()
@@ -372,14 +400,15 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{Secret: "x", Listen: DefaultListen, MaxBody: DefaultMaxBody, PublishTimeout: DefaultPublishTimeout,
-		MaxInFlight: DefaultMaxInFlight, ReadHeaderTimeout: DefaultReadHeaderTimeout, ReadTimeout: DefaultReadTimeout,
+		MaxInFlight: DefaultMaxInFlight, MaxInFlightPerToken: DefaultMaxInFlightPerToken, BodyBudget: DefaultBodyBudget,
+		MaxConns: DefaultMaxConns, ReadHeaderTimeout: DefaultReadHeaderTimeout, ReadTimeout: DefaultReadTimeout,
 		WriteTimeout: DefaultWriteTimeout, IdleTimeout: DefaultIdleTimeout, MaxHeaderBytes: DefaultMaxHeaderBytes,
 		ShutdownTimeout: DefaultShutdownTimeout}
 	if c != want {
 		t.Errorf("defaults %+v", c)
 	}
 	// The tag defaults agree with the code defaults.
-	s := testSettings(t, "nats://127.0.0.1:4222", map[string]string{"KREABUS_LISTEN": "", "KREABUS_PUBLISH_TIMEOUT": "5s"})
+	s := testSettings(t, "nats://127.0.0.1:4222", map[string]string{"KREABUS_LISTEN": "", "KREABUS_PUBLISH_TIMEOUT": DefaultPublishTimeout.String()})
 	s.Config.Listen = DefaultListen
 	want.Secret = testSecret
 	if s.Config != want {

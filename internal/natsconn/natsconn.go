@@ -148,7 +148,18 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, log *slog.Logger
 	for {
 		var err error
 		for _, c := range cfgs {
-			if _, err = events.EnsureStream(ctx, js, c); err != nil {
+			_, err = events.EnsureStream(ctx, js, c)
+			if errors.Is(err, events.ErrNoRePublish) {
+				// Usable as it is; only its followers wait. The shipped
+				// permissions let no program reconfigure KREA_JOBS: the
+				// operator adds it once.
+				log.Warn("stream lacks its RePublish and this user may not add it: core subscribers of its follow subjects hear nothing until an operator adds it",
+					"stream", c.Name, "source", c.RePublish.Source, "destination", c.RePublish.Destination,
+					"fix", "nats stream edit "+c.Name+" --republish-source '"+c.RePublish.Source+"' --republish-destination '"+c.RePublish.Destination+"'",
+					"err", err)
+				err = nil
+			}
+			if err != nil {
 				break
 			}
 		}

@@ -45,6 +45,8 @@ type Options struct {
 	StoreDir string
 	// SyncAlways sets sync_interval: always.
 	SyncAlways bool
+	// MaxPayload is the server's max_payload; 0 means 8 MiB.
+	MaxPayload int32
 }
 
 // RunServer starts an embedded JetStream server and shuts it down when the
@@ -62,15 +64,18 @@ func RunServer(t testing.TB, o ...Options) *server.Server {
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
-	sopts := &server.Options{
-		Host:      "127.0.0.1",
-		Port:      port,
-		NoLog:     true,
-		NoSigs:    true,
-		JetStream: true,
-		StoreDir:  opt.StoreDir,
+	if opt.MaxPayload == 0 {
 		// Tests publish bursts; keep the server from flagging them slow.
-		MaxPayload: 8 << 20,
+		opt.MaxPayload = 8 << 20
+	}
+	sopts := &server.Options{
+		Host:       "127.0.0.1",
+		Port:       port,
+		NoLog:      true,
+		NoSigs:     true,
+		JetStream:  true,
+		StoreDir:   opt.StoreDir,
+		MaxPayload: opt.MaxPayload,
 		SyncAlways: opt.SyncAlways,
 	}
 	s, err := server.NewServer(sopts)

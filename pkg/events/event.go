@@ -65,8 +65,8 @@ func NewJobMsg(h EventHeaders, body []byte) *nats.Msg {
 	}
 	status := string(h.Status)
 	// One backing array for every header value: this runs once per webhook.
-	vals := make([]string, 0, 15)
-	hdr := make(nats.Header, 15)
+	vals := make([]string, 0, 17)
+	hdr := make(nats.Header, 17)
 	// NATS headers are case-sensitive: names are written exactly as the
 	// contract spells them.
 	put := func(name, v string) {
@@ -93,15 +93,20 @@ func NewJobMsg(h EventHeaders, body []byte) *nats.Msg {
 	if h.ExtraJob {
 		put(HeaderExtraJob, "true")
 	}
-	if h.TraceParent != "" {
-		put(HeaderTraceParent, h.TraceParent)
-	}
 	put(HeaderCESpecVersion, CESpecVersion)
 	put(HeaderCEID, id)
 	put(HeaderCEType, CETypePrefix+status)
 	put(HeaderCESource, src)
 	var tb [40]byte
 	put(HeaderCETime, string(t.UTC().AppendFormat(tb[:0], time.RFC3339Nano)))
+	put(HeaderCEDataContentType, CEDataContentType)
+	if h.TraceParent != "" {
+		// Both the W3C header, for tracers that read NATS headers, and
+		// the CloudEvents distributed-tracing extension attribute, for
+		// CloudEvents SDKs.
+		put(HeaderTraceParent, h.TraceParent)
+		put(HeaderCETraceParent, h.TraceParent)
+	}
 	return &nats.Msg{Subject: JobSubject(h.Status), Data: body, Header: hdr}
 }
 

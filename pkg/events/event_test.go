@@ -77,6 +77,8 @@ func TestNewJobMsgHeaders(t *testing.T) {
 		"ce-type":            {"ai.krea.job.completed"},
 		"ce-source":          {"kreabus"},
 		"ce-time":            {"2026-03-01T11:30:45.123456789Z"},
+		"ce-datacontenttype": {"application/json"},
+		"ce-traceparent":     {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
 	}
 	if !maps.EqualFunc(m.Header, want, slices.Equal) {
 		t.Errorf("headers\n got %v\nwant %v", m.Header, want)
@@ -95,7 +97,7 @@ func TestNewJobMsgVariants(t *testing.T) {
 	if m.Header.Get("ce-type") != "ai.krea.job.processing" || m.Header.Get("ce-source") != "kreabus/reconciler" || m.Header.Get("Kreabus-Source") != "poll" {
 		t.Errorf("headers %v", m.Header)
 	}
-	for _, name := range []string{"Kreabus-Request-Id", "Kreabus-Metadata", "traceparent", "Kreabus-Reason"} {
+	for _, name := range []string{"Kreabus-Request-Id", "Kreabus-Metadata", "traceparent", "ce-traceparent", "Kreabus-Reason"} {
 		if _, ok := m.Header[name]; ok {
 			t.Errorf("%s set though empty", name)
 		}

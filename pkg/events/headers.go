@@ -15,15 +15,26 @@ const (
 	// request: Krea made two jobs for one request (an answer was lost, or
 	// an uncertain call was sent again). Such events are stored, never
 	// dropped, so the result that was paid for reaches its consumers.
-	HeaderExtraJob    = "Kreabus-Extra-Job"
+	HeaderExtraJob = "Kreabus-Extra-Job"
+	// HeaderTraceParent is the W3C trace context header, carried on from
+	// the webhook that brought the event.
 	HeaderTraceParent = "traceparent"
 
-	// CloudEvents NATS binary-mode headers.
-	HeaderCESpecVersion = "ce-specversion"
-	HeaderCEID          = "ce-id"
-	HeaderCEType        = "ce-type"
-	HeaderCESource      = "ce-source"
-	HeaderCETime        = "ce-time"
+	// CloudEvents NATS binary-mode headers: every attribute is a header
+	// named ce-<attribute>; the body is the event's data.
+	HeaderCESpecVersion     = "ce-specversion"
+	HeaderCEID              = "ce-id"
+	HeaderCEType            = "ce-type"
+	HeaderCESource          = "ce-source"
+	HeaderCETime            = "ce-time"
+	HeaderCEDataContentType = "ce-datacontenttype"
+	// HeaderCETraceParent is the distributed-tracing extension's
+	// traceparent attribute, the same value as HeaderTraceParent.
+	HeaderCETraceParent = "ce-traceparent"
+
+	// CEDataContentType is the ce-datacontenttype of every event: bodies
+	// are JSON (Krea's job object, or kreabus' rejection).
+	CEDataContentType = "application/json"
 
 	// CESpecVersion is the CloudEvents version kreabus emits.
 	CESpecVersion = "1.0"

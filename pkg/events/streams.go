@@ -74,6 +74,7 @@ func JobsStreamConfig(o StreamOptions) jetstream.StreamConfig {
 		MaxAge:      o.JobsMaxAge,
 		Duplicates:  dup,
 		Discard:     jetstream.DiscardOld,
+		RePublish:   &jetstream.RePublish{Source: JobsSubjects, Destination: FollowSubjects},
 	}
 }
 
@@ -81,10 +82,20 @@ func JobsStreamConfig(o StreamOptions) jetstream.StreamConfig {
 // with a configuration kreabus cannot work with.
 var ErrIncompatibleStream = errors.New("events: existing stream is incompatible")
 
+// ErrNoRePublish is returned by EnsureStream when an existing stream lacks
+// the RePublish its configuration asks for and could not be given it (a
+// user without the right to update the stream): the stream works, but
+// followers of the republished subjects hear nothing until someone
+// allowed to update it (an operator) adds it.
+var ErrNoRePublish = errors.New("events: existing stream lacks its RePublish")
+
 // EnsureStream creates the stream when missing and checks it when present.
 // An existing stream is left alone unless it is incompatible (other
 // subjects or retention), which is an error: changing an operator's stream
-// behind their back is not ours to do.
+// behind their back is not ours to do. The one change made is adding a
+// missing RePublish (KREA_JOBS' follow subjects, added after its first
+// release): it changes nothing stored, and an update that is refused
+// gives ErrNoRePublish with the stream.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	s, err := js.Stream(ctx, cfg.Name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -96,7 +107,19 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.Str
 	if err != nil {
 		return nil, fmt.Errorf("events: stream %s: %w", cfg.Name, err)
 	}
-	return s, CheckStream(s.CachedInfo().Config, cfg)
+	have := s.CachedInfo().Config
+	if err := CheckStream(have, cfg); err != nil {
+		return s, err
+	}
+	if cfg.RePublish != nil && have.RePublish == nil {
+		have.RePublish = cfg.RePublish
+		updated, err := js.UpdateStream(ctx, have)
+		if err != nil {
+			return s, fmt.Errorf("%w: %s to %s: %w", ErrNoRePublish, cfg.Name, cfg.RePublish.Destination, err)
+		}
+		s = updated
+	}
+	return s, nil
 }
 
 // CheckStream reports whether an existing stream configuration is

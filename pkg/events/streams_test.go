@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kreabus/kreabus/internal/natstest"
@@ -196,5 +197,88 @@ func TestEnsureStreamsReportsBoth(t *testing.T) {
 	var joined interface{ Unwrap() []error }
 	if !errors.As(err, &joined) || len(joined.Unwrap()) != 2 {
 		t.Errorf("want both streams reported, got %v", err)
+	}
+}
+
+// TestFollowSubjects: KREA_JOBS republishes what it stores to
+// kreabus.events.<status>: a core subscriber there hears an event
+// published twice once (a subscriber of krea.jobs.> hears both publishes),
+// with the event's headers and its stream sequence. A KREA_JOBS made
+// without the RePublish (an older release) gets it, and nothing else
+// changes.
+func TestFollowSubjects(t *testing.T) {
+	s := natstest.RunServer(t)
+	nc := natstest.Connect(t, s.ClientURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	old := JobsStreamConfig(StreamOptions{JobsMaxAge: 48 * time.Hour})
+	old.RePublish = nil
+	if _, err := js.CreateStream(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	st, err := EnsureStream(ctx, js, JobsStreamConfig(StreamOptions{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	if cfg.RePublish == nil || cfg.RePublish.Source != JobsSubjects || cfg.RePublish.Destination != FollowSubjects || cfg.MaxAge != 48*time.Hour {
+		t.Fatalf("after EnsureStream: RePublish %+v, MaxAge %v", cfg.RePublish, cfg.MaxAge)
+	}
+
+	follow := make(chan *nats.Msg, 16)
+	raw := make(chan *nats.Msg, 16)
+	if _, err := nc.ChanSubscribe(FollowSubjects, follow); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nc.ChanSubscribe(JobsSubjects, raw); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	const jobID = "4d0e5f97-9721-4422-b88c-73a9032d7de1"
+	ev := func(id string) *nats.Msg {
+		return NewJobMsg(EventHeaders{JobID: id, Status: "completed", RequestID: "req-1", Source: SourceWebhook}, []byte(`{"job_id":"`+id+`"}`))
+	}
+	for i := range 2 {
+		ack, err := js.PublishMsg(ctx, ev(jobID))
+		if err != nil || ack.Duplicate != (i == 1) {
+			t.Fatalf("publish %d: %+v, %v", i, ack, err)
+		}
+	}
+	// A last event: once it is heard, anything before it has been.
+	const lastID = "5e1f6a08-0832-4533-c99d-84b0143e8ef2"
+	if _, err := js.PublishMsg(ctx, ev(lastID)); err != nil {
+		t.Fatal(err)
+	}
+	collect := func(ch chan *nats.Msg) []*nats.Msg {
+		var got []*nats.Msg
+		for {
+			select {
+			case m := <-ch:
+				got = append(got, m)
+				if m.Header.Get(HeaderJobID) == lastID {
+					return got
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("the last event never came; got %d", len(got))
+			}
+		}
+	}
+	got := collect(follow)
+	if len(got) != 2 || got[0].Header.Get(HeaderJobID) != jobID {
+		t.Fatalf("follow subject: %d events, want 2 (the repeat dropped)", len(got))
+	}
+	m := got[0]
+	if m.Subject != FollowPrefix+"completed" || m.Header.Get(HeaderMsgID) != jobID || m.Header.Get("Nats-Sequence") != "1" ||
+		m.Header.Get("Nats-Subject") != "krea.jobs.completed" || m.Header.Get(HeaderCEType) != "ai.krea.job.completed" ||
+		string(m.Data) != `{"job_id":"`+jobID+`"}` {
+		t.Errorf("republished event: %s %v %q", m.Subject, m.Header, m.Data)
+	}
+	if n := len(collect(raw)); n != 3 {
+		t.Errorf("krea.jobs.> subscriber heard %d publishes, want 3 (core NATS delivers the repeat too)", n)
 	}
 }

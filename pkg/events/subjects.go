@@ -21,6 +21,16 @@ const (
 	// JobsSubjects is the filter of the KREA_JOBS stream.
 	JobsSubjects = "krea.jobs.>"
 
+	// FollowPrefix is the prefix of the de-duplicated follow subjects:
+	// KREA_JOBS republishes every event it stores (stream RePublish) to
+	// FollowPrefix+<status>, so a core NATS subscriber, without a
+	// consumer, hears each stored event once. A publish JetStream dropped
+	// as a duplicate is never stored, so never republished; a subscriber
+	// of krea.jobs.> would hear it (core NATS delivers every publish).
+	FollowPrefix = "kreabus.events."
+	// FollowSubjects is the wildcard of every follow subject.
+	FollowSubjects = "kreabus.events.>"
+
 	// StatusSubmitted and StatusRejected are the two event statuses kreabus
 	// adds to Krea's own: the API accepted a request, or it never became a job.
 	StatusSubmitted krea.Status = "submitted"

@@ -228,8 +228,10 @@ func (c *Client) ListJobs(ctx context.Context, opts ListOptions) (*JobList, erro
 }
 
 // CancelJob cancels a job that has not finished yet (DELETE /jobs/{id}).
-// Cancelled jobs are not billed. Cancelling a finished job is refused by the
-// API with a 4xx (an *APIError matching ErrInvalidRequest).
+// Cancelled jobs are not billed. A job that already finished is left as
+// it is: Krea's document lists only 200 and 404 here, so nil does not
+// prove the job was cancelled (GetJob tells); should the API refuse with
+// a 4xx instead, the error is an *APIError matching ErrInvalidRequest.
 func (c *Client) CancelJob(ctx context.Context, id string) error {
 	p, err := jobPath(id)
 	if err != nil {

@@ -126,8 +126,9 @@ type Config struct {
 // Faults are the simulator's misbehaviours. Rates are probabilities in
 // [0, 1], rolled independently per request, job or webhook.
 type Faults struct {
-	// Rate429 answers a request 429 "Maximum number of concurrent jobs
-	// reached" without doing anything. Rate5xx answers 500, 502 or 503
+	// Rate429 answers a submission 429 "Maximum number of concurrent jobs
+	// reached" without doing anything (Krea's document has 429 on
+	// submissions only). Rate5xx answers any request 500, 502 or 503
 	// without doing anything.
 	Rate429 float64
 	Rate5xx float64

@@ -40,16 +40,32 @@ type simJob struct {
 	done       chan struct{} // closed when the job reaches a terminal state
 }
 
-// jobBody is a job object on the wire. Field order follows Krea's examples.
+// jobBody is a job object on the wire (GET /jobs/{id}, GET /jobs, the
+// webhook). Field order follows Krea's examples. Krea's OpenAPI document
+// types completed_at as a date-time and result as an object, neither
+// nullable nor required: a job that has not ended has neither, so they
+// are left out rather than null.
 type jobBody struct {
 	JobID         string         `json:"job_id"`
 	Status        krea.Status    `json:"status"`
 	Type          string         `json:"type,omitempty"`
 	CreatedAt     string         `json:"created_at"`
-	CompletedAt   *string        `json:"completed_at"`
-	Result        *resultBody    `json:"result"`
+	CompletedAt   *string        `json:"completed_at,omitempty"`
+	Result        *resultBody    `json:"result,omitempty"`
 	Error         *krea.JobError `json:"error,omitempty"`
 	EstimatedTime *float64       `json:"estimated_time,omitempty"`
+}
+
+// submitAnswer is the answer to a submission. The document requires
+// completed_at and result there, both null: the job is pending.
+type submitAnswer struct {
+	JobID         string      `json:"job_id"`
+	Status        krea.Status `json:"status"`
+	Type          string      `json:"type,omitempty"`
+	CreatedAt     string      `json:"created_at"`
+	CompletedAt   *string     `json:"completed_at"` // always null
+	Result        *resultBody `json:"result"`       // always null
+	EstimatedTime *float64    `json:"estimated_time,omitempty"`
 }
 
 type resultBody struct {
@@ -212,11 +228,12 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request, ep endpoin
 		s.writeRetryable(w, http.StatusBadGateway, f)
 		return
 	}
+	a := submitAnswer{JobID: b.JobID, Status: b.Status, Type: b.Type, CreatedAt: b.CreatedAt}
 	if s.cfg.ExtraFields {
 		est := (s.cfg.QueueTime + s.cfg.RunTime).Seconds()
-		b.EstimatedTime = &est
+		a.EstimatedTime = &est
 	}
-	out, _ := json.Marshal(b)
+	out, _ := json.Marshal(a)
 	writeJSON(w, http.StatusOK, out)
 }
 
@@ -338,9 +355,10 @@ func (s *Server) handleGetJob(w http.ResponseWriter, id string) {
 	writeJSON(w, http.StatusOK, b)
 }
 
-// handleCancel cancels a job that has not ended. Krea's spec documents only
-// 200 and 404 for DELETE /jobs/{id}; for a job that already ended the
-// simulator answers 409, which a client must treat as final either way.
+// handleCancel cancels a job that has not ended. Krea's document lists
+// only 200 and 404 for DELETE /jobs/{id}: a job that already ended is
+// left as it is and answered 200 with its state, whose status tells the
+// caller it was not cancelled.
 func (s *Server) handleCancel(w http.ResponseWriter, id string) {
 	s.mu.Lock()
 	j, ok := s.jobs[id]
@@ -349,13 +367,9 @@ func (s *Server) handleCancel(w http.ResponseWriter, id string) {
 		writeError(w, http.StatusNotFound, "Job not found")
 		return
 	}
-	if j.status.IsTerminal() {
-		st := j.status
-		s.mu.Unlock()
-		writeError(w, http.StatusConflict, "Job is already "+string(st))
-		return
+	if !j.status.IsTerminal() {
+		s.finishLocked(j, krea.StatusCancelled, "")
 	}
-	s.finishLocked(j, krea.StatusCancelled, "")
 	b := s.jsonLocked(j)
 	s.mu.Unlock()
 	writeJSON(w, http.StatusOK, b)

@@ -304,7 +304,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	fault := 0
 	switch {
-	case s.rollLocked(f.Rate429):
+	case submit && s.rollLocked(f.Rate429): // the document has 429 on submissions only
 		fault = http.StatusTooManyRequests
 	case s.rollLocked(f.Rate5xx):
 		fault = []int{http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable}[s.rng.IntN(3)]
