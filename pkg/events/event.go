@@ -134,6 +134,9 @@ type Event struct {
 	Job  krea.Job
 	Raw  []byte
 	Time time.Time
+	// Mirrored is the body of a krea.jobs.mirrored event (Job is empty
+	// then); see Objects.
+	Mirrored *Mirrored
 }
 
 // DecodeEvent decodes a job event from its subject, headers and body.
@@ -153,6 +156,20 @@ func DecodeEvent(subject string, h nats.Header, data []byte) (*Event, error) {
 	}
 	if t, err := time.Parse(time.RFC3339Nano, h.Get(HeaderCETime)); err == nil {
 		e.Time = t
+	}
+	if e.Status == StatusMirrored {
+		m, err := decodeMirrored(data)
+		if err != nil {
+			return e, fmt.Errorf("events: decode %s event body: %w", subject, err)
+		}
+		e.Mirrored = m
+		if e.JobID == "" {
+			e.JobID = m.JobID
+		}
+		if e.RequestID == "" {
+			e.RequestID = m.RequestID
+		}
+		return e, nil
 	}
 	if len(data) > 0 {
 		if e.Status == StatusRejected {

@@ -18,6 +18,12 @@ const (
 	HeaderExtraJob    = "Kreabus-Extra-Job"
 	HeaderTraceParent = "traceparent"
 
+	// HeaderContentType and HeaderSourceURL are headers of the objects the
+	// mirror stores in the results bucket: the media type the result was
+	// served with and the URL it was copied from.
+	HeaderContentType = "Content-Type"
+	HeaderSourceURL   = "Kreabus-Source-Url"
+
 	// CloudEvents NATS binary-mode headers.
 	HeaderCESpecVersion = "ce-specversion"
 	HeaderCEID          = "ce-id"
@@ -41,4 +47,6 @@ const (
 	SourceWebhook   Source = "webhook"
 	SourcePoll      Source = "poll"
 	SourceSubmitter Source = "submitter"
+	// SourceMirror marks the krea.jobs.mirrored events of the mirror.
+	SourceMirror Source = "mirror"
 )
