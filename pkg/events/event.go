@@ -130,6 +130,8 @@ type Event struct {
 	// ExtraJob is set on the events of a second job of the request
 	// (Kreabus-Extra-Job: true): Krea made, and charged, two jobs for it.
 	ExtraJob bool
+	// TraceParent is the W3C traceparent the event carries, if any.
+	TraceParent string
 	// Job is the decoded body; Raw the body as stored.
 	Job  krea.Job
 	Raw  []byte
@@ -150,6 +152,8 @@ func DecodeEvent(subject string, h nats.Header, data []byte) (*Event, error) {
 		Reason:    h.Get(HeaderReason),
 		ExtraJob:  h.Get(HeaderExtraJob) == "true",
 		Raw:       data,
+
+		TraceParent: h.Get(HeaderTraceParent),
 	}
 	if md := h.Get(HeaderMetadata); md != "" {
 		e.Metadata = json.RawMessage(md)
