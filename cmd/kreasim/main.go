@@ -84,6 +84,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (krea
 	fs.DurationVar(&f.LateWebhookDelay, "late-webhook-delay", kreatest.DefaultLateWebhookDelay, "how long a late webhook is held back")
 	fs.BoolVar(&f.ResultNotFound, "result-not-found", false, "answer 404 for every result file")
 	fs.DurationVar(&f.ResultLatency, "result-latency", 0, "delay before each result file's answer")
+	fs.Int64Var(&f.ResultStallAfter, "result-stall-after", 0, "stop sending a result file after this many bytes (0: never)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, "", err
 	}

@@ -24,7 +24,8 @@ import (
 const (
 	// MaxRedirects bounds the redirects one download follows.
 	MaxRedirects = 5
-	// dialTimeout and tlsTimeout bound connecting; IdleTimeout the rest.
+	// dialTimeout and tlsTimeout bound connecting; the idle watchdog the
+	// wait for the answer and every byte of it.
 	dialTimeout = 10 * time.Second
 	tlsTimeout  = 10 * time.Second
 )

@@ -176,8 +176,11 @@ type Faults struct {
 	LateWebhookDelay     time.Duration
 	// ResultNotFound answers 404 for every result file, as a CDN does
 	// for an expired URL. ResultLatency delays each result file's answer.
-	ResultNotFound bool
-	ResultLatency  time.Duration
+	// ResultStallAfter, when positive, stops sending a result file after
+	// that many bytes until the client gives up: a stuck download.
+	ResultNotFound   bool
+	ResultLatency    time.Duration
+	ResultStallAfter int64
 }
 
 // Retirement is what a retired model's 410 answer says.
@@ -200,7 +203,7 @@ func (f Faults) validate() error {
 			return fmt.Errorf("kreatest: %s %v is not a probability in [0, 1]", name, r)
 		}
 	}
-	if f.Latency < 0 || f.LatencyJitter < 0 || f.RetryAfter < 0 || f.LateWebhookDelay < 0 || f.ResultLatency < 0 {
+	if f.Latency < 0 || f.LatencyJitter < 0 || f.RetryAfter < 0 || f.LateWebhookDelay < 0 || f.ResultLatency < 0 || f.ResultStallAfter < 0 {
 		return errors.New("kreatest: negative fault duration")
 	}
 	return nil

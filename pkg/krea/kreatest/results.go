@@ -2,6 +2,7 @@ package kreatest
 
 import (
 	"bytes"
+	"errors"
 	"encoding/binary"
 	"hash/crc32"
 	"image"
@@ -109,7 +110,40 @@ func (s *Server) serveResult(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodHead {
 		return
 	}
-	_ = body.writeTo(w)
+	var out io.Writer = w
+	if faults.ResultStallAfter > 0 {
+		out = &stallWriter{w: w, left: faults.ResultStallAfter, stop: r.Context().Done(), s: s}
+	}
+	_ = body.writeTo(out)
+}
+
+// stallWriter passes left bytes on, then blocks until stop or the server
+// closes.
+type stallWriter struct {
+	w    io.Writer
+	left int64
+	stop <-chan struct{}
+	s    *Server
+}
+
+func (sw *stallWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) <= sw.left {
+		sw.left -= int64(len(p))
+		return sw.w.Write(p)
+	}
+	n, err := sw.w.Write(p[:sw.left])
+	sw.left = 0
+	if err != nil {
+		return n, err
+	}
+	if f, ok := sw.w.(http.Flusher); ok {
+		f.Flush()
+	}
+	select {
+	case <-sw.stop:
+	case <-sw.s.ctx.Done():
+	}
+	return n, errors.New("kreatest: result download stalled")
 }
 
 // ResultDownloads is how many times the result file at url (a URL the

@@ -128,6 +128,19 @@ func TestResultFaultsAndBase(t *testing.T) {
 	if resp, _ := get(t, local); resp.StatusCode != 200 || time.Since(start) < 200*time.Millisecond {
 		t.Errorf("ResultLatency: %d after %v", resp.StatusCode, time.Since(start))
 	}
+	srv.SetFaults(kreatest.Faults{ResultStallAfter: 100})
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, local, nil)
+	if resp, err := http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	} else {
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if len(b) != 100 || err == nil {
+			t.Errorf("ResultStallAfter: read %d bytes, err %v", len(b), err)
+		}
+	}
 	if _, err := kreatest.New(kreatest.Config{ResultsURL: "ftp://x"}); err == nil {
 		t.Error("ftp ResultsURL accepted")
 	}
