@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/kreabus/kreabus/internal/admin"
@@ -67,6 +68,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.TTL == 0 {
 		c.TTL = DefaultTTL
+	}
+	if strings.TrimSpace(c.AllowHosts) == "" {
+		c.AllowHosts = DefaultAllowHosts
 	}
 	if c.MaxBytes == 0 {
 		c.MaxBytes = DefaultMaxBytes
