@@ -97,7 +97,6 @@ func NewFetcher(cfg FetchConfig) *Fetcher {
 		DialContext:            d.DialContext,
 		TLSClientConfig:        &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout:    tlsTimeout,
-		ResponseHeaderTimeout:  cfg.IdleTimeout,
 		ForceAttemptHTTP2:      true,
 		MaxIdleConns:           16,
 		MaxIdleConnsPerHost:    4,
@@ -142,7 +141,7 @@ func (f *Fetcher) Open(ctx context.Context, rawURL string) (*Download, error) {
 		return nil, &FetchError{URL: shown, Err: err}
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.cfg.Timeout)
-	w := newWatchdog(f.cfg.IdleTimeout, cancel)
+	w := newWatchdog(f.cfg.IdleTimeout, f.cfg.Timeout, cancel)
 	fail := func(err error) (*Download, error) {
 		w.stop()
 		cancel()
@@ -182,7 +181,7 @@ func (f *Fetcher) classify(shown string, err error, w *watchdog) *FetchError {
 		return &FetchError{URL: shown, Err: err}
 	case w.fired():
 		return &FetchError{URL: shown, Retryable: true, Err: ErrStalled}
-	case errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, context.DeadlineExceeded) && w.expired():
 		return &FetchError{URL: shown, Retryable: true, Err: fmt.Errorf("KREABUS_RESULTS_TIMEOUT (%v) passed", f.cfg.Timeout)}
 	}
 	var ue *url.Error
@@ -254,10 +253,11 @@ type watchdog struct {
 	mu     sync.Mutex
 	didIt  bool
 	cancel context.CancelFunc
+	end    time.Time // when the attempt's KREABUS_RESULTS_TIMEOUT passes
 }
 
-func newWatchdog(d time.Duration, cancel context.CancelFunc) *watchdog {
-	w := &watchdog{d: d, cancel: cancel}
+func newWatchdog(d, total time.Duration, cancel context.CancelFunc) *watchdog {
+	w := &watchdog{d: d, cancel: cancel, end: time.Now().Add(total)}
 	w.t = time.AfterFunc(d, func() {
 		w.mu.Lock()
 		w.didIt = true
@@ -267,8 +267,9 @@ func newWatchdog(d time.Duration, cancel context.CancelFunc) *watchdog {
 	return w
 }
 
-func (w *watchdog) kick() { w.t.Reset(w.d) }
-func (w *watchdog) stop() { w.t.Stop() }
+func (w *watchdog) kick()         { w.t.Reset(w.d) }
+func (w *watchdog) expired() bool { return !time.Now().Before(w.end) }
+func (w *watchdog) stop()         { w.t.Stop() }
 func (w *watchdog) fired() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -281,8 +281,14 @@ type readErr struct {
 	err error
 }
 
+// Read fills p whole (or reaches the end): the Object Store makes one
+// chunk of every Read, and a socket hands out whatever arrived, so without
+// this a result would be stored in many small chunks, each a message.
 func (r *readErr) Read(p []byte) (int, error) {
-	n, err := r.r.Read(p)
+	n, err := io.ReadFull(r.r, p)
+	if err == io.ErrUnexpectedEOF {
+		err = io.EOF // a short last chunk
+	}
 	if err != nil && err != io.EOF {
 		var fe *FetchError
 		if errors.As(err, &fe) {
