@@ -253,11 +253,14 @@ func (mr *Mirror) download(ctx context.Context, ev *events.Event, jobID, name, r
 	if ev.RequestID != "" {
 		h.Set(events.HeaderRequestID, ev.RequestID)
 	}
-	src := &readErr{r: d.Body}
+	ahead := newPrefetch(d.Body)
+	defer ahead.Close() // before the body's Close (defers run last first)
+	src := &readErr{r: ahead}
 	info, err := mr.obs.Put(ctx, jetstream.ObjectMeta{
 		Name:        name,
 		Description: "result of Krea job " + jobID,
 		Headers:     h,
+		Opts:        &jetstream.ObjectMetaOptions{ChunkSize: chunkSize},
 	}, src)
 	if err != nil {
 		if src.err != nil {
