@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 #
-# One image, two programs: /bridge and /submitter. The Kubernetes manifests
+# One image, three programs: /bridge, /submitter and /mirror. The Kubernetes manifests
 # pick one with `command:`; locally:
 #
 #   docker build -t ghcr.io/kreabus/kreabus:0.1.0 .
@@ -26,13 +26,14 @@ COPY . .
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     GOOS=$TARGETOS GOARCH=$TARGETARCH \
-    go build -trimpath -ldflags "-s -w" -o /out/ ./cmd/bridge ./cmd/submitter
+    go build -trimpath -ldflags "-s -w" -o /out/ ./cmd/bridge ./cmd/submitter ./cmd/mirror
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/bridge /bridge
 COPY --from=build /out/submitter /submitter
+COPY --from=build /out/mirror /mirror
 USER 65532:65532
-# 8080: webhooks (bridge only); 9090: /metrics, /healthz, /readyz (both).
+# 8080: webhooks (bridge only); 9090: /metrics, /healthz, /readyz (all).
 EXPOSE 8080 9090
 # Default program: the bridge. The manifests always name one with `command:`.
 CMD ["/bridge"]

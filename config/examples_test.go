@@ -11,6 +11,7 @@ import (
 
 	"github.com/kreabus/kreabus/internal/bridge"
 	"github.com/kreabus/kreabus/internal/config"
+	"github.com/kreabus/kreabus/internal/mirror"
 	"github.com/kreabus/kreabus/internal/submitter"
 )
 
@@ -26,6 +27,7 @@ func TestExampleFilesLoad(t *testing.T) {
 	}{
 		{"bridge.yaml", &bridge.Settings{}},
 		{"submitter.yaml", &submitter.Settings{}},
+		{"mirror.yaml", &mirror.Settings{}},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			if err := config.Load(tc.dst, "example", []string{"--config", tc.file}, env); err != nil {
@@ -51,6 +53,7 @@ func TestREADMESettingsTable(t *testing.T) {
 	table := config.Markdown(
 		config.Program{Name: "bridge", Settings: &bridge.Settings{}},
 		config.Program{Name: "submitter", Settings: &submitter.Settings{}},
+		config.Program{Name: "mirror", Settings: &mirror.Settings{}},
 	)
 	readme, err := os.ReadFile("../README.md")
 	if err != nil {

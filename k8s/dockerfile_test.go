@@ -101,7 +101,7 @@ func TestDockerfile(t *testing.T) {
 		t.Errorf("final stage is %s, want %s", froms[len(froms)-1], want)
 	}
 
-	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", `-ldflags "-s -w"`, "./cmd/bridge", "./cmd/submitter"} {
+	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", `-ldflags "-s -w"`, "./cmd/bridge", "./cmd/submitter", "./cmd/mirror"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("Dockerfile: build lacks %s", want)
 		}

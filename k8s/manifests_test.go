@@ -56,6 +56,7 @@ const (
 	httpsPort        = int32(443)
 	bridgeCommand    = "/bridge"
 	submitterCommand = "/submitter"
+	mirrorCommand    = "/mirror"
 )
 
 // ---------------------------------------------------------------------------
@@ -248,7 +249,7 @@ func checkManifests(m *manifests, opts checkOptions) []error {
 	return c.errs
 }
 
-// component tells the two programs apart by the command they run.
+// component tells the programs apart by the command they run.
 func component(d *appsv1.Deployment) string {
 	for _, ctr := range d.Spec.Template.Spec.Containers {
 		if len(ctr.Command) > 0 {
@@ -257,6 +258,8 @@ func component(d *appsv1.Deployment) string {
 				return "bridge"
 			case submitterCommand:
 				return "submitter"
+			case mirrorCommand:
+				return "mirror"
 			}
 		}
 	}
@@ -368,6 +371,9 @@ func (c *checker) checkWorkloads() {
 	}
 	if c.deployment("submitter") == nil {
 		c.errorf("no Deployment runs %s", submitterCommand)
+	}
+	if c.deployment("mirror") == nil {
+		c.errorf("no Deployment runs %s", mirrorCommand)
 	}
 	for _, d := range c.m.deployments {
 		name := "Deployment " + d.Name
@@ -815,6 +821,7 @@ func (c *checker) checkNetworkPolicies() {
 	allowed := map[string]struct{ in, out []int32 }{
 		"bridge":    {in: []int32{webhookPort, adminPort}, out: []int32{natsClientPort, dnsPort}},
 		"submitter": {in: []int32{adminPort}, out: []int32{natsClientPort, dnsPort, httpsPort}},
+		"mirror":    {in: []int32{adminPort}, out: []int32{natsClientPort, dnsPort, httpsPort}},
 	}
 	for _, np := range c.m.networkPolicies {
 		name := "NetworkPolicy " + np.Name

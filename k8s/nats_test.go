@@ -37,7 +37,7 @@ const natsConfFile = "../config/nats-server.conf"
 
 // The environment variables holding the users' public NKeys, as documented in
 // config/nats-server.conf and k8s/README.md.
-var natsUserEnv = []string{"NATS_SYS_NKEY", "KREABUS_BRIDGE_NKEY", "KREABUS_SUBMITTER_NKEY", "KREABUS_APP_NKEY"}
+var natsUserEnv = []string{"NATS_SYS_NKEY", "KREABUS_BRIDGE_NKEY", "KREABUS_SUBMITTER_NKEY", "KREABUS_MIRROR_NKEY", "KREABUS_APP_NKEY"}
 
 // natsUsers makes a fresh NKey pair per user and exports the public keys.
 // Not parallel-safe (t.Setenv), like the server's own variable lookup.

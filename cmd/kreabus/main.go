@@ -1,13 +1,13 @@
 // Command kreabus runs the whole pipeline in one process, for a laptop: an
-// embedded JetStream server, the Krea API simulator, the bridge and the
-// submitter. It publishes a few sample requests, prints every job event as
+// embedded JetStream server, the Krea API simulator, the bridge, the
+// submitter and the mirror. It publishes a few sample requests, prints every job event as
 // it arrives, and keeps serving until Ctrl-C (or, with --exit, until the
 // samples are done).
 //
 //	go run ./cmd/kreabus --samples 3
 //
-// Production runs use cmd/bridge and cmd/submitter against a real NATS and
-// the real Krea API.
+// Production runs use cmd/bridge, cmd/submitter and cmd/mirror against a
+// real NATS and the real Krea API.
 package main
 
 import (
@@ -85,8 +85,9 @@ Publish your own request with the nats CLI:
   nats --server %s pub krea.requests.image -H Nats-Msg-Id:my-req-1 \
     '{"request_id":"my-req-1","path":"/generate/image/bfl/flux-1-dev","input":{"prompt":"a red fox"}}'
 Watch every stored event, each once, with headers:  nats --server %s sub 'kreabus.events.>'
+Get a result (names are on krea.jobs.mirrored):  nats --server %s object get KREA_RESULTS <job_id>/0.png
 Ctrl-C stops kreabus.
-`, p.NATSURL(), p.NATSURL())
+`, p.NATSURL(), p.NATSURL(), p.NATSURL())
 	<-ctx.Done()
 	p.Printf("stopping\n")
 	return 0

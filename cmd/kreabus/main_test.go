@@ -17,7 +17,7 @@ func TestQuickStart(t *testing.T) {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errOut.String())
 	}
 	s := out.String()
-	for _, want := range []string{"kreabus is running", "published", "submitted", "completed", "failed", "all sample requests ended"} {
+	for _, want := range []string{"kreabus is running", "published", "submitted", "completed", "failed", "mirrored", "KREA_RESULTS/", "all sample requests ended"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("output lacks %q:\n%s", want, s)
 		}

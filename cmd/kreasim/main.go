@@ -66,6 +66,8 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (krea
 	fs.IntVar(&cfg.WebhookAttempts, "webhook-attempts", kreatest.DefaultWebhookAttempts, "tries per webhook")
 	fs.DurationVar(&cfg.WebhookBackoff, "webhook-backoff", kreatest.DefaultWebhookBackoff, "wait before the second webhook try, doubling")
 	fs.DurationVar(&cfg.WebhookTimeout, "webhook-timeout", kreatest.DefaultWebhookTimeout, "timeout of one webhook POST")
+	fs.StringVar(&cfg.ResultsURL, "results-url", "", "base of result URLs (default: the address a submission came in on)")
+	fs.Int64Var(&cfg.ResultSize, "result-size", 0, "size in bytes of every result file (0: a small PNG or MP4 of about 1 KiB)")
 	fs.Uint64Var(&cfg.Seed, "seed", 0, "seed for the fault dice (0: random)")
 	fs.Float64Var(&f.Rate429, "rate-429", 0, "probability of answering 429")
 	fs.Float64Var(&f.Rate5xx, "rate-5xx", 0, "probability of answering 500/502/503")
@@ -80,6 +82,9 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (krea
 	fs.Float64Var(&f.DuplicateWebhookRate, "duplicate-webhook-rate", 0, "probability that a webhook is sent twice")
 	fs.Float64Var(&f.LateWebhookRate, "late-webhook-rate", 0, "probability that a webhook is held back")
 	fs.DurationVar(&f.LateWebhookDelay, "late-webhook-delay", kreatest.DefaultLateWebhookDelay, "how long a late webhook is held back")
+	fs.BoolVar(&f.ResultNotFound, "result-not-found", false, "answer 404 for every result file")
+	fs.DurationVar(&f.ResultLatency, "result-latency", 0, "delay before each result file's answer")
+	fs.Int64Var(&f.ResultStallAfter, "result-stall-after", 0, "stop sending a result file after this many bytes (0: never)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, "", err
 	}

@@ -290,7 +290,7 @@ func TestStatusInjection(t *testing.T) {
 		"comp leted", "COMPLETED", "Completed", "completed\n", "completed\t", "completed\r\nX: y",
 		"", "-completed", "1completed", "completed\u0000", "complétéd", strings.Repeat("a", 33),
 		"completed/x", "completed*",
-		"submitted", "rejected", // kreabus' own statuses, never Krea's
+		"submitted", "rejected", "mirrored", // kreabus' own statuses, never Krea's
 	}
 	for _, s := range bad {
 		body, _ := json.Marshal(map[string]string{"job_id": uuid.NewString(), "status": s})

@@ -107,9 +107,10 @@ func ParseWebhook(body []byte) (Webhook, error) {
 		return w, ErrStatusInvalid
 	}
 	w.Status = internStatus(st)
-	// submitted and rejected are kreabus' own events, never Krea's: a
-	// webhook naming them would take the submitter's de-duplication IDs.
-	if !w.Status.Valid() || w.Status == events.StatusSubmitted || w.Status == events.StatusRejected {
+	// submitted, rejected and mirrored are kreabus' own events, never
+	// Krea's: a webhook naming them would take the submitter's or the
+	// mirror's de-duplication IDs.
+	if !w.Status.Valid() || events.IsKreabusStatus(w.Status) {
 		return Webhook{}, ErrStatusInvalid
 	}
 	return w, nil

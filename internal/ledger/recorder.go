@@ -222,11 +222,13 @@ func (r *Recorder) handle(ctx context.Context, m jetstream.Msg) {
 	if ev.JobID == "" {
 		ev.JobID = ev.Job.JobID
 	}
-	if ev.Status == events.StatusRejected || !ev.Status.Valid() || !validID(ev.JobID) {
-		// Not a job event the ledger can hold: a rejected request, or a
-		// malformed event (which producers validate against, so this is
-		// someone else's message on our subjects).
-		if ev.Status != events.StatusRejected {
+	if ev.Status == events.StatusRejected || ev.Status == events.StatusMirrored || !ev.Status.Valid() || !validID(ev.JobID) {
+		// Not a job event the ledger can hold: a rejected request, the
+		// mirror's note that a completed job's results are stored (no
+		// change of the job's state), or a malformed event (which
+		// producers validate against, so this is someone else's message
+		// on our subjects).
+		if ev.Status != events.StatusRejected && ev.Status != events.StatusMirrored {
 			r.l.log.Warn("ledger recorder ignores a malformed job event", "subject", m.Subject(), "job_id", ev.JobID, "decode_err", derr)
 		}
 		_ = m.Ack()
@@ -274,6 +276,9 @@ func (r *Recorder) Apply(ctx context.Context, ev *events.Event) (bool, error) {
 	l := r.l
 	if !validID(ev.JobID) {
 		return false, fmt.Errorf("%w: job_id %q", ErrInvalidRecord, ev.JobID)
+	}
+	if ev.Status == events.StatusMirrored {
+		return false, nil // says where a completed job's results are, not what the job is
 	}
 	extra := ev.ExtraJob
 	changed, created := false, false

@@ -1,7 +1,7 @@
 // Package local runs the whole kreabus pipeline in one process for a
-// laptop: an embedded JetStream server, the Krea API simulator, the bridge
-// and the submitter (with its ledger and reconciler), wired exactly as in
-// production but on loopback, plus a printer of job events.
+// laptop: an embedded JetStream server, the Krea API simulator, the bridge,
+// the submitter (with its ledger and reconciler) and the mirror, wired
+// exactly as in production but on loopback, plus a printer of job events.
 package local
 
 import (
@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/kreabus/kreabus/internal/bridge"
 	"github.com/kreabus/kreabus/internal/config"
+	"github.com/kreabus/kreabus/internal/mirror"
 	"github.com/kreabus/kreabus/internal/submitter"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
@@ -85,6 +87,7 @@ type Pipeline struct {
 	sim       *kreatest.Server
 	bridge    *bridge.Program
 	submitter *submitter.Program
+	mirror    *mirror.Program
 	nc        *nats.Conn
 	js        jetstream.JetStream
 	printer   *events.JobConsumer
@@ -169,6 +172,21 @@ func Start(ctx context.Context, o Options) (_ *Pipeline, err error) {
 	}
 	if p.submitter, err = submitter.Start(ss, o.Log.With("service", "submitter")); err != nil {
 		return nil, fmt.Errorf("submitter: %w", err)
+	}
+	// The simulator serves the result files itself, on loopback over
+	// http: the mirror may fetch from there and nowhere else.
+	simURL, err := url.Parse(p.sim.URL)
+	if err != nil {
+		return nil, err
+	}
+	env["KREABUS_RESULTS_ALLOW_HOSTS"] = simURL.Hostname()
+	env["KREABUS_RESULTS_ALLOW_PRIVATE"] = "true"
+	var ms mirror.Settings
+	if err := loadSettings(&ms, env); err != nil {
+		return nil, err
+	}
+	if p.mirror, err = mirror.Start(ms, o.Log.With("service", "mirror")); err != nil {
+		return nil, fmt.Errorf("mirror: %w", err)
 	}
 
 	if p.nc, err = nats.Connect(p.ns.ClientURL(), nats.Name("kreabus-local")); err != nil {
@@ -271,8 +289,8 @@ func (p *Pipeline) Printf(format string, args ...any) {
 	fmt.Fprintf(p.o.Out, format, args...)
 }
 
-// Done is closed once every published sample reached an end (a terminal
-// or rejected event).
+// Done is closed once every published sample reached an end: its results
+// mirrored, or a failed, cancelled or rejected event.
 func (p *Pipeline) Done() <-chan struct{} { return p.allDone }
 
 func (p *Pipeline) print(_ context.Context, ev *events.Event) error {
@@ -286,13 +304,21 @@ func (p *Pipeline) print(_ context.Context, ev *events.Event) error {
 	if ev.Job.Result != nil && len(ev.Job.Result.URLs) > 0 {
 		line += "  " + strings.Join(ev.Job.Result.URLs, " ")
 	}
+	for _, o := range ev.Objects() {
+		if o.OK() {
+			line += fmt.Sprintf("  %s/%s (%d bytes, %s)", o.Bucket, o.Name, o.Size, o.ContentType)
+		} else {
+			line += "  " + o.URL + " not copied: " + o.Error
+		}
+	}
 	if r := reason(ev); r != "" {
 		line += "  reason: " + r
 	}
 	fmt.Fprintln(p.o.Out, line)
 	// Done is closed only after the line is out, so whoever waits on it
-	// has seen every sample's end.
-	if ev.Status.IsTerminal() || ev.Status == events.StatusRejected {
+	// has seen every sample's end: a completed job ends once its results
+	// are mirrored.
+	if ended(ev.Status) {
 		if _, ours := p.started[ev.RequestID]; ours && !p.ended[ev.RequestID] {
 			p.ended[ev.RequestID] = true
 			if len(p.ended) == p.want {
@@ -301,6 +327,11 @@ func (p *Pipeline) print(_ context.Context, ev *events.Event) error {
 		}
 	}
 	return nil
+}
+
+// ended reports whether an event of this status is the last of a sample.
+func ended(s krea.Status) bool {
+	return s == events.StatusMirrored || s == events.StatusRejected || (s.IsTerminal() && s != krea.StatusCompleted)
 }
 
 func reason(ev *events.Event) string {
@@ -325,6 +356,9 @@ func (p *Pipeline) Close() error {
 	}
 	if p.nc != nil {
 		p.nc.Close()
+	}
+	if p.mirror != nil {
+		errs = append(errs, p.mirror.Shutdown(ctx))
 	}
 	if p.submitter != nil {
 		errs = append(errs, p.submitter.Shutdown(ctx))

@@ -68,7 +68,7 @@ func TestPipelineEndToEnd(t *testing.T) {
 	if string(ev.Metadata) != `{"user":"42"}` {
 		t.Errorf("Kreabus-Metadata = %q", ev.Metadata)
 	}
-	if ev.Job.Result == nil || len(ev.Job.Result.URLs) == 0 || !strings.HasPrefix(ev.Job.Result.URLs[0], "https://") {
+	if ev.Job.Result == nil || len(ev.Job.Result.URLs) == 0 || !strings.HasPrefix(ev.Job.Result.URLs[0], p.Simulator().URL+"/images/") {
 		t.Errorf("no result URL in %s", ev.Raw)
 	}
 	// The body is the simulator's job object byte for byte.
@@ -120,8 +120,9 @@ func TestSamplesEnd(t *testing.T) {
 		t.Fatalf("samples did not end:\n%s", out.String())
 	}
 	s := out.String()
-	if strings.Count(s, "  completed ") != 2 || strings.Count(s, "  failed ") != 1 {
-		t.Fatalf("want 2 completed and 1 failed sample:\n%s", s)
+	if strings.Count(s, "  completed ") != 2 || strings.Count(s, "  failed ") != 1 || strings.Count(s, "  mirrored ") != 2 ||
+		strings.Count(s, "KREA_RESULTS/") != 2 || strings.Count(s, "image/png)") != 2 {
+		t.Fatalf("want 2 completed and mirrored samples and 1 failed one:\n%s", s)
 	}
 }
 

@@ -41,7 +41,7 @@ type Config struct {
 	Key   string `env:"NATS_KEY" flag:"nats-key" usage:"client key file for NATS mutual TLS"`
 	// Name tells replicas apart in the server's connection list (e.g. the
 	// pod name); empty means the program's name.
-	Name string `env:"KREABUS_NATS_NAME" flag:"nats-name" usage:"NATS connection name shown by the server (default: kreabus-bridge or kreabus-submitter)"`
+	Name string `env:"KREABUS_NATS_NAME" flag:"nats-name" usage:"NATS connection name shown by the server (default: kreabus-bridge, kreabus-submitter or kreabus-mirror)"`
 }
 
 // Validate checks the settings for consistency.

@@ -186,7 +186,8 @@ func WithConcurrency(n int) ConsumeOpt {
 
 // WithAckWait sets the consumer's ack wait: how long a handler may take
 // before JetStream delivers its event again. The handler's context ends at
-// that point. The default is DefaultAckWait.
+// that point, unless the handler calls InProgress, which starts the wait
+// over. The default is DefaultAckWait.
 func WithAckWait(d time.Duration) ConsumeOpt {
 	return func(o *consumeOpts) error {
 		if d <= 0 {
@@ -615,7 +616,7 @@ func (c *JobConsumer) handle(msg jetstream.Msg) {
 	}
 	merr.JobID, merr.RequestID = ev.JobID, ev.RequestID
 
-	ctx, cancel := context.WithTimeout(context.WithValue(c.baseCtx, msgMetadataKey{}, md), c.o.ackWait)
+	ctx, cancel := newLease(context.WithValue(c.baseCtx, msgMetadataKey{}, md), msg, c.o.ackWait)
 	herr := c.call(ctx, ev)
 	cancel()
 	if herr == nil {

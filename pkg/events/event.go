@@ -135,10 +135,15 @@ type Event struct {
 	// ExtraJob is set on the events of a second job of the request
 	// (Kreabus-Extra-Job: true): Krea made, and charged, two jobs for it.
 	ExtraJob bool
+	// TraceParent is the W3C traceparent the event carries, if any.
+	TraceParent string
 	// Job is the decoded body; Raw the body as stored.
 	Job  krea.Job
 	Raw  []byte
 	Time time.Time
+	// Mirrored is the body of a krea.jobs.mirrored event (Job is empty
+	// then); see Objects.
+	Mirrored *Mirrored
 }
 
 // DecodeEvent decodes a job event from its subject, headers and body.
@@ -152,12 +157,28 @@ func DecodeEvent(subject string, h nats.Header, data []byte) (*Event, error) {
 		Reason:    h.Get(HeaderReason),
 		ExtraJob:  h.Get(HeaderExtraJob) == "true",
 		Raw:       data,
+
+		TraceParent: h.Get(HeaderTraceParent),
 	}
 	if md := h.Get(HeaderMetadata); md != "" {
 		e.Metadata = json.RawMessage(md)
 	}
 	if t, err := time.Parse(time.RFC3339Nano, h.Get(HeaderCETime)); err == nil {
 		e.Time = t
+	}
+	if e.Status == StatusMirrored {
+		m, err := decodeMirrored(data)
+		if err != nil {
+			return e, fmt.Errorf("events: decode %s event body: %w", subject, err)
+		}
+		e.Mirrored = m
+		if e.JobID == "" {
+			e.JobID = m.JobID
+		}
+		if e.RequestID == "" {
+			e.RequestID = m.RequestID
+		}
+		return e, nil
 	}
 	if len(data) > 0 {
 		if e.Status == StatusRejected {

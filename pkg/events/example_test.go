@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"image"
+	"image/png"
 	"log"
 	"os"
 	"os/signal"
@@ -148,4 +150,74 @@ func ExampleDecodeRequest() {
 	// Output:
 	// true path: "/jobs" is not an allowed Krea generation path
 	// r1 /generate/image/bfl/flux-1-dev {"user":"42"} <nil>
+}
+
+// Make a thumbnail of every image a job produced, reading the bytes from
+// the Object Store: the mirror announces each completed job's copies on
+// krea.jobs.mirrored, so the service never speaks HTTP.
+func ExampleOpenResult() {
+	nc, err := nats.Connect(nats.DefaultURL)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+
+	c, err := events.ConsumeJobs(ctx, js, "thumbnailer",
+		func(ctx context.Context, ev *events.Event) error {
+			for _, obj := range ev.Objects() {
+				if !obj.OK() {
+					log.Printf("job %s: %s was not copied: %s", ev.JobID, obj.URL, obj.Error)
+					continue
+				}
+				if obj.ContentType != "image/png" {
+					continue
+				}
+				r, err := events.OpenResult(ctx, js, obj)
+				if err != nil {
+					return err // redelivered with backoff
+				}
+				img, err := png.Decode(r) // streams: the digest is checked at the end
+				r.Close()
+				if err != nil {
+					return events.Terminate(err)
+				}
+				thumb := thumbnail(img, 128)
+				out, err := os.Create(ev.JobID + "-thumb.png")
+				if err != nil {
+					return err
+				}
+				if err := errors.Join(png.Encode(out, thumb), out.Close()); err != nil {
+					return err
+				}
+				fmt.Printf("job %s: %s (%d bytes) -> %dx%d thumbnail\n",
+					ev.JobID, obj.Name, obj.Size, thumb.Bounds().Dx(), thumb.Bounds().Dy())
+			}
+			return nil
+		}, events.WithStatuses(events.StatusMirrored))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Stop()
+	<-ctx.Done()
+}
+
+// thumbnail scales img down to at most side pixels wide and high (nearest
+// neighbour: enough for a preview).
+func thumbnail(img image.Image, side int) image.Image {
+	b := img.Bounds()
+	scale := max(b.Dx(), b.Dy(), side)
+	w, h := max(1, b.Dx()*side/scale), max(1, b.Dy()*side/scale)
+	dst := image.NewRGBA(image.Rect(0, 0, w, h))
+	for y := range h {
+		for x := range w {
+			dst.Set(x, y, img.At(b.Min.X+x*b.Dx()/w, b.Min.Y+y*b.Dy()/h))
+		}
+	}
+	return dst
 }

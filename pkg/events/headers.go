@@ -20,6 +20,12 @@ const (
 	// the webhook that brought the event.
 	HeaderTraceParent = "traceparent"
 
+	// HeaderContentType and HeaderSourceURL are headers of the objects the
+	// mirror stores in the results bucket: the media type the result was
+	// served with and the URL it was copied from.
+	HeaderContentType = "Content-Type"
+	HeaderSourceURL   = "Kreabus-Source-Url"
+
 	// CloudEvents NATS binary-mode headers: every attribute is a header
 	// named ce-<attribute>; the body is the event's data.
 	HeaderCESpecVersion     = "ce-specversion"
@@ -52,4 +58,6 @@ const (
 	SourceWebhook   Source = "webhook"
 	SourcePoll      Source = "poll"
 	SourceSubmitter Source = "submitter"
+	// SourceMirror marks the krea.jobs.mirrored events of the mirror.
+	SourceMirror Source = "mirror"
 )

@@ -35,7 +35,19 @@ const (
 	// adds to Krea's own: the API accepted a request, or it never became a job.
 	StatusSubmitted krea.Status = "submitted"
 	StatusRejected  krea.Status = "rejected"
+	// StatusMirrored is the event the mirror publishes once a completed
+	// job's results are in the Object Store. It is not a Krea job status:
+	// the job stays completed; its Nats-Msg-Id is "<job_id>:mirrored" and
+	// its body a Mirrored, not a job object.
+	StatusMirrored krea.Status = "mirrored"
 )
+
+// IsKreabusStatus reports whether s is one of the event statuses kreabus
+// adds (submitted, rejected, mirrored) rather than a status Krea reports: a
+// webhook claiming one of them is refused.
+func IsKreabusStatus(s krea.Status) bool {
+	return s == StatusSubmitted || s == StatusRejected || s == StatusMirrored
+}
 
 // JobSubject is the subject of a job event with the given status. The status
 // must be Valid; callers validate untrusted input first.

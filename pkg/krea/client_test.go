@@ -163,7 +163,7 @@ func TestSubmitAndPollAgainstSimulator(t *testing.T) {
 		return nil
 	})
 	if job.Status != krea.StatusCompleted || job.CompletedAt == nil || job.Result == nil || len(job.Result.URLs) != 1 ||
-		!strings.HasPrefix(job.Result.URLs[0], "https://gen.krea.ai/images/") || !strings.HasSuffix(job.Result.URLs[0], ".png") {
+		!strings.HasPrefix(job.Result.URLs[0], srv.URL+"/images/") || !strings.HasSuffix(job.Result.URLs[0], ".png") {
 		t.Fatalf("final job = %+v", job)
 	}
 	if job.CompletedAt.Before(*job.CreatedAt) {

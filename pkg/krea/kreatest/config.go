@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -111,6 +112,17 @@ type Config struct {
 	// WebhookClient delivers webhooks (default: a private client).
 	WebhookClient *http.Client
 
+	// ResultsURL is the base of result URLs, for a simulator served behind
+	// another name; the default is the scheme and Host the submission
+	// came in with, so the URLs reach the simulator that made them.
+	ResultsURL string
+	// ResultSize is the size in bytes of every result file (default: a
+	// small file, about 1 KiB: a 64×64 PNG, or an MP4 of minVideoSize).
+	// Larger sizes are padded (a PNG ancillary chunk, a larger mdat box)
+	// and streamed, never held in memory; a PNG comes out exactly this
+	// size when it is at least 12 bytes above the small file's.
+	ResultSize int64
+
 	// Seed makes the fault dice deterministic; 0 picks a random seed.
 	// Jobs, IDs and timing stay nondeterministic.
 	Seed uint64
@@ -163,6 +175,13 @@ type Faults struct {
 	DuplicateWebhookRate float64
 	LateWebhookRate      float64
 	LateWebhookDelay     time.Duration
+	// ResultNotFound answers 404 for every result file, as a CDN does
+	// for an expired URL. ResultLatency delays each result file's answer.
+	// ResultStallAfter, when positive, stops sending a result file after
+	// that many bytes until the client gives up: a stuck download.
+	ResultNotFound   bool
+	ResultLatency    time.Duration
+	ResultStallAfter int64
 }
 
 // Retirement is what a retired model's 410 answer says.
@@ -185,7 +204,7 @@ func (f Faults) validate() error {
 			return fmt.Errorf("kreatest: %s %v is not a probability in [0, 1]", name, r)
 		}
 	}
-	if f.Latency < 0 || f.LatencyJitter < 0 || f.RetryAfter < 0 || f.LateWebhookDelay < 0 {
+	if f.Latency < 0 || f.LatencyJitter < 0 || f.RetryAfter < 0 || f.LateWebhookDelay < 0 || f.ResultLatency < 0 || f.ResultStallAfter < 0 {
 		return errors.New("kreatest: negative fault duration")
 	}
 	return nil
@@ -226,6 +245,14 @@ func (c Config) withDefaults() (Config, error) {
 	c.WebhookTimeout = durationDefault(c.WebhookTimeout, DefaultWebhookTimeout)
 	if c.WebhookTimeout == 0 {
 		return c, errors.New("kreatest: WebhookTimeout must be positive")
+	}
+	if c.ResultSize < 0 {
+		return c, errors.New("kreatest: negative ResultSize")
+	}
+	if c.ResultsURL != "" {
+		if u, err := url.Parse(c.ResultsURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return c, fmt.Errorf("kreatest: ResultsURL %q is not an absolute http(s) URL", c.ResultsURL)
+		}
 	}
 	for p := range c.Retired {
 		if !generatePath(p) {

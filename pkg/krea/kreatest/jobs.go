@@ -28,6 +28,7 @@ type simJob struct {
 	typ        string // Krea job type, for the list filter
 	kind       string // image, video, enhance or train
 	webhookURL string
+	resultBase string // base of the result URLs
 	status     krea.Status
 	created    time.Time
 	completed  time.Time
@@ -187,6 +188,7 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request, ep endpoin
 		id:         uuid.NewString(),
 		path:       path,
 		webhookURL: hook,
+		resultBase: s.resultBase(r),
 		willFail:   strings.Contains(prompt, DirectiveFail),
 		noWebhook:  strings.Contains(prompt, DirectiveNoWebhook),
 		done:       make(chan struct{}),
@@ -316,9 +318,9 @@ func (s *Server) finishLocked(j *simJob, st krea.Status, reason string) {
 		case "train":
 			j.styleID = uuid.NewString()
 		case "video":
-			j.urls = []string{"https://gen.krea.ai/videos/" + uuid.NewString() + ".mp4"}
+			j.urls = []string{s.newResultLocked(j, true)}
 		default:
-			j.urls = []string{"https://gen.krea.ai/images/" + uuid.NewString() + ".png"}
+			j.urls = []string{s.newResultLocked(j, false)}
 		}
 	case krea.StatusFailed:
 		if reason == "" {

@@ -7,7 +7,8 @@
 //
 // It serves POST /generate/{image|video|enhance}/{provider}/{model}[/{variant}],
 // POST /styles/train, GET /jobs/{id}, GET /jobs and DELETE /jobs/{id} with
-// Krea's bodies and status codes, runs jobs through backlogged → queued →
+// Krea's bodies and status codes, and the result files of completed jobs
+// (GET /images/<uuid>.png, /videos/<uuid>.mp4: real bytes, see ResultSize), runs jobs through backlogged → queued →
 // processing → completed/failed/cancelled under a concurrency limit, POSTs
 // webhooks with retries, and injects faults (429, 5xx, lost answers, latency,
 // failed jobs, dropped, duplicate and late webhooks). Every request, job and
@@ -61,6 +62,8 @@ type Server struct {
 	created     map[string]int // jobs created, by X-Webhook-URL
 	submissions []Submission
 	deliveries  []WebhookDelivery
+	results     map[string]resultFile // by URL path
+	resultGets  map[string]int        // requests of each result file
 }
 
 // New returns a simulator that is not listening anywhere: serve it with any
@@ -84,6 +87,9 @@ func New(cfg Config) (*Server, error) {
 		jobs:     map[string]*simJob{},
 		attempts: map[string]int{},
 		created:  map[string]int{},
+
+		results:    map[string]resultFile{},
+		resultGets: map[string]int{},
 	}
 	if cfg.WebhookClient != nil {
 		s.hookHC = cfg.WebhookClient
@@ -273,6 +279,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	latency := f.Latency + s.jitterLocked(f.LatencyJitter)
 	s.mu.Unlock()
 
+	if resultPath(r.URL.Path) {
+		s.serveResult(w, r)
+		return
+	}
 	ep, id, methodOK := route(r)
 	if ep == epNone {
 		writeError(w, http.StatusNotFound, "Not found")

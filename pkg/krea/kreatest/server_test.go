@@ -346,9 +346,9 @@ func TestOutputs(t *testing.T) {
 	srv := newSim(t, kreatest.Config{QueueTime: -1, RunTime: -1, ExtraFields: true})
 	c := srv.NewClient()
 	for path, want := range map[string]string{
-		"/generate/video/kling/kling-2.1":          "https://gen.krea.ai/videos/",
-		"/generate/enhance/topaz/standard-enhance": "https://gen.krea.ai/images/",
-		"/generate/image/krea/krea-2/medium":       "https://gen.krea.ai/images/",
+		"/generate/video/kling/kling-2.1":          srv.URL + "/videos/",
+		"/generate/enhance/topaz/standard-enhance": srv.URL + "/images/",
+		"/generate/image/krea/krea-2/medium":       srv.URL + "/images/",
 		"/styles/train":                            "",
 	} {
 		res, err := c.Submit(context.Background(), path, json.RawMessage(`{"name":"x","urls":[]}`), "")

@@ -1,0 +1,227 @@
+package mirror
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kreabus/kreabus/internal/admin"
+	"github.com/kreabus/kreabus/internal/logging"
+	"github.com/kreabus/kreabus/internal/natsconn"
+	"github.com/kreabus/kreabus/internal/program"
+	"github.com/kreabus/kreabus/pkg/events"
+	"github.com/kreabus/kreabus/pkg/krea"
+)
+
+// ConnectionName is the mirror's NATS connection name.
+const ConnectionName = "kreabus-mirror"
+
+// Program is cmd/mirror running: its NATS connection, the results bucket,
+// the consumer of krea.jobs.completed and the admin server. Start it,
+// then Shutdown it.
+type Program struct {
+	s      Settings
+	log    *slog.Logger
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	admin  *admin.Server
+	m      *metrics
+	closed chan struct{} // the NATS connection is closed
+	failed chan error
+	stop   context.CancelFunc
+	bg     sync.WaitGroup
+
+	mu       sync.Mutex
+	mirror   *Mirror
+	consumer *events.JobConsumer
+	setupErr error // why the mirror is not consuming yet
+}
+
+// Start validates s, connects to NATS (returning at once if NATS is down:
+// the program reports not ready and recovers by itself), starts the admin
+// server, and in the background ensures KREA_JOBS and the results bucket
+// (unless KREABUS_CREATE_STREAMS is off) and starts consuming.
+func Start(s Settings, log *slog.Logger) (*Program, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = logging.Discard
+	}
+	p := &Program{
+		s:        s,
+		log:      log,
+		admin:    admin.New(log),
+		closed:   make(chan struct{}),
+		failed:   make(chan error, 1),
+		setupErr: errors.New("starting"),
+	}
+	var err error
+	if p.m, err = newMetrics(p.admin.Registry()); err != nil {
+		return nil, err
+	}
+	p.nc, err = natsconn.Connect(s.NATSConfig, ConnectionName, log, p.admin.Registry(),
+		nats.ClosedHandler(func(*nats.Conn) { close(p.closed) }))
+	if err != nil {
+		return nil, err
+	}
+	if p.js, err = jetstream.New(p.nc); err != nil {
+		p.nc.Close()
+		return nil, err
+	}
+	p.admin.AddCheck("mirror", p.checkReady)
+	if err := p.admin.Start(s.AdminConfig); err != nil {
+		p.nc.Close()
+		return nil, fmt.Errorf("KREABUS_ADMIN_LISTEN: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.stop = cancel
+	p.bg.Add(1)
+	go p.setup(ctx)
+	log.Info("mirror started", "bucket", s.Bucket, "allow_hosts", s.AllowHosts, "allow_private", s.AllowPrivate,
+		"max_bytes", s.MaxBytes, "concurrency", s.Concurrency, "admin", p.admin.Addr())
+	return p, nil
+}
+
+// setup ensures the stream and the bucket and starts the consumer,
+// retrying until it succeeds or ctx ends.
+func (p *Program) setup(ctx context.Context) {
+	defer p.bg.Done()
+	wait := 200 * time.Millisecond
+	for {
+		err := p.trySetup(ctx)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		p.mu.Lock()
+		p.setupErr = err
+		p.mu.Unlock()
+		p.log.Warn("mirror not consuming yet", "err", err, "retry_in", wait.String())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+func (p *Program) trySetup(ctx context.Context) error {
+	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cfg := events.ResultsStoreConfig(p.s.ResultsOptions())
+	var obs jetstream.ObjectStore
+	var err error
+	if p.s.CreateStreams {
+		if _, err = events.EnsureStream(actx, p.js, events.JobsStreamConfig(p.s.StreamsConfig.Options())); err != nil {
+			return err
+		}
+		obs, err = events.EnsureResultsStore(actx, p.js, cfg)
+	} else {
+		obs, err = p.js.ObjectStore(actx, cfg.Bucket)
+	}
+	if err != nil {
+		return fmt.Errorf("results bucket %s: %w", cfg.Bucket, err)
+	}
+	mr, err := New(p.s.Config, p.js, obs, p.log, p.m)
+	if err != nil {
+		return err
+	}
+	c, err := events.ConsumeJobs(actx, p.js, p.s.Consumer, mr.Handle,
+		events.WithStatuses(krea.StatusCompleted),
+		events.WithConcurrency(p.s.Concurrency),
+		events.WithAckWait(p.s.AckWait),
+		events.WithErrorHandler(func(err error) { p.log.Warn("mirror consumer", "err", err) }),
+	)
+	if err != nil {
+		mr.Close()
+		return err
+	}
+	p.mu.Lock()
+	p.mirror, p.consumer, p.setupErr = mr, c, nil
+	p.mu.Unlock()
+	p.log.Info("mirror consuming", "stream", events.StreamJobs, "consumer", p.s.Consumer, "bucket", cfg.Bucket)
+	p.bg.Add(1)
+	go func() {
+		defer p.bg.Done()
+		select {
+		case <-c.Closed():
+			if ctx.Err() == nil { // not our Shutdown: the consumer was deleted
+				p.failed <- fmt.Errorf("consumer %s on %s stopped", p.s.Consumer, events.StreamJobs)
+			}
+		case <-ctx.Done():
+		}
+	}()
+	return nil
+}
+
+// checkReady is the readiness check: consuming, and NATS connected.
+func (p *Program) checkReady(context.Context) error {
+	p.mu.Lock()
+	err := p.setupErr
+	p.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if !p.nc.IsConnected() {
+		return errors.New("nats not connected")
+	}
+	return nil
+}
+
+// AdminAddr is the admin listener's address ("" when off).
+func (p *Program) AdminAddr() string { return p.admin.Addr() }
+
+// Conn is the program's NATS connection.
+func (p *Program) Conn() *nats.Conn { return p.nc }
+
+// Failed delivers the error of a part that stopped by itself.
+func (p *Program) Failed() <-chan error { return p.failed }
+
+// Shutdown stops the program in order: /readyz turns 503, no new job is
+// taken, the copies in flight finish (or, when ctx ends first, are
+// abandoned: their events are delivered again), the NATS connection
+// drains and the admin server stops.
+func (p *Program) Shutdown(ctx context.Context) error {
+	p.admin.SetDraining()
+	p.mu.Lock()
+	c, mr := p.consumer, p.mirror
+	p.mu.Unlock()
+	var errs []error
+	// Leave the drain at least a second of the budget.
+	cctx := ctx
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) > 2*time.Second {
+		var cancel context.CancelFunc
+		cctx, cancel = context.WithDeadline(ctx, dl.Add(-time.Second))
+		defer cancel()
+	}
+	if c != nil {
+		if err := c.Shutdown(cctx); err != nil {
+			errs = append(errs, fmt.Errorf("copies in flight: %w", err))
+		}
+	}
+	p.stop()
+	p.bg.Wait()
+	if mr != nil {
+		mr.Close()
+	}
+	return program.Finish(ctx, "mirror", p.log, p.nc, p.closed, p.admin, errs)
+}
+
+// Main is cmd/mirror: it loads the settings from args (without the
+// program name), env (os.LookupEnv when nil) and the optional YAML file,
+// and runs until ctx ends. A setting error is one line on stderr naming
+// the setting, and program.ExitConfig.
+func Main(ctx context.Context, args []string, env func(string) (string, bool), stderr io.Writer) int {
+	var s Settings
+	return program.Main(ctx, "mirror", args, env, stderr, &s,
+		func(log *slog.Logger) (program.Running, error) { return Start(s, log) },
+		func() time.Duration { return s.ShutdownTimeout })
+}
