@@ -70,7 +70,7 @@ func TestREADMEGoProgramRuns(t *testing.T) {
 	if err := run(ctx, p.NATSURL()); err != nil {
 		t.Fatalf("run: %v\n%s", err, out.String())
 	}
-	if !regexp.MustCompile(`published request \S+\n.*: job [0-9a-f-]{36} done: \[https://`).MatchString(out.String()) {
+	if !regexp.MustCompile(`published request \S+\n.*: job [0-9a-f-]{36} done: \[https?://`).MatchString(out.String()) {
 		t.Errorf("output:\n%s", out.String())
 	}
 }
