@@ -178,6 +178,13 @@ func (p *Program) run(ctx context.Context) {
 		p.fail(err)
 		return
 	}
+	// One account pause for both: the requests consumer's, which every
+	// replica follows.
+	acct, err := NewAccountPause(p.s.Config, p.js, p.log)
+	if err != nil {
+		p.fail(err)
+		return
+	}
 	open := led.WatchOpen(ctx)
 	rc, err := reconciler.New(p.s.ReconcilerConfig, reconciler.Deps{
 		JetStream: p.js,
@@ -187,6 +194,7 @@ func (p *Program) run(ctx context.Context) {
 		Claims:    led, // replicas share the polling
 		// Poll nothing before the ledger has caught up with KREA_JOBS.
 		Ready:      func() bool { return rec.Synced() && open.Ready() },
+		Pause:      acct,
 		Log:        p.log,
 		Registerer: p.admin.Registry(),
 	})
@@ -194,7 +202,7 @@ func (p *Program) run(ctx context.Context) {
 		p.fail(err)
 		return
 	}
-	sub, err := New(p.s.Config, Deps{JS: p.js, Ledger: led, Client: api, Log: p.log, Registerer: p.admin.Registry()})
+	sub, err := New(p.s.Config, Deps{JS: p.js, Ledger: led, Client: api, Log: p.log, Registerer: p.admin.Registry(), Pause: acct})
 	if err != nil {
 		p.fail(err)
 		return
@@ -204,6 +212,7 @@ func (p *Program) run(ctx context.Context) {
 	p.mu.Unlock()
 
 	var wg sync.WaitGroup
+	wg.Go(func() { acct.Run(ctx) })
 	wg.Go(func() {
 		if err := rec.Run(ctx); err != nil {
 			p.fail(fmt.Errorf("ledger recorder: %w", err))
