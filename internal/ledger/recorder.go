@@ -222,6 +222,18 @@ func (r *Recorder) handle(ctx context.Context, m jetstream.Msg) {
 	if ev.JobID == "" {
 		ev.JobID = ev.Job.JobID
 	}
+	var ref *EventRef
+	if md, err := m.Metadata(); err == nil {
+		ref = &EventRef{Subject: m.Subject(), Seq: md.Sequence.Stream, Time: ev.Time, Source: ev.Source}
+		if ref.Time.IsZero() {
+			ref.Time = md.Timestamp.UTC()
+		}
+	}
+	if ev.Status == events.StatusRejected && validID(ev.RequestID) {
+		if err := r.noteRejected(ctx, ev.RequestID, ref); err != nil && ctx.Err() == nil {
+			r.l.log.Warn("ledger recorder could not note where a rejected event is stored", "request_id", ev.RequestID, "err", err)
+		}
+	}
 	if ev.Status == events.StatusRejected || !ev.Status.Valid() || !validID(ev.JobID) {
 		// Not a job event the ledger can hold: a rejected request, or a
 		// malformed event (which producers validate against, so this is
@@ -233,7 +245,7 @@ func (r *Recorder) handle(ctx context.Context, m jetstream.Msg) {
 		r.events.WithLabelValues(outcomeIgnored).Inc()
 		return
 	}
-	changed, err := r.Apply(ctx, ev)
+	changed, err := r.apply(ctx, ev, ref)
 	if err != nil {
 		if ctx.Err() != nil {
 			return // shutting down: the server redelivers after AckWait
@@ -271,6 +283,30 @@ func (r *Recorder) handle(ctx context.Context, m jetstream.Msg) {
 //     failed, or a program calls Krea itself) records the submission;
 //   - a terminal event takes the job off the open list.
 func (r *Recorder) Apply(ctx context.Context, ev *events.Event) (bool, error) {
+	return r.apply(ctx, ev, nil)
+}
+
+// noteRejected adds where a rejected event is stored to its request's
+// record (a rejected one): rejections are rare, so this extra write is too.
+func (r *Recorder) noteRejected(ctx context.Context, requestID string, ref *EventRef) error {
+	if ref == nil {
+		return nil
+	}
+	_, err := r.l.update(ctx, RequestKey(requestID), func(cur *Record) (*Record, error) {
+		if cur == nil || cur.Status != events.StatusRejected {
+			return nil, nil
+		}
+		next := *cur
+		if !next.addEventRef(ref) {
+			return nil, nil
+		}
+		return &next, nil
+	})
+	return err
+}
+
+// apply is Apply noting where the event is stored (ref, when known).
+func (r *Recorder) apply(ctx context.Context, ev *events.Event, ref *EventRef) (bool, error) {
 	l := r.l
 	if !validID(ev.JobID) {
 		return false, fmt.Errorf("%w: job_id %q", ErrInvalidRecord, ev.JobID)
@@ -290,6 +326,9 @@ func (r *Recorder) Apply(ctx context.Context, ev *events.Event) (bool, error) {
 		next, ch := applyEvent(cur, ev, time.Now())
 		if extra && !next.Extra && next.RequestID == ev.RequestID {
 			next.Extra, ch = true, true
+		}
+		if next.addEventRef(ref) {
+			ch = true
 		}
 		changed, created = ch, cur == nil
 		if !ch {
