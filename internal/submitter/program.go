@@ -18,6 +18,7 @@ import (
 	"github.com/kreabus/kreabus/internal/natsconn"
 	"github.com/kreabus/kreabus/internal/program"
 	"github.com/kreabus/kreabus/internal/reconciler"
+	"github.com/kreabus/kreabus/internal/service"
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
@@ -88,6 +89,7 @@ type Program struct {
 
 	mu        sync.Mutex
 	sub       *Submitter
+	svc       *service.Service
 	streamErr error
 }
 
@@ -207,8 +209,22 @@ func (p *Program) run(ctx context.Context) {
 		p.fail(err)
 		return
 	}
+	svc, err := service.Start(service.Config{}, service.Deps{
+		Conn: p.nc, JS: p.js, Ledger: led, Krea: api,
+		Wait: sub.WaitAPI, Paused: sub.Paused, Log: p.log,
+	})
+	if err != nil {
+		p.fail(err)
+		return
+	}
+	defer func() {
+		if err := svc.Stop(); err != nil {
+			p.log.Warn("stopping the NATS service", "err", err)
+		}
+	}()
 	p.mu.Lock()
 	p.sub = sub
+	p.svc = svc
 	p.mu.Unlock()
 
 	var wg sync.WaitGroup
@@ -251,6 +267,13 @@ func (p *Program) Submitter() *Submitter {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.sub
+}
+
+// Service returns the running NATS service, nil until it is set up.
+func (p *Program) Service() *service.Service {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.svc
 }
 
 // AdminAddr is the admin listener's address ("" when off).

@@ -203,6 +203,13 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	return s.Run(ctx)
 }
 
+// WaitAPI waits for room under the submitter's Krea rate limit
+// (KREABUS_SUBMIT_RATE), so calls made for the NATS service share it.
+func (s *Submitter) WaitAPI(ctx context.Context) error {
+	_, err := s.gate.waitRate(ctx, 0)
+	return err
+}
+
 // Paused reports whether account errors paused submission.
 func (s *Submitter) Paused() bool {
 	p, _, _ := s.gate.Paused()
