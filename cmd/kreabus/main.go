@@ -7,7 +7,12 @@
 //	go run ./cmd/kreabus --samples 3
 //
 // Production runs use cmd/bridge and cmd/submitter against a real NATS and
-// the real Krea API.
+// the real Krea API. For operators, the subcommands status, job and cancel
+// ask the kreabus NATS service (run by the submitter) over NATS:
+//
+//	kreabus status <request_id>
+//	kreabus job <job_id>
+//	kreabus cancel <job_id|request_id>
 package main
 
 import (
@@ -31,6 +36,17 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "status", "job", "cancel":
+			return runOps(ctx, args[0], args[1:], nil, stdout, stderr)
+		}
+	}
+	return runLocal(ctx, args, stdout, stderr)
+}
+
+// runLocal runs the whole pipeline locally (no subcommand).
+func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var o local.Options
 	var logLevel string
 	fs := flag.NewFlagSet("kreabus", flag.ContinueOnError)
