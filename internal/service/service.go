@@ -135,7 +135,7 @@ func Start(cfg Config, d Deps) (*Service, error) {
 	}
 	eps := []struct {
 		name, subject string
-		h            func(context.Context, micro.Request)
+		h             func(context.Context, micro.Request)
 	}{
 		{"requests-status", events.SubjectRequestStatus, s.status},
 		{"jobs-get", events.SubjectJobGet, s.getJob},
