@@ -101,8 +101,9 @@ Publish your own request with the nats CLI:
   nats --server %s pub krea.requests.image -H Nats-Msg-Id:my-req-1 \
     '{"request_id":"my-req-1","path":"/generate/image/bfl/flux-1-dev","input":{"prompt":"a red fox"}}'
 Watch every event with headers:  nats --server %s sub 'krea.jobs.>'
+Ask kreabus about a request:     go run ./cmd/kreabus status my-req-1 --nats-url %s
 Ctrl-C stops kreabus.
-`, p.NATSURL(), p.NATSURL())
+`, p.NATSURL(), p.NATSURL(), p.NATSURL())
 	<-ctx.Done()
 	p.Printf("stopping\n")
 	return 0

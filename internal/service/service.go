@@ -154,6 +154,9 @@ func Start(cfg Config, d Deps) (*Service, error) {
 		}
 	}
 	s.svc = svc
+	// Return once the server has the subscriptions (when connected), so a
+	// request sent right after Start finds a responder.
+	_ = d.Conn.FlushTimeout(time.Second)
 	s.log.Info("kreabus NATS service started", "id", svc.Info().ID, "version", Version)
 	return s, nil
 }
