@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 	"github.com/nats-io/nkeys"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -339,6 +340,37 @@ func TestNATSConfigPermissions(t *testing.T) {
 
 	// Submitter: the ledger recorder sees all three events.
 	fetchAck("ledger recorder", recCons, 3)
+
+	// Submitter: pauses and resumes its requests consumer (account errors),
+	// reads a queued request and a stored event by sequence, deletes a
+	// cancelled request from the queue.
+	_, err = submitter.js.PauseConsumer(ctx, events.StreamRequests, submittercfg.DefaultConsumer, time.Now().Add(time.Minute))
+	must("submitter pauses its requests consumer", err)
+	_, err = submitter.js.ResumeConsumer(ctx, events.StreamRequests, submittercfg.DefaultConsumer)
+	must("submitter resumes its requests consumer", err)
+	ack, err = app.js.Publish(ctx, events.RequestsPrefix+"image", []byte(`{"request_id":"req-2"}`), jetstream.WithMsgID("req-2"))
+	must("app publishes a request to cancel", err)
+	_, err = reqStream.GetMsg(ctx, ack.Sequence)
+	must("submitter reads a queued request", err)
+	must("submitter deletes a cancelled request", reqStream.DeleteMsg(ctx, ack.Sequence))
+	jobsStream, err := submitter.js.Stream(ctx, events.StreamJobs)
+	must("submitter KREA_JOBS info", err)
+	_, err = jobsStream.GetMsg(ctx, 1)
+	must("submitter reads a stored event", err)
+
+	// Submitter runs the kreabus service; the app calls it and discovers it.
+	svc, err := micro.AddService(submitter.nc, micro.Config{Name: events.ServiceName, Version: "0.0.1"})
+	must("submitter adds the service", err)
+	defer svc.Stop()
+	must("submitter adds an endpoint", svc.AddEndpoint("status", micro.HandlerFunc(func(r micro.Request) {
+		_ = r.Respond([]byte(`{}`))
+	}), micro.WithEndpointSubject(events.SubjectRequestStatus)))
+	must("submitter flush", submitter.nc.Flush())
+	_, err = app.nc.Request(events.SubjectRequestStatus, []byte(`{"request_id":"req-1"}`), 5*time.Second)
+	must("app calls the service", err)
+	ping, _ := micro.ControlSubject(micro.PingVerb, events.ServiceName, "")
+	_, err = app.nc.Request(ping, nil, 5*time.Second)
+	must("app pings the service", err)
 
 	// App: reads the job events with its own consumer (events.ConsumeJobs).
 	got := make(chan struct{}, 8)

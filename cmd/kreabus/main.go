@@ -7,7 +7,12 @@
 //	go run ./cmd/kreabus --samples 3
 //
 // Production runs use cmd/bridge, cmd/submitter and cmd/mirror against a
-// real NATS and the real Krea API.
+// real NATS and the real Krea API. For operators, the subcommands status, job and cancel
+// ask the kreabus NATS service (run by the submitter) over NATS:
+//
+//	kreabus status <request_id>
+//	kreabus job <job_id>
+//	kreabus cancel <job_id|request_id>
 package main
 
 import (
@@ -31,6 +36,17 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "status", "job", "cancel":
+			return runOps(ctx, args[0], args[1:], nil, stdout, stderr)
+		}
+	}
+	return runLocal(ctx, args, stdout, stderr)
+}
+
+// runLocal runs the whole pipeline locally (no subcommand).
+func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var o local.Options
 	var logLevel string
 	fs := flag.NewFlagSet("kreabus", flag.ContinueOnError)
@@ -84,10 +100,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 Publish your own request with the nats CLI:
   nats --server %s pub krea.requests.image -H Nats-Msg-Id:my-req-1 \
     '{"request_id":"my-req-1","path":"/generate/image/bfl/flux-1-dev","input":{"prompt":"a red fox"}}'
-Watch every stored event, each once, with headers:  nats --server %s sub 'kreabus.events.>'
-Get a result (names are on krea.jobs.mirrored):  nats --server %s object get KREA_RESULTS <job_id>/0.png
+Watch every stored event, each once, with headers:
+  nats --server %s sub 'kreabus.events.>'
+Get a result (object names are on krea.jobs.mirrored):
+  nats --server %s object get KREA_RESULTS <job_id>/0.png
+Ask kreabus about a request:
+  go run ./cmd/kreabus status my-req-1 --nats-url %s
 Ctrl-C stops kreabus.
-`, p.NATSURL(), p.NATSURL(), p.NATSURL())
+`, p.NATSURL(), p.NATSURL(), p.NATSURL(), p.NATSURL())
 	<-ctx.Done()
 	p.Printf("stopping\n")
 	return 0

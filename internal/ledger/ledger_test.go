@@ -331,6 +331,23 @@ func TestRecorderAndOwners(t *testing.T) {
 	if o := lookup(t, e.l.Owners(0), rid, jid); !o.Terminal || o.Foreign || string(o.Metadata) != md {
 		t.Fatalf("fresh lookup %+v", o)
 	}
+	// The mirror's event changes nothing of the job but is noted where it
+	// is stored, with the job's other events.
+	ack := e.publish(rid, jid, events.StatusMirrored, events.SourceMirror, md)
+	rec = e.waitJob(jid, func(r *Record) error {
+		for _, ref := range r.Events {
+			if ref.Subject == "krea.jobs.mirrored" {
+				if ref.Seq != ack.Sequence || ref.Source != events.SourceMirror {
+					return fmt.Errorf("mirrored event noted as %+v, stored at %d", ref, ack.Sequence)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("mirrored event not noted: %+v", r.Events)
+	})
+	if !rec.Terminal || rec.Status != krea.StatusCompleted {
+		t.Fatalf("a mirrored event changed the job: %+v", rec)
+	}
 }
 
 func TestTerminalBeforeSubmitted(t *testing.T) {

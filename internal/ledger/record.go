@@ -79,6 +79,38 @@ type Record struct {
 	EndedAt  time.Time `json:"ended_at,omitzero"`
 	// Extra marks a job record as a second (paid) job of its request.
 	Extra bool `json:"extra,omitempty"`
+	// Events are where the job's events are stored on KREA_JOBS (on a job
+	// record), or the request's rejected event (on a request record), as
+	// the Recorder applied them: the status service reads them by
+	// sequence instead of scanning the stream. At most MaxEventRefs.
+	Events []EventRef `json:"events,omitempty"`
+}
+
+// MaxEventRefs bounds the event references one record keeps: a job has a
+// submitted, a terminal and the odd non-terminal event.
+const MaxEventRefs = 16
+
+// EventRef is one event stored on KREA_JOBS.
+type EventRef struct {
+	Subject string        `json:"subject"`
+	Seq     uint64        `json:"seq"`
+	Time    time.Time     `json:"time,omitzero"`
+	Source  events.Source `json:"source,omitempty"`
+}
+
+// addEventRef appends ref unless it is there already or the list is
+// full; it reports whether it did.
+func (r *Record) addEventRef(ref *EventRef) bool {
+	if ref == nil || ref.Seq == 0 || len(r.Events) >= MaxEventRefs {
+		return false
+	}
+	for _, e := range r.Events {
+		if e.Seq == ref.Seq {
+			return false
+		}
+	}
+	r.Events = append(r.Events[:len(r.Events):len(r.Events)], *ref)
+	return true
 }
 
 // RequestKey is the bucket key of a request record.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -222,6 +223,23 @@ func (r *Recorder) handle(ctx context.Context, m jetstream.Msg) {
 	if ev.JobID == "" {
 		ev.JobID = ev.Job.JobID
 	}
+	var ref *EventRef
+	if md, err := m.Metadata(); err == nil {
+		ref = &EventRef{Subject: m.Subject(), Seq: md.Sequence.Stream, Time: ev.Time, Source: ev.Source}
+		if ref.Time.IsZero() {
+			ref.Time = md.Timestamp.UTC()
+		}
+	}
+	switch {
+	case ev.Status == events.StatusRejected && validID(ev.RequestID):
+		if err := r.noteRef(ctx, RequestKey(ev.RequestID), ref); err != nil && ctx.Err() == nil {
+			r.l.log.Warn("ledger recorder could not note where a rejected event is stored", "request_id", ev.RequestID, "err", err)
+		}
+	case ev.Status == events.StatusMirrored && validID(ev.JobID):
+		if err := r.noteRef(ctx, JobKey(ev.JobID), ref); err != nil && ctx.Err() == nil {
+			r.l.log.Warn("ledger recorder could not note where a mirrored event is stored", "job_id", ev.JobID, "err", err)
+		}
+	}
 	if ev.Status == events.StatusRejected || ev.Status == events.StatusMirrored || !ev.Status.Valid() || !validID(ev.JobID) {
 		// Not a job event the ledger can hold: a rejected request, the
 		// mirror's note that a completed job's results are stored (no
@@ -235,7 +253,7 @@ func (r *Recorder) handle(ctx context.Context, m jetstream.Msg) {
 		r.events.WithLabelValues(outcomeIgnored).Inc()
 		return
 	}
-	changed, err := r.Apply(ctx, ev)
+	changed, err := r.apply(ctx, ev, ref)
 	if err != nil {
 		if ctx.Err() != nil {
 			return // shutting down: the server redelivers after AckWait
@@ -273,6 +291,32 @@ func (r *Recorder) handle(ctx context.Context, m jetstream.Msg) {
 //     failed, or a program calls Krea itself) records the submission;
 //   - a terminal event takes the job off the open list.
 func (r *Recorder) Apply(ctx context.Context, ev *events.Event) (bool, error) {
+	return r.apply(ctx, ev, nil)
+}
+
+// noteRef adds where an event that changes no state is stored to the record
+// it belongs to, when the ledger has that record: a rejected event to its
+// (rejected) request, a mirrored event to its job. One write per such
+// event; rejections are rare, mirrored events one per completed job.
+func (r *Recorder) noteRef(ctx context.Context, key string, ref *EventRef) error {
+	if ref == nil {
+		return nil
+	}
+	_, err := r.l.update(ctx, key, func(cur *Record) (*Record, error) {
+		if cur == nil || (strings.HasPrefix(key, RequestKeyPrefix) && cur.Status != events.StatusRejected) {
+			return nil, nil
+		}
+		next := *cur
+		if !next.addEventRef(ref) {
+			return nil, nil
+		}
+		return &next, nil
+	})
+	return err
+}
+
+// apply is Apply noting where the event is stored (ref, when known).
+func (r *Recorder) apply(ctx context.Context, ev *events.Event, ref *EventRef) (bool, error) {
 	l := r.l
 	if !validID(ev.JobID) {
 		return false, fmt.Errorf("%w: job_id %q", ErrInvalidRecord, ev.JobID)
@@ -295,6 +339,9 @@ func (r *Recorder) Apply(ctx context.Context, ev *events.Event) (bool, error) {
 		next, ch := applyEvent(cur, ev, time.Now())
 		if extra && !next.Extra && next.RequestID == ev.RequestID {
 			next.Extra, ch = true, true
+		}
+		if next.addEventRef(ref) {
+			ch = true
 		}
 		changed, created = ch, cur == nil
 		if !ch {

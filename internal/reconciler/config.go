@@ -24,9 +24,6 @@ const (
 	DefaultJobMaxAge = 3 * time.Hour
 	// DefaultInterval is how often the ledger is scanned for jobs due.
 	DefaultInterval = 10 * time.Second
-	// DefaultAccountPause is how long polling stops after an account error
-	// (401, 402, 403): retrying is pointless until an operator acts.
-	DefaultAccountPause = time.Minute
 	// DefaultPublishTimeout bounds one publish to JetStream.
 	DefaultPublishTimeout = 10 * time.Second
 	// MinBackoff is the shortest wait between two polls of one job.
@@ -41,7 +38,6 @@ type Config struct {
 	Concurrency  int           `env:"KREABUS_POLL_CONCURRENCY" flag:"poll-concurrency" default:"4" usage:"polls in flight at once"`
 	JobMaxAge    time.Duration `env:"KREABUS_JOB_MAX_AGE" flag:"job-max-age" default:"3h" usage:"a job still not terminal this long after submission ends in krea.jobs.failed"`
 	Interval     time.Duration `env:"KREABUS_POLL_INTERVAL" flag:"poll-interval" default:"10s" usage:"how often the ledger is scanned for jobs due for a poll"`
-	AccountPause time.Duration `env:"KREABUS_POLL_ACCOUNT_PAUSE" flag:"poll-account-pause" default:"1m" usage:"how long polling stops after Krea answers 401, 402 or 403"`
 
 	// PublishTimeout bounds one publish (default DefaultPublishTimeout).
 	PublishTimeout time.Duration
@@ -66,9 +62,6 @@ func (c *Config) setDefaults() {
 	if c.Interval == 0 {
 		c.Interval = DefaultInterval
 	}
-	if c.AccountPause == 0 {
-		c.AccountPause = DefaultAccountPause
-	}
 	if c.PublishTimeout == 0 {
 		c.PublishTimeout = DefaultPublishTimeout
 	}
@@ -90,7 +83,6 @@ func (c *Config) Validate() error {
 	check(cc.Concurrency > 0, "KREABUS_POLL_CONCURRENCY: must be positive, got %d", cc.Concurrency)
 	check(cc.JobMaxAge > cc.WebhookGrace, "KREABUS_JOB_MAX_AGE: must exceed KREABUS_WEBHOOK_GRACE (%v), got %v", cc.WebhookGrace, cc.JobMaxAge)
 	check(cc.Interval > 0, "KREABUS_POLL_INTERVAL: must be positive, got %v", cc.Interval)
-	check(cc.AccountPause > 0, "KREABUS_POLL_ACCOUNT_PAUSE: must be positive, got %v", cc.AccountPause)
 	check(cc.PublishTimeout > 0, "publish timeout must be positive, got %v", cc.PublishTimeout)
 	return errors.Join(errs...)
 }

@@ -33,6 +33,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
+	"github.com/kreabus/kreabus/internal/accountpause"
 	"github.com/kreabus/kreabus/internal/admin"
 	"github.com/kreabus/kreabus/internal/ledger"
 	"github.com/kreabus/kreabus/pkg/events"
@@ -68,6 +69,14 @@ type Store interface {
 	CloseOpen(ctx context.Context, jobID string) error
 }
 
+// AccountPause is the pause Krea account errors (401, 402, 403) take,
+// shared with the submitter: *accountpause.Pause implements it. While it
+// lasts nothing is polled; a poll refused for the account trips it.
+type AccountPause interface {
+	Remaining() time.Duration
+	Trip(ctx context.Context, reason string) time.Time
+}
+
 // Deps are the reconciler's collaborators.
 type Deps struct {
 	// JetStream publishes the events (required).
@@ -90,6 +99,10 @@ type Deps struct {
 	// recorder.Synced && open.Ready, so nothing is polled before the
 	// ledger has caught up with the stream.
 	Ready func() bool
+	// Pause is the account pause shared with the submitter (the
+	// submitter program passes its consumer pause). Nil: a pause of the
+	// reconciler's own, with accountpause's default backoff.
+	Pause AccountPause
 	// Log defaults to discarding.
 	Log *slog.Logger
 	// Registerer, when set, gets the reconciler's metrics.
@@ -127,9 +140,10 @@ type Reconciler struct {
 	polls    *prometheus.CounterVec
 	pending  prometheus.Gauge
 
-	mu          sync.Mutex
-	jobs        map[string]*jobState
-	pausedUntil time.Time
+	mu   sync.Mutex
+	jobs map[string]*jobState
+	// holdUntil: no poll before (a Retry-After Krea asked for).
+	holdUntil time.Time
 }
 
 // jobState is the polling schedule of one job.
@@ -152,6 +166,13 @@ func New(cfg Config, d Deps) (*Reconciler, error) {
 	log := d.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if d.Pause == nil {
+		p, err := accountpause.New(accountpause.DefaultBackoffMin, accountpause.DefaultBackoffMax, accountpause.WithLogger(log))
+		if err != nil {
+			return nil, err
+		}
+		d.Pause = p
 	}
 	r := &Reconciler{
 		cfg:     cfg,
@@ -229,8 +250,12 @@ func (r *Reconciler) scan(ctx context.Context, work chan<- ledger.Record) bool {
 	pending := r.d.Open.Pending(now, r.cfg.WebhookGrace)
 	r.pending.Set(float64(len(pending)))
 
+	if r.d.Pause.Remaining() > 0 {
+		// Krea refuses the account: polls would only be refused too.
+		return true
+	}
 	r.mu.Lock()
-	if now.Before(r.pausedUntil) {
+	if now.Before(r.holdUntil) {
 		r.mu.Unlock()
 		return true
 	}
@@ -322,13 +347,13 @@ func (r *Reconciler) poll(ctx context.Context, rec ledger.Record) {
 		r.publish(ctx, rec, krea.StatusFailed, failedBody(rec, nil, CodeNotFound, msg, now), msg)
 	case errors.Is(err, krea.ErrAccount):
 		r.outcome(OutcomeAccountError)
-		log.Error("Krea refuses the account; polling paused", "err", err, "pause", r.cfg.AccountPause)
-		r.setPause(now.Add(r.cfg.AccountPause))
-		r.reschedule(rec.JobID, r.cfg.AccountPause, false)
+		until := r.d.Pause.Trip(ctx, err.Error())
+		log.Error("Krea refuses the account; polling and submission paused", "err", err, "until", until)
+		r.reschedule(rec.JobID, time.Until(until), false)
 	case errors.Is(err, krea.ErrRetryable):
 		r.outcome(OutcomeRetryableError)
 		if d, ok := krea.RetryAfter(err); ok && d > 0 {
-			r.setPause(now.Add(d))
+			r.hold(now.Add(d))
 		}
 		log.Warn("poll failed; backing off", "err", err)
 		r.reschedule(rec.JobID, 0, true)
@@ -491,17 +516,19 @@ func (r *Reconciler) forget(jobID string) {
 	r.mu.Unlock()
 }
 
-func (r *Reconciler) setPause(until time.Time) {
+// hold stops polling until a Retry-After has passed.
+func (r *Reconciler) hold(until time.Time) {
 	r.mu.Lock()
-	if until.After(r.pausedUntil) {
-		r.pausedUntil = until
+	if until.After(r.holdUntil) {
+		r.holdUntil = until
 	}
 	r.mu.Unlock()
 }
 
-// pause returns how long polling is still paused.
+// pause returns how long polling is still paused or held.
 func (r *Reconciler) pause() time.Duration {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	return time.Until(r.pausedUntil)
+	held := time.Until(r.holdUntil)
+	r.mu.Unlock()
+	return max(held, r.d.Pause.Remaining())
 }

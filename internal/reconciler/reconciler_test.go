@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/kreabus/kreabus/internal/accountpause"
 	"github.com/kreabus/kreabus/internal/ledger"
 	"github.com/kreabus/kreabus/internal/ledger/ledgertest"
 	"github.com/kreabus/kreabus/internal/natstest"
@@ -38,6 +39,8 @@ type env struct {
 	js  jetstream.JetStream
 	sim *kreatest.Server
 	tok *events.Tokenizer
+	// pause, when set, is the account pause replicas share.
+	pause AccountPause
 }
 
 func newEnv(t *testing.T, dup time.Duration, sim kreatest.Config) *env {
@@ -110,6 +113,7 @@ func (e *env) replica(cfg Config, client JobGetter) *replica {
 	rc, err := New(cfg, Deps{
 		JetStream: js, Krea: client, Open: open, Store: l, Claims: l,
 		Ready: func() bool { return rec.Synced() && open.Ready() },
+		Pause: e.pause,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -291,7 +295,6 @@ func fast() Config {
 		Concurrency:  8,
 		JobMaxAge:    time.Hour,
 		Interval:     25 * time.Millisecond,
-		AccountPause: time.Hour,
 	}
 }
 
@@ -608,6 +611,53 @@ func TestAccountErrorPausesPolling(t *testing.T) {
 	}
 	if n := counter(r.rc, OutcomeAccountError); n != 1 {
 		t.Fatalf("account errors %v, want 1", n)
+	}
+}
+
+// TestSharedPauseStopsPolling: an account error the submitter saw (the
+// shared pause tripped elsewhere) stops polling too, and a poll refused
+// for the account trips it for the submitter; once the pause ends, polling
+// resumes.
+func TestSharedPauseStopsPolling(t *testing.T) {
+	e := newEnv(t, time.Minute, kreatest.Config{RunTime: time.Hour, Faults: kreatest.Faults{DropWebhookRate: 1}})
+	shared, err := accountpause.New(700*time.Millisecond, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.pause = shared
+	cfg := fast()
+	cfg.WebhookGrace = 50 * time.Millisecond
+	r := e.replica(cfg, nil)
+	shared.Trip(context.Background(), "402 Insufficient credits (seen by the submitter)")
+	for range 3 {
+		r.submit("paused")
+	}
+	before := e.sim.Requests()
+	elapse(t, 400*time.Millisecond)
+	if n := e.sim.Requests() - before; n > 0 {
+		t.Fatalf("%d polls while the submitter's pause lasts", n)
+	}
+	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if counter(r.rc, OutcomeNonTerminal) < 3 {
+			return errors.New("polling did not resume after the pause")
+		}
+		return nil
+	})
+
+	// A poll refused for the account pauses the submitter's side too.
+	bad, err := krea.NewClient("wrong-token", krea.WithBaseURL(e.sim.URL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2 := e.replica(cfg, bad)
+	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if counter(r2.rc, OutcomeAccountError) == 0 {
+			return errors.New("no account error yet")
+		}
+		return nil
+	})
+	if shared.Remaining() <= 0 {
+		t.Fatal("a poll's account error did not trip the shared pause")
 	}
 }
 

@@ -86,8 +86,8 @@ type Config struct {
 
 	RetryBackoffMin time.Duration `env:"KREABUS_RETRY_BACKOFF_MIN" flag:"retry-backoff-min" default:"1s" usage:"first redelivery delay after a retryable failure (doubles per delivery, full jitter)"`
 	RetryBackoffMax time.Duration `env:"KREABUS_RETRY_BACKOFF_MAX" flag:"retry-backoff-max" default:"5m" usage:"longest redelivery delay after a retryable failure"`
-	PauseBackoffMin time.Duration `env:"KREABUS_PAUSE_BACKOFF_MIN" flag:"pause-backoff-min" default:"10s" usage:"first probe delay after an account error (401/402/403) paused submission"`
-	PauseBackoffMax time.Duration `env:"KREABUS_PAUSE_BACKOFF_MAX" flag:"pause-backoff-max" default:"5m" usage:"longest probe delay while paused by account errors"`
+	PauseBackoffMin time.Duration `env:"KREABUS_PAUSE_BACKOFF_MIN" flag:"pause-backoff-min" default:"10s" usage:"first pause of the requests consumer (submission and polling) after a Krea account error (401/402/403); the next call then probes the account"`
+	PauseBackoffMax time.Duration `env:"KREABUS_PAUSE_BACKOFF_MAX" flag:"pause-backoff-max" default:"5m" usage:"longest pause while account errors go on (each failed probe doubles it)"`
 
 	Consumer        string        `env:"KREABUS_CONSUMER" flag:"consumer" default:"kreabus-submitter" usage:"durable consumer name on KREA_REQUESTS"`
 	APITimeout      time.Duration `env:"KREABUS_API_TIMEOUT" flag:"api-timeout" default:"30s" usage:"bound of one Krea API call"`

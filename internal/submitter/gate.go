@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/kreabus/kreabus/internal/accountpause"
 )
 
 // outcome is what became of one request a slot was taken for, as far as the
@@ -38,6 +40,11 @@ const (
 // calls while a Retry-After runs, and pauses everything after an account
 // error until a probe succeeds.
 //
+// The account pause itself is the shared accountpause.Pause (the JetStream
+// consumer pause, shared with the reconciler and other replicas): the gate
+// follows it, and once it ends lets exactly one call through, the probe,
+// until a call proves the account works again.
+//
 // The limit follows AIMD: a 429 halves it (once per round of calls: a 429
 // of a call started before the last cut does not cut again), each success
 // raises it by 1/limit, so it regains one slot per round of successful
@@ -47,10 +54,11 @@ type gate struct {
 	rate     float64 // configured calls/s, 0 = none
 	rl       *rate.Limiter
 
-	pauseMin, pauseMax time.Duration
-	holdMax            time.Duration
-	now                func() time.Time
-	onPause            func(paused bool, reason string)
+	acct       *accountpause.Pause
+	retryProbe time.Duration // after an inconclusive probe
+	holdMax    time.Duration
+	now        func() time.Time
+	onPause    func(paused bool, reason string)
 
 	mu        sync.Mutex
 	factor    float64 // (0, 1]: share of maxSlots and rate allowed now
@@ -59,23 +67,22 @@ type gate struct {
 	holdUntil time.Time // no new calls before (Retry-After)
 	paused    bool
 	pausedAt  time.Time
-	reason    string // the account error that paused us
-	backoff   time.Duration
-	probeAt   time.Time
-	probing   bool // the single probe slot is taken
+	reason    string    // the account error that paused us
+	retryAt   time.Time // no probe before (an inconclusive probe)
+	probing   bool      // the single probe slot is taken
 	wake      chan struct{}
 }
 
-func newGate(slots int, callsPerSec float64, pauseMin, pauseMax, holdMax time.Duration) *gate {
+func newGate(slots int, callsPerSec float64, acct *accountpause.Pause, retryProbe, holdMax time.Duration) *gate {
 	g := &gate{
-		maxSlots: slots,
-		rate:     callsPerSec,
-		pauseMin: pauseMin,
-		pauseMax: pauseMax,
-		holdMax:  holdMax,
-		now:      time.Now,
-		factor:   1,
-		wake:     make(chan struct{}),
+		maxSlots:   slots,
+		rate:       callsPerSec,
+		acct:       acct,
+		retryProbe: retryProbe,
+		holdMax:    holdMax,
+		now:        time.Now,
+		factor:     1,
+		wake:       make(chan struct{}),
 	}
 	if callsPerSec > 0 {
 		g.rl = rate.NewLimiter(rate.Limit(callsPerSec), 1)
@@ -113,15 +120,20 @@ func (g *gate) broadcastLocked() {
 // it tells whether the account works again.
 func (g *gate) acquire(ctx context.Context) (probe bool, err error) {
 	for {
+		started := g.follow()
+		if started != "" && g.onPause != nil {
+			g.onPause(true, started)
+		}
 		g.mu.Lock()
 		now := g.now()
+		probeAt := g.probeAtLocked()
 		var wait time.Duration
 		switch {
 		case g.paused:
 			if g.probing {
 				wait = -1
-			} else if now.Before(g.probeAt) {
-				wait = g.probeAt.Sub(now)
+			} else if now.Before(probeAt) {
+				wait = min(probeAt.Sub(now), followInterval)
 			} else if g.inflight < g.limitLocked() {
 				g.probing = true
 				g.inflight++
@@ -160,6 +172,34 @@ func (g *gate) acquire(ctx context.Context) (probe bool, err error) {
 			return false, err
 		}
 	}
+}
+
+// followInterval bounds how long a waiting acquire goes without looking at
+// the shared pause (which another replica or the reconciler may change).
+const followInterval = time.Second
+
+// follow adopts a pause the gate did not take itself (the reconciler's,
+// another replica's). It returns the reason when it paused the gate.
+func (g *gate) follow() string {
+	until, reason := g.acct.State()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.paused || !g.now().Before(until) {
+		return ""
+	}
+	g.paused, g.pausedAt, g.reason = true, g.now(), reason
+	g.broadcastLocked()
+	return reason
+}
+
+// probeAtLocked is when the next probe may go: when the shared pause ends,
+// not before an inconclusive probe's retry time.
+func (g *gate) probeAtLocked() time.Time {
+	until, _ := g.acct.State()
+	if g.retryAt.After(until) {
+		return g.retryAt
+	}
+	return until
 }
 
 // acquireMore takes up to n more slots without waiting, when not paused and
@@ -212,6 +252,11 @@ func (g *gate) waitRate(ctx context.Context, extra int) (int, error) {
 // request's API call came to. started is when the call started; retryAfter
 // is the delay a 429 asked for (0 when none).
 func (g *gate) done(probe bool, o outcome, started time.Time, retryAfter time.Duration) {
+	if o == outcomeOK || o == outcomeRefused {
+		// The account works: the next pause starts from the minimum, and
+		// one still running (a poll's, another replica's) ends.
+		g.acct.Clear(context.Background())
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.now()
@@ -241,16 +286,12 @@ func (g *gate) done(probe bool, o outcome, started time.Time, retryAfter time.Du
 			}
 		}
 	case outcomeAccount:
-		// pauseLocked was already called by pause(); a probe that failed
-		// again backs off further.
-		if probe && g.paused {
-			g.backoff = min(2*g.backoff, g.pauseMax)
-			g.probeAt = now.Add(g.backoff)
-		}
+		// pause() already tripped the shared pause: a probe that failed
+		// again made it longer.
 	case outcomeFailed:
 		if probe && g.paused {
 			// Inconclusive: try another probe soon.
-			g.probeAt = now.Add(min(g.pauseMin, g.backoff))
+			g.retryAt = now.Add(g.retryProbe)
 		}
 	}
 	g.broadcastLocked()
@@ -262,21 +303,19 @@ func (g *gate) applyRateLocked() {
 	}
 }
 
-// pause stops taking requests after an account error. It returns true when
-// this call paused a running gate.
-func (g *gate) pause(reason string) bool {
+// pause stops taking requests after an account error, tripping the shared
+// pause. It returns true when this call paused a running gate.
+func (g *gate) pause(ctx context.Context, reason string) bool {
+	g.acct.Trip(ctx, reason)
 	g.mu.Lock()
 	if g.paused {
 		g.reason = reason
 		g.mu.Unlock()
 		return false
 	}
-	now := g.now()
 	g.paused = true
-	g.pausedAt = now
+	g.pausedAt = g.now()
 	g.reason = reason
-	g.backoff = g.pauseMin
-	g.probeAt = now.Add(g.backoff)
 	g.broadcastLocked()
 	cb := g.onPause
 	g.mu.Unlock()
@@ -289,7 +328,7 @@ func (g *gate) pause(reason string) bool {
 func (g *gate) resumeLocked() {
 	g.paused = false
 	g.reason = ""
-	g.backoff = 0
+	g.retryAt = time.Time{}
 	if g.onPause != nil {
 		// Called with the lock held; the callback only touches metrics.
 		g.onPause(false, "")
@@ -300,7 +339,7 @@ func (g *gate) resumeLocked() {
 func (g *gate) Paused() (bool, string, time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.paused, g.reason, g.probeAt
+	return g.paused, g.reason, g.probeAtLocked()
 }
 
 // pauseDelay is how long a request nak'ed because of a pause should wait:
@@ -308,6 +347,6 @@ func (g *gate) Paused() (bool, string, time.Time) {
 func (g *gate) pauseDelay() time.Duration {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	d := g.probeAt.Sub(g.now())
+	d := g.probeAtLocked().Sub(g.now())
 	return max(d, time.Second)
 }

@@ -218,7 +218,7 @@ func (s *Submitter) send(ctx context.Context, d *delivery, prev *ledger.Record, 
 		s.submitted(ctx, d, res, attempt)
 
 	case errors.Is(err, krea.ErrAccount):
-		s.gate.pause(err.Error())
+		s.gate.pause(ctx, err.Error())
 		release(outcomeAccount, started, 0)
 		// Refused before any work: no job, and the call does not count
 		// towards KREABUS_MAX_DELIVERIES.

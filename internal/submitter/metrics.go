@@ -96,6 +96,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, o := range []string{UncertainNew, UncertainNoJob, UncertainLinked, UncertainWaiting, UncertainResent, UncertainRejected} {
 		m.uncertain.WithLabelValues(o)
 	}
+	// Every kind at 0 from the start, so a rejection-rate alert has series
+	// to divide before the first rejection.
+	for _, k := range []string{RejectInvalid, RejectRefused, RejectModelUnavailable, RejectOutOfRetries, RejectUncertain} {
+		m.rejections.WithLabelValues(k)
+	}
 	if reg == nil {
 		m.extraJobs = extra.WithLabelValues("submitter")
 		return m, nil

@@ -18,6 +18,7 @@ import (
 	"github.com/kreabus/kreabus/internal/natsconn"
 	"github.com/kreabus/kreabus/internal/program"
 	"github.com/kreabus/kreabus/internal/reconciler"
+	"github.com/kreabus/kreabus/internal/service"
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
@@ -88,6 +89,7 @@ type Program struct {
 
 	mu        sync.Mutex
 	sub       *Submitter
+	svc       *service.Service
 	streamErr error
 }
 
@@ -178,6 +180,13 @@ func (p *Program) run(ctx context.Context) {
 		p.fail(err)
 		return
 	}
+	// One account pause for both: the requests consumer's, which every
+	// replica follows.
+	acct, err := NewAccountPause(p.s.Config, p.js, p.log)
+	if err != nil {
+		p.fail(err)
+		return
+	}
 	open := led.WatchOpen(ctx)
 	rc, err := reconciler.New(p.s.ReconcilerConfig, reconciler.Deps{
 		JetStream: p.js,
@@ -187,6 +196,7 @@ func (p *Program) run(ctx context.Context) {
 		Claims:    led, // replicas share the polling
 		// Poll nothing before the ledger has caught up with KREA_JOBS.
 		Ready:      func() bool { return rec.Synced() && open.Ready() },
+		Pause:      acct,
 		Log:        p.log,
 		Registerer: p.admin.Registry(),
 	})
@@ -194,16 +204,31 @@ func (p *Program) run(ctx context.Context) {
 		p.fail(err)
 		return
 	}
-	sub, err := New(p.s.Config, Deps{JS: p.js, Ledger: led, Client: api, Log: p.log, Registerer: p.admin.Registry()})
+	sub, err := New(p.s.Config, Deps{JS: p.js, Ledger: led, Client: api, Log: p.log, Registerer: p.admin.Registry(), Pause: acct})
 	if err != nil {
 		p.fail(err)
 		return
 	}
+	svc, err := service.Start(service.Config{}, service.Deps{
+		Conn: p.nc, JS: p.js, Ledger: led, Krea: api,
+		Wait: sub.WaitAPI, Paused: sub.Paused, Log: p.log,
+	})
+	if err != nil {
+		p.fail(err)
+		return
+	}
+	defer func() {
+		if err := svc.Stop(); err != nil {
+			p.log.Warn("stopping the NATS service", "err", err)
+		}
+	}()
 	p.mu.Lock()
 	p.sub = sub
+	p.svc = svc
 	p.mu.Unlock()
 
 	var wg sync.WaitGroup
+	wg.Go(func() { acct.Run(ctx) })
 	wg.Go(func() {
 		if err := rec.Run(ctx); err != nil {
 			p.fail(fmt.Errorf("ledger recorder: %w", err))
@@ -242,6 +267,13 @@ func (p *Program) Submitter() *Submitter {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.sub
+}
+
+// Service returns the running NATS service, nil until it is set up.
+func (p *Program) Service() *service.Service {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.svc
 }
 
 // AdminAddr is the admin listener's address ("" when off).

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kreabus/kreabus/internal/accountpause"
 	"github.com/kreabus/kreabus/internal/ledger"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
@@ -63,6 +64,22 @@ type Deps struct {
 	// Registerer gets the metrics (nil: not registered). Collectors already
 	// registered by an earlier Submitter are reused.
 	Registerer prometheus.Registerer
+	// Pause is the account pause shared with the reconciler (see
+	// NewAccountPause). Nil: the Submitter makes its own on its consumer
+	// and follows it while it runs.
+	Pause *accountpause.Pause
+}
+
+// NewAccountPause returns the account pause of the settings: JetStream's
+// consumer pause on the submitter's durable consumer on KREA_REQUESTS,
+// starting at KREABUS_PAUSE_BACKOFF_MIN and doubling up to
+// KREABUS_PAUSE_BACKOFF_MAX. The program shares it with the reconciler and
+// runs it (Run) to follow other replicas.
+func NewAccountPause(cfg Config, js jetstream.JetStream, log *slog.Logger) (*accountpause.Pause, error) {
+	cfg.setDefaults()
+	return accountpause.New(cfg.PauseBackoffMin, cfg.PauseBackoffMax,
+		accountpause.WithConsumer(js, events.StreamRequests, cfg.Consumer),
+		accountpause.WithLogger(log))
 }
 
 // Submitter consumes generation requests and submits them to Krea. Create it
@@ -77,6 +94,8 @@ type Submitter struct {
 	log    *slog.Logger
 	m      *metrics
 	gate   *gate
+	acct   *accountpause.Pause
+	ownAcc bool // acct was made here: Run follows it
 
 	fetchWait time.Duration // how long one pull waits for requests
 
@@ -123,6 +142,13 @@ func New(cfg Config, deps Deps) (*Submitter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("submitter: metrics: %w", err)
 	}
+	acct, own := deps.Pause, false
+	if acct == nil {
+		if acct, err = NewAccountPause(cfg, deps.JS, log); err != nil {
+			return nil, err
+		}
+		own = true
+	}
 	s := &Submitter{
 		cfg:       cfg,
 		js:        deps.JS,
@@ -131,7 +157,9 @@ func New(cfg Config, deps Deps) (*Submitter, error) {
 		tok:       tok,
 		log:       log.With("component", "submitter"),
 		m:         m,
-		gate:      newGate(cfg.Concurrency, cfg.Rate, cfg.PauseBackoffMin, cfg.PauseBackoffMax, cfg.RetryBackoffMax),
+		gate:      newGate(cfg.Concurrency, cfg.Rate, acct, cfg.PauseBackoffMin, cfg.RetryBackoffMax),
+		acct:      acct,
+		ownAcc:    own,
 		fetchWait: defaultFetchWait,
 		ids:       map[string]struct{}{},
 	}
@@ -175,6 +203,13 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	return s.Run(ctx)
 }
 
+// WaitAPI waits for room under the submitter's Krea rate limit
+// (KREABUS_SUBMIT_RATE), so calls made for the NATS service share it.
+func (s *Submitter) WaitAPI(ctx context.Context) error {
+	_, err := s.gate.waitRate(ctx, 0)
+	return err
+}
+
 // Paused reports whether account errors paused submission.
 func (s *Submitter) Paused() bool {
 	p, _, _ := s.gate.Paused()
@@ -208,7 +243,7 @@ func (s *Submitter) onPause(paused bool, reason string) {
 	if paused {
 		s.m.paused.Set(1)
 		s.m.pauses.Inc()
-		s.log.Error("Krea account error: submission paused until a probe succeeds", "reason", reason)
+		s.log.Error("Krea account error: submission paused (requests consumer paused) until a probe succeeds", "reason", reason)
 		return
 	}
 	s.m.paused.Set(0)
@@ -255,6 +290,11 @@ func (s *Submitter) run(ctx context.Context) error {
 			return nil
 		}
 		return err
+	}
+	if s.ownAcc {
+		followed := make(chan struct{})
+		defer func() { <-followed }()
+		go func() { defer close(followed); s.acct.Run(ctx) }()
 	}
 	s.log.Info("submitter started", "consumer", s.cfg.Consumer, "concurrency", s.cfg.Concurrency,
 		"rate", s.cfg.Rate, "max_deliveries", s.cfg.MaxDeliveries, "api_url", s.cfg.APIURL)

@@ -386,7 +386,10 @@ func TestAccountErrorPauses(t *testing.T) {
 // TestOutOfCreditsPauses: 402 from the simulator pauses too and recovers.
 func TestOutOfCreditsPauses(t *testing.T) {
 	e := newEnv(t, kreatest.Config{Faults: kreatest.Faults{OutOfCredits: true}})
-	r := e.start(e.config())
+	cfg := e.config()
+	// Long enough to see the consumer paused on the server.
+	cfg.PauseBackoffMin, cfg.PauseBackoffMax = 2*time.Second, 2*time.Second
+	r := e.start(cfg)
 	e.publishAsync([]*events.Request{goodRequest("credits-1"), goodRequest("credits-2")})
 	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if !r.s.Paused() {
@@ -394,6 +397,16 @@ func TestOutOfCreditsPauses(t *testing.T) {
 		}
 		return nil
 	})
+	// The pause is JetStream's consumer pause, as `nats consumer info`
+	// shows it.
+	c, err := e.js.Consumer(context.Background(), events.StreamRequests, DefaultConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ci := c.CachedInfo(); !ci.Paused || ci.Config.PauseUntil == nil || ci.PauseRemaining <= 0 {
+		t.Errorf("requests consumer not paused on the server: paused %v until %v remaining %v",
+			ci.Paused, ci.Config.PauseUntil, ci.PauseRemaining)
+	}
 	e.sim.SetFaults(kreatest.Faults{})
 	natstest.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
 		if n := e.countStatus("submitted"); n != 2 {

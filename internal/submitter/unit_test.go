@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kreabus/kreabus/internal/accountpause"
 	"github.com/kreabus/kreabus/internal/config"
 )
 
@@ -111,7 +112,11 @@ func (c *fakeClock) now() time.Time      { return c.t }
 func (c *fakeClock) add(d time.Duration) { c.t = c.t.Add(d) }
 func newTestGate(slots int) (*gate, *fakeClock) {
 	clk := &fakeClock{t: time.Unix(1000, 0)}
-	g := newGate(slots, 0, time.Second, 8*time.Second, time.Minute)
+	acct, err := accountpause.New(time.Second, 8*time.Second, accountpause.WithClock(clk.now))
+	if err != nil {
+		panic(err)
+	}
+	g := newGate(slots, 0, acct, time.Second, time.Minute)
 	g.now = clk.now
 	return g, clk
 }
@@ -197,7 +202,7 @@ func TestGatePauseProbe(t *testing.T) {
 	g.acquire(ctx)
 	started := clk.now()
 	clk.add(time.Millisecond)
-	if !g.pause("401 Unauthorized") {
+	if !g.pause(ctx, "401 Unauthorized") {
 		t.Fatal("pause did not pause")
 	}
 	g.done(false, outcomeAccount, started, 0)
@@ -225,7 +230,7 @@ func TestGatePauseProbe(t *testing.T) {
 	}
 	cancel()
 	// The probe fails again: the backoff doubles.
-	g.pause("401 Unauthorized")
+	g.pause(ctx, "401 Unauthorized")
 	g.done(true, outcomeAccount, clk.now(), 0)
 	if _, _, at := g.Paused(); !at.Equal(clk.now().Add(2 * time.Second)) {
 		t.Fatalf("next probe at %v, want now+2s", at)

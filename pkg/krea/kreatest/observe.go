@@ -18,6 +18,13 @@ type Submission struct {
 	Time       time.Time
 }
 
+// Cancellation is one DELETE /jobs/{id} call that passed authentication.
+type Cancellation struct {
+	JobID      string
+	StatusCode int // the simulator's answer: 200, 404, 409
+	Time       time.Time
+}
+
 // WebhookDelivery is one webhook POST attempt, or a webhook the faults
 // dropped (Dropped, no attempt made).
 type WebhookDelivery struct {
@@ -138,6 +145,17 @@ func (s *Server) JobJSON(id string) (json.RawMessage, bool) {
 		return nil, false
 	}
 	return s.jsonLocked(j), true
+}
+
+// Cancellations returns every DELETE /jobs/{id} the simulator answered
+// (after authentication and injected faults), oldest first: what a test
+// asserts a cancel did or did not reach the API with.
+func (s *Server) Cancellations() []Cancellation {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Cancellation, len(s.cancels))
+	copy(out, s.cancels)
+	return out
 }
 
 // WebhookDeliveries returns every webhook attempt and drop, in order.

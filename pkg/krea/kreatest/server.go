@@ -58,6 +58,7 @@ type Server struct {
 	active      int       // jobs queued or processing
 	lastCreated time.Time
 	requests    int
+	cancels     []Cancellation // DELETE /jobs/{id} calls that passed auth
 	attempts    map[string]int // submit calls that passed auth, by X-Webhook-URL
 	created     map[string]int // jobs created, by X-Webhook-URL
 	submissions []Submission
@@ -332,7 +333,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case epGetJob:
 		s.handleGetJob(w, id)
 	case epCancelJob:
-		s.handleCancel(w, id)
+		rec := &statusRecorder{ResponseWriter: w}
+		s.handleCancel(rec, id)
+		s.mu.Lock()
+		s.cancels = append(s.cancels, Cancellation{JobID: id, StatusCode: rec.code, Time: time.Now().UTC()})
+		s.mu.Unlock()
 	case epListJobs:
 		s.handleList(w, r)
 	}
@@ -367,4 +372,15 @@ func writeJSON(w http.ResponseWriter, code int, body []byte) {
 func writeError(w http.ResponseWriter, code int, msg string) {
 	b, _ := json.Marshal(map[string]string{"error": msg})
 	writeJSON(w, code, b)
+}
+
+// statusRecorder keeps the status code an answer was written with.
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.code = code
+	r.ResponseWriter.WriteHeader(code)
 }
