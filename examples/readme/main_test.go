@@ -16,19 +16,21 @@ import (
 	"github.com/kreabus/kreabus/internal/natstest"
 )
 
-// readmeBlock returns the n-th fenced block of the given language in the
-// repository's README.md.
-func readmeBlock(t *testing.T, lang string, n int) string {
+// readmeBlock returns the first fenced block of the given language in the
+// repository's README.md that contains marker.
+func readmeBlock(t *testing.T, lang, marker string) string {
 	t.Helper()
 	b, err := os.ReadFile("../../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	blocks := regexp.MustCompile("(?s)```"+lang+"\n(.*?)```").FindAllStringSubmatch(string(b), -1)
-	if len(blocks) <= n {
-		t.Fatalf("README.md has %d %s blocks, want at least %d", len(blocks), lang, n+1)
+	for _, m := range regexp.MustCompile("(?s)```"+lang+"\n(.*?)```").FindAllStringSubmatch(string(b), -1) {
+		if strings.Contains(m[1], marker) {
+			return m[1]
+		}
 	}
-	return blocks[n][1]
+	t.Fatalf("README.md has no %s block with %q", lang, marker)
+	return ""
 }
 
 // TestREADMEGoSnippet: the README's Go program is this package's main.go,
@@ -38,7 +40,7 @@ func TestREADMEGoSnippet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := readmeBlock(t, "go", 0); got != string(src) {
+	if got := readmeBlock(t, "go", "package main"); got != string(src) {
 		t.Fatalf("README.md's Go block differs from examples/readme/main.go: copy main.go into the README")
 	}
 }
@@ -85,7 +87,7 @@ func TestREADMENatsRecipe(t *testing.T) {
 		t.Skip("nats CLI not installed: scripts/install-natscli.sh")
 	}
 	var cmds []string
-	for _, line := range strings.Split(readmeBlock(t, "sh", 1), "\n") {
+	for _, line := range strings.Split(readmeBlock(t, "sh", "nats sub 'kreabus.events.>'"), "\n") {
 		if strings.HasPrefix(line, "nats ") {
 			cmds = append(cmds, line)
 		}
