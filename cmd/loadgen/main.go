@@ -491,16 +491,21 @@ func feedCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("loadgen feed", flag.ContinueOnError)
 	natsURL := fs.String("nats-url", envOr("NATS_URL", nats.DefaultURL), "NATS server URL(s) (env NATS_URL)")
 	from := fs.Int("from", 0, "first job (line of the wrkdata file) to record")
-	lead := fs.Int("lead", 5000, "jobs recorded ahead of the webhooks stored")
+	lead := fs.Int("lead", 5000, "jobs recorded ahead of each region's furthest webhook stored")
+	regions := fs.Int("regions", 1, "regions of the file sent in order side by side (wrk threads)")
+	span := fs.Int("span", 0, "lines per region (with -regions > 1)")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *regions > 1 && *span <= 0 {
+		return errors.New("loadgen feed: -regions needs -span")
 	}
 	js, closeNATS, err := ledgerWriter(*natsURL)
 	if err != nil {
 		return err
 	}
 	defer closeNATS()
-	return ledgertest.Feed(ctx, js, *from, *lead)
+	return ledgertest.Feed(ctx, js, ledgertest.FeedRegions(*from, *regions, *span), *lead)
 }
 
 // ledgerWriter connects for writing many ledger records asynchronously.

@@ -7,8 +7,8 @@
 # holds when kreabus runs:
 #   live    (default) production's shape: each job is recorded in the
 #           ledger shortly before its webhook comes (`loadgen feed` keeps
-#           LEAD jobs ahead of the webhooks stored, one job record write
-#           each), while the bridge runs, so the bridge's cache has it; the
+#           LEAD jobs ahead of the furthest webhook stored, whichever wrk
+#           thread sent it, one job record write each), while the bridge runs, so the bridge's cache has it; the
 #           feeder runs in the baseline's rounds too, so nats-server does
 #           the same extra work for both
 #   ledger  the jobs were recorded before the bridge started: one ledger
@@ -27,7 +27,7 @@ LEAD=${LEAD:-2000}
 BRIDGE_ENV=${BRIDGE_ENV:-} # extra settings for kreabus' bridge, e.g. KREABUS_LEDGER_CACHE=65536
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
-THREADS=${THREADS:-1} # one wrk thread: requests leave in file order, so a job recorded LEAD lines ahead is recorded before its webhook (two threads drift thousands of lines apart and outrun the feeder)
+THREADS=${THREADS:-2}
 N=${N:-400000}
 OUT=${OUT:-${TMPDIR:-/tmp}/kreabus-wrk}
 mkdir -p "$OUT"
@@ -79,11 +79,11 @@ run_target() { # name round
 		for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
 	fi
 	pids+=("$TP")
-	feed() { # first line: record jobs from there on, LEAD ahead of the webhooks
+	feed() { # first line, lines per thread: record jobs from there on, LEAD ahead of the webhooks
 		if [ "$SHAPE" = live ]; then
 			# The feeder stands for a submitter on another machine: on 2
 			# shared cores it must not fall behind the webhooks it precedes.
-			nice -n -10 "$OUT/loadgen" feed -nats-url nats://127.0.0.1:$NSP -from "$1" -lead "$LEAD" >>"$OUT/feed.log" 2>&1 &
+			nice -n -10 "$OUT/loadgen" feed -nats-url nats://127.0.0.1:$NSP -from "$1" -regions "$THREADS" -span "$2" -lead "$LEAD" >>"$OUT/feed.log" 2>&1 &
 			FP=$!
 			pids+=("$FP")
 			sleep 1
@@ -91,14 +91,16 @@ run_target() { # name round
 	}
 	unfeed() { if [ "$SHAPE" = live ]; then stop "$FP"; fi; }
 	# Warm-up on the first lines, measure on the next ones: no job twice.
-	feed 0
-	wrk -t"$THREADS" -c"$CONNS" -d2s -s $LUA "http://127.0.0.1:$PORT" -- "$OUT/data.txt" 0 "$THREADS" >/dev/null
+	# Each wrk thread sends its own region of the file in order (SPAN lines
+	# from first + thread*SPAN): the feeder keeps LEAD jobs ahead in each.
+	feed 0 $((100000 / THREADS))
+	wrk -t"$THREADS" -c"$CONNS" -d2s -s $LUA "http://127.0.0.1:$PORT" -- "$OUT/data.txt" 0 $((100000 / THREADS)) >/dev/null
 	unfeed
-	feed 100000
+	feed 100000 $(((N - 100000) / THREADS))
 	local t0 n0 t1 n1
 	t0=$(awk '{print $14+$15}' /proc/$TP/stat)
 	n0=$(awk '{print $14+$15}' /proc/$NS/stat)
-	wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s $LUA "http://127.0.0.1:$PORT" -- "$OUT/data.txt" 100000 "$THREADS" >"$OUT/$name-$round.txt"
+	wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s $LUA "http://127.0.0.1:$PORT" -- "$OUT/data.txt" 100000 $(((N - 100000) / THREADS)) >"$OUT/$name-$round.txt"
 	t1=$(awk '{print $14+$15}' /proc/$TP/stat)
 	n1=$(awk '{print $14+$15}' /proc/$NS/stat)
 	unfeed

@@ -5,6 +5,7 @@ package ledgertest
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strconv"
 	"testing"
 	"time"
@@ -79,13 +80,28 @@ func Fill(ctx context.Context, js jetstream.JetStream, n, open int, logf func(st
 	return led, nil
 }
 
-// Feed writes the job record of running job i (the IDs of FillIDs) for
-// every i from `from` on, staying lead records ahead of how many job events
-// KREA_JOBS has stored since Feed started: the shape of production, where
-// the submitter records a job shortly before its webhook comes, for a load
-// generator that posts the webhooks of jobs from, from+1, ... in order. It
-// returns when ctx ends.
-func Feed(ctx context.Context, js jetstream.JetStream, from, lead int) error {
+// FeedRegion is a run of jobs a load generator sends the webhooks of in
+// order: First, First+1, ... up to Span of them (0: no end).
+type FeedRegion struct{ First, Span int }
+
+// FeedRegions is n regions of span jobs side by side from first (one per
+// load generator thread).
+func FeedRegions(first, n, span int) []FeedRegion {
+	rs := make([]FeedRegion, max(n, 1))
+	for k := range rs {
+		rs[k] = FeedRegion{First: first + k*span, Span: span}
+	}
+	return rs
+}
+
+// Feed writes the job record of running job i (the IDs of FillIDs) for the
+// jobs of each region in order, staying lead records ahead of the region's
+// furthest job whose event KREA_JOBS has stored: the shape of production,
+// where the submitter records a job shortly before its webhook comes. How
+// far each region has come is read from the last stored event, sampled
+// every 5 ms (regions sent side by side take turns being last). It returns
+// when ctx ends.
+func Feed(ctx context.Context, js jetstream.JetStream, regions []FeedRegion, lead int) error {
 	led, err := ledger.Open(ctx, js, ledger.Config{Create: true})
 	if err != nil {
 		return err
@@ -94,38 +110,54 @@ func Feed(ctx context.Context, js jetstream.JetStream, from, lead int) error {
 	if err != nil {
 		return err
 	}
-	stored := func() (int, error) {
-		info, err := st.Info(ctx)
-		if err != nil {
-			return 0, err
+	// Job ID to region and position, for the jobs a run can reach.
+	const reach = 1 << 20
+	type at struct{ r, i int }
+	pos := make(map[string]at)
+	next := make([]int, len(regions))  // next job to record, per region
+	front := make([]int, len(regions)) // furthest job stored, per region
+	for k, r := range regions {
+		n := r.Span
+		if n <= 0 {
+			n = reach
 		}
-		return int(info.State.Msgs), nil
-	}
-	stored0, err := stored()
-	if err != nil {
-		return err
+		for i := r.First; i < r.First+n; i++ {
+			_, jid := FillIDs(i)
+			pos[jid] = at{k, i}
+		}
+		next[k], front[k] = r.First, r.First-1
 	}
 	prefix := "$KV." + led.Bucket() + "."
 	md := json.RawMessage(`{"user":"u-4812","campaign":"spring-launch"}`)
-	next := from
 	for {
-		n, err := stored()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+		m, err := st.GetLastMsgForSubject(ctx, events.JobsSubjects)
+		switch {
+		case err == nil:
+			if p, ok := pos[m.Header.Get(events.HeaderJobID)]; ok && p.i > front[p.r] {
+				front[p.r] = p.i
 			}
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+		case ctx.Err() != nil:
+			return nil
+		default:
 			return err
 		}
-		for target := from + (n - stored0) + lead; next < target; next++ {
-			rid, jid := FillIDs(next)
-			now := time.Now().UTC()
-			data, err := json.Marshal(&ledger.Record{RequestID: rid, JobID: jid, Path: "/generate/image/bfl/flux-1-dev",
-				Status: events.StatusSubmitted, Metadata: md, SubmittedAt: now, UpdatedAt: now, Source: events.SourceSubmitter})
-			if err != nil {
-				return err
+		for k, r := range regions {
+			target := front[k] + 1 + lead
+			if r.Span > 0 {
+				target = min(target, r.First+r.Span)
 			}
-			if _, err := js.PublishAsync(prefix+ledger.JobKey(jid), data, jetstream.WithStallWait(time.Minute)); err != nil {
-				return err
+			for ; next[k] < target; next[k]++ {
+				rid, jid := FillIDs(next[k])
+				now := time.Now().UTC()
+				data, err := json.Marshal(&ledger.Record{RequestID: rid, JobID: jid, Path: "/generate/image/bfl/flux-1-dev",
+					Status: events.StatusSubmitted, Metadata: md, SubmittedAt: now, UpdatedAt: now, Source: events.SourceSubmitter})
+				if err != nil {
+					return err
+				}
+				if _, err := js.PublishAsync(prefix+ledger.JobKey(jid), data, jetstream.WithStallWait(time.Minute)); err != nil {
+					return err
+				}
 			}
 		}
 		select {
