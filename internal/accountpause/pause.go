@@ -115,7 +115,9 @@ type Pause struct {
 	until   time.Time // no Krea calls before (zero: never paused)
 	reason  string
 	backoff time.Duration // the last pause's length; 0 once a call succeeded
-	setAt   time.Time     // when this process last changed the consumer
+	began   time.Time     // when the pause in force began here (tripped or adopted)
+	setAt   time.Time     // when this process last finished changing the consumer
+	local   bool          // the consumer could not be paused: this process's pause only
 	paused  bool          // as last reported to onChange
 }
 
@@ -174,16 +176,24 @@ func (p *Pause) Trip(ctx context.Context, reason string) time.Time {
 	} else {
 		p.backoff = min(2*p.backoff, p.max)
 	}
-	p.until, p.reason, p.setAt = now.Add(p.backoff), reason, now
+	p.until, p.reason, p.began, p.local = now.Add(p.backoff), reason, now, false
 	until := p.until
 	p.mu.Unlock()
 	p.notify()
 	if p.cons != nil {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
 		defer cancel()
-		if _, err := p.cons.JS.PauseConsumer(cctx, p.cons.Stream, p.cons.Name, until); err != nil {
-			// The pause still holds in this process; other replicas learn
-			// of the account error by their own calls.
+		_, err := p.cons.JS.PauseConsumer(cctx, p.cons.Stream, p.cons.Name, until)
+		p.mu.Lock()
+		// Reads of the consumer begun before this point may predate the
+		// change: Sync ignores them.
+		p.setAt = p.now()
+		p.local = err != nil
+		p.mu.Unlock()
+		if err != nil {
+			// The pause still holds in this process (Sync must not take
+			// the unpaused consumer for a resume); other replicas learn of
+			// the account error by their own calls.
 			p.log.Warn("cannot pause the requests consumer; pausing this replica only",
 				"consumer", p.cons.Name, "err", err)
 		}
@@ -201,21 +211,30 @@ func (p *Pause) backoffNow() time.Duration {
 
 // Clear records that a call the account error would have refused
 // succeeded: the next pause starts from the minimum again, and a pause
-// still running (another replica's, or a poll's error) ends now.
-func (p *Pause) Clear(ctx context.Context) {
+// still running (another replica's, or a poll's error) ends now. started
+// is when the call began: a call begun before the pause (in flight when
+// the error came) proves nothing about the account since, and clears
+// nothing.
+func (p *Pause) Clear(ctx context.Context, started time.Time) {
 	p.mu.Lock()
-	if p.backoff == 0 && !p.now().Before(p.until) {
+	if (p.backoff == 0 && !p.now().Before(p.until)) || !started.After(p.began) {
+		// Nothing to clear, or the call began before the pause did: it
+		// says nothing about the account since.
 		p.mu.Unlock()
 		return
 	}
-	wasPaused := p.now().Before(p.until)
-	p.backoff, p.until, p.reason, p.setAt = 0, time.Time{}, "", p.now()
+	wasPaused := p.now().Before(p.until) && !p.local
+	p.backoff, p.until, p.reason, p.local = 0, time.Time{}, "", false
 	p.mu.Unlock()
 	p.notify()
 	if wasPaused && p.cons != nil {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
 		defer cancel()
-		if _, err := p.cons.JS.ResumeConsumer(cctx, p.cons.Stream, p.cons.Name); err != nil {
+		_, err := p.cons.JS.ResumeConsumer(cctx, p.cons.Stream, p.cons.Name)
+		p.mu.Lock()
+		p.setAt = p.now()
+		p.mu.Unlock()
+		if err != nil {
 			p.log.Warn("cannot resume the requests consumer; it resumes by itself when its pause ends",
 				"consumer", p.cons.Name, "err", err)
 		}
@@ -259,14 +278,17 @@ func (p *Pause) Sync(ctx context.Context) {
 	case asked.Before(p.setAt):
 		// Read before our own last change: stale.
 	case ci.Paused && ci.Config.PauseUntil != nil && ci.Config.PauseUntil.After(p.until):
-		p.until = *ci.Config.PauseUntil
+		if !asked.Before(p.until) {
+			p.began = asked // a pause new to this process
+		}
+		p.until, p.local = *ci.Config.PauseUntil, false
 		if p.reason == "" {
 			p.reason = "the requests consumer is paused (an account error seen by another replica, or an operator)"
 		}
 		if p.backoff == 0 {
 			p.backoff = p.min
 		}
-	case !ci.Paused && asked.Before(p.until):
+	case !ci.Paused && asked.Before(p.until) && !p.local:
 		// Resumed from outside (an operator, or another replica's probe
 		// that succeeded): the account is worth trying again.
 		p.until, p.reason = time.Time{}, ""

@@ -44,7 +44,15 @@ func TestBackoff(t *testing.T) {
 	if u := p.Trip(ctx, "402"); !u.Equal(clk.t.Add(3 * time.Second)) {
 		t.Fatalf("capped pause: until %v", u)
 	}
-	p.Clear(ctx)
+	// A call that began before this pause (in flight when the error came)
+	// and succeeded proves nothing: the pause and its backoff stay.
+	p.Clear(ctx, clk.t.Add(-time.Millisecond))
+	if p.Remaining() == 0 {
+		t.Fatal("a call begun before the pause ended it")
+	}
+	// One begun since (the probe) ends it.
+	clk.t = clk.t.Add(time.Millisecond)
+	p.Clear(ctx, clk.t)
 	if p.Remaining() != 0 {
 		t.Fatal("Clear did not end the pause")
 	}

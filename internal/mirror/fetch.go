@@ -140,7 +140,10 @@ func (f *Fetcher) Open(ctx context.Context, rawURL string) (*Download, error) {
 	if err := f.cfg.Policy.CheckURL(u); err != nil {
 		return nil, &FetchError{URL: shown, Err: err}
 	}
-	ctx, cancel := context.WithTimeout(ctx, f.cfg.Timeout)
+	// The attempt's bound is a timer of its own, not a context deadline: a
+	// handler's context is a lease whose deadline moves with every
+	// extension, and a deadline past the parent's is never armed.
+	ctx, cancel := context.WithCancel(ctx)
 	w := newWatchdog(f.cfg.IdleTimeout, f.cfg.Timeout, cancel)
 	fail := func(err error) (*Download, error) {
 		w.stop()
@@ -181,7 +184,7 @@ func (f *Fetcher) classify(shown string, err error, w *watchdog) *FetchError {
 		return &FetchError{URL: shown, Err: err}
 	case w.fired():
 		return &FetchError{URL: shown, Retryable: true, Err: ErrStalled}
-	case errors.Is(err, context.DeadlineExceeded) && w.expired():
+	case w.expired():
 		return &FetchError{URL: shown, Retryable: true, Err: fmt.Errorf("KREABUS_RESULTS_TIMEOUT (%v) passed", f.cfg.Timeout)}
 	}
 	var ue *url.Error
@@ -250,6 +253,7 @@ func (b *body) Close() error {
 type watchdog struct {
 	d      time.Duration
 	t      *time.Timer
+	total  *time.Timer // KREABUS_RESULTS_TIMEOUT
 	mu     sync.Mutex
 	didIt  bool
 	cancel context.CancelFunc
@@ -264,12 +268,13 @@ func newWatchdog(d, total time.Duration, cancel context.CancelFunc) *watchdog {
 		w.mu.Unlock()
 		cancel()
 	})
+	w.total = time.AfterFunc(total, cancel)
 	return w
 }
 
 func (w *watchdog) kick()         { w.t.Reset(w.d) }
 func (w *watchdog) expired() bool { return !time.Now().Before(w.end) }
-func (w *watchdog) stop()         { w.t.Stop() }
+func (w *watchdog) stop()         { w.t.Stop(); w.total.Stop() }
 func (w *watchdog) fired() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -267,3 +267,45 @@ func FuzzParseHostList(f *testing.F) {
 		}
 	})
 }
+
+// leaseLike is a handler's context as events.ConsumeJobs makes it: a
+// deadline that moves with the lease and never ends the context itself.
+type leaseLike struct{ context.Context }
+
+func (leaseLike) Deadline() (time.Time, bool) { return time.Now().Add(time.Millisecond), true }
+
+// TestTotalTimeoutUnderLease: a server that trickles bytes faster than the
+// idle timeout is cut at KREABUS_RESULTS_TIMEOUT, even under a context
+// whose own deadline comes first and never fires.
+func TestTotalTimeoutUnderLease(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "1000")
+		for range 1000 {
+			if _, err := w.Write([]byte("x")); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}))
+	defer srv.Close()
+	f := testFetcher(t, []string{strings.TrimPrefix(srv.URL, "https://")}, srv)
+	f.cfg.Timeout, f.cfg.IdleTimeout = 300*time.Millisecond, 200*time.Millisecond
+	start := time.Now()
+	d, err := f.Open(leaseLike{context.Background()}, srv.URL+"/slow")
+	if err == nil {
+		_, err = io.ReadAll(d.Body)
+		d.Body.Close()
+	}
+	var fe *FetchError
+	if !errors.As(err, &fe) || !fe.Retryable || !strings.Contains(err.Error(), "KREABUS_RESULTS_TIMEOUT") {
+		t.Fatalf("err %v, want the attempt's timeout", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("cut after %v, want about 300ms", took)
+	}
+}

@@ -75,6 +75,8 @@ type Store interface {
 type AccountPause interface {
 	Remaining() time.Duration
 	Trip(ctx context.Context, reason string) time.Time
+	// Clear ends the pause after a call begun at started succeeded.
+	Clear(ctx context.Context, started time.Time)
 }
 
 // Deps are the reconciler's collaborators.
@@ -316,10 +318,16 @@ func (r *Reconciler) poll(ctx context.Context, rec ledger.Record) {
 		r.reschedule(rec.JobID, 0, false)
 		return
 	}
+	called := time.Now()
 	job, raw, err := r.d.Krea.GetJob(ctx, rec.JobID)
 	if ctx.Err() != nil {
 		r.reschedule(rec.JobID, 0, false)
 		return
+	}
+	if err == nil || errors.Is(err, krea.ErrNotFound) {
+		// The account works: a pause the submitter or another replica
+		// took ends, and the next one starts from the minimum.
+		r.d.Pause.Clear(ctx, called)
 	}
 	log := r.log.With("job_id", rec.JobID, "request_id", rec.RequestID)
 	now := time.Now()

@@ -179,11 +179,19 @@ func (g *gate) acquire(ctx context.Context) (probe bool, err error) {
 const followInterval = time.Second
 
 // follow adopts a pause the gate did not take itself (the reconciler's,
-// another replica's). It returns the reason when it paused the gate.
+// another replica's), and drops its own once the shared one was cleared (a
+// call since the pause succeeded, here or in the reconciler, or an
+// operator resumed the consumer): no probe is owed then. It returns the
+// reason when it paused the gate.
 func (g *gate) follow() string {
 	until, reason := g.acct.State()
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.paused && until.IsZero() {
+		g.resumeLocked()
+		g.broadcastLocked()
+		return ""
+	}
 	if g.paused || !g.now().Before(until) {
 		return ""
 	}
@@ -255,7 +263,7 @@ func (g *gate) done(probe bool, o outcome, started time.Time, retryAfter time.Du
 	if o == outcomeOK || o == outcomeRefused {
 		// The account works: the next pause starts from the minimum, and
 		// one still running (a poll's, another replica's) ends.
-		g.acct.Clear(context.Background())
+		g.acct.Clear(context.Background(), started)
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
