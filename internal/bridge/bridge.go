@@ -527,6 +527,12 @@ func (b *Bridge) readBody(w http.ResponseWriter, r *http.Request, bp *[]byte, li
 		*held += int64(cl) + 1
 		buf = make([]byte, 0, cl+1) // room for the read that sees EOF
 	} else {
+		if cl >= 0 {
+			// A known length smaller than a pooled buffer (grown by an
+			// earlier large body) takes only what it needs from the
+			// budget, and from the buffer.
+			buf = buf[:0:cl+1]
+		}
 		if !b.bodies.take(int64(cap(buf))) {
 			return nil, errBodyBudget
 		}
@@ -542,7 +548,7 @@ func (b *Bridge) readBody(w http.ResponseWriter, r *http.Request, bp *[]byte, li
 				grow = 1
 			}
 			if !b.bodies.take(int64(grow)) {
-				*bp = buf
+				keepBuf(bp, buf)
 				return nil, errBodyBudget
 			}
 			*held += int64(grow)
@@ -556,12 +562,20 @@ func (b *Bridge) readBody(w http.ResponseWriter, r *http.Request, bp *[]byte, li
 			break
 		}
 		if err != nil {
-			*bp = buf
+			keepBuf(bp, buf)
 			return nil, err
 		}
 	}
-	*bp = buf
+	keepBuf(bp, buf)
 	return buf, nil
+}
+
+// keepBuf keeps buf for the pool when it is a larger buffer than *bp; a
+// pooled buffer cut down to a small body's length stays whole.
+func keepBuf(bp *[]byte, buf []byte) {
+	if cap(buf) > cap(*bp) {
+		*bp = buf
+	}
 }
 
 func (b *Bridge) putBuf(bp *[]byte) {

@@ -230,15 +230,17 @@ func (r *Recorder) handle(ctx context.Context, m jetstream.Msg) {
 			ref.Time = md.Timestamp.UTC()
 		}
 	}
+	var noted error
 	switch {
 	case ev.Status == events.StatusRejected && validID(ev.RequestID):
-		if err := r.noteRef(ctx, RequestKey(ev.RequestID), ref); err != nil && ctx.Err() == nil {
-			r.l.log.Warn("ledger recorder could not note where a rejected event is stored", "request_id", ev.RequestID, "err", err)
-		}
+		noted = r.noteRef(ctx, RequestKey(ev.RequestID), ref)
 	case ev.Status == events.StatusMirrored && validID(ev.JobID):
-		if err := r.noteRef(ctx, JobKey(ev.JobID), ref); err != nil && ctx.Err() == nil {
-			r.l.log.Warn("ledger recorder could not note where a mirrored event is stored", "job_id", ev.JobID, "err", err)
-		}
+		noted = r.noteRef(ctx, JobKey(ev.JobID), ref)
+	}
+	if noted != nil {
+		// Acked, the reference would be lost for good: try again later.
+		r.retry(ctx, m, ev, noted)
+		return
 	}
 	if ev.Status == events.StatusRejected || ev.Status == events.StatusMirrored || !ev.Status.Valid() || !validID(ev.JobID) {
 		// Not a job event the ledger can hold: a rejected request, the
@@ -255,16 +257,7 @@ func (r *Recorder) handle(ctx context.Context, m jetstream.Msg) {
 	}
 	changed, err := r.apply(ctx, ev, ref)
 	if err != nil {
-		if ctx.Err() != nil {
-			return // shutting down: the server redelivers after AckWait
-		}
-		delay := time.Second
-		if md, merr := m.Metadata(); merr == nil {
-			delay = min(time.Duration(md.NumDelivered)*time.Second, 30*time.Second)
-		}
-		r.l.log.Warn("ledger recorder could not apply an event; will retry", "job_id", ev.JobID, "status", ev.Status, "err", err, "retry_in", delay)
-		_ = m.NakWithDelay(delay)
-		r.events.WithLabelValues(outcomeError).Inc()
+		r.retry(ctx, m, ev, err)
 		return
 	}
 	if err := m.Ack(); err != nil {
@@ -276,6 +269,22 @@ func (r *Recorder) handle(ctx context.Context, m jetstream.Msg) {
 	} else {
 		r.events.WithLabelValues(outcomeUnchanged).Inc()
 	}
+}
+
+// retry hands an event back to the server after err, to come again after
+// a delay that grows with its deliveries.
+func (r *Recorder) retry(ctx context.Context, m jetstream.Msg, ev *events.Event, err error) {
+	if ctx.Err() != nil {
+		return // shutting down: the server redelivers after AckWait
+	}
+	delay := time.Second
+	if md, merr := m.Metadata(); merr == nil {
+		delay = min(time.Duration(md.NumDelivered)*time.Second, 30*time.Second)
+	}
+	r.l.log.Warn("ledger recorder could not apply an event; will retry", "job_id", ev.JobID, "request_id", ev.RequestID,
+		"status", ev.Status, "err", err, "retry_in", delay)
+	_ = m.NakWithDelay(delay)
+	r.events.WithLabelValues(outcomeError).Inc()
 }
 
 // Apply writes one job event into the ledger, as the Recorder does for

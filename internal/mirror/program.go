@@ -120,7 +120,10 @@ func (p *Program) trySetup(ctx context.Context) error {
 	var obs jetstream.ObjectStore
 	var err error
 	if p.s.CreateStreams {
-		if _, err = events.EnsureStream(actx, p.js, events.JobsStreamConfig(p.s.StreamsConfig.Options())); err != nil {
+		// A KREA_JOBS made by an older release lacks its RePublish, which
+		// the mirror's user may not add: usable all the same (the bridge
+		// and the submitter log the command that adds it).
+		if _, err = events.EnsureStream(actx, p.js, events.JobsStreamConfig(p.s.StreamsConfig.Options())); err != nil && !errors.Is(err, events.ErrNoRePublish) {
 			return err
 		}
 		obs, err = events.EnsureResultsStore(actx, p.js, cfg)

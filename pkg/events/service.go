@@ -147,8 +147,6 @@ type CancelResult struct {
 	// reason cancelled) or "job_cancelled" (Krea accepted DELETE
 	// /jobs/{id}; the terminal cancelled event follows as usual).
 	Outcome string `json:"outcome"`
-	// Job is Krea's answer to the DELETE, when it had a body.
-	Job json.RawMessage `json:"job,omitempty"`
 }
 
 // Outcomes of CancelResult.
