@@ -531,7 +531,7 @@ func (b *Bridge) readBody(w http.ResponseWriter, r *http.Request, bp *[]byte, li
 			// A known length smaller than a pooled buffer (grown by an
 			// earlier large body) takes only what it needs from the
 			// budget, and from the buffer.
-			buf = buf[:0:cl+1]
+			buf = buf[: 0 : cl+1]
 		}
 		if !b.bodies.take(int64(cap(buf))) {
 			return nil, errBodyBudget
