@@ -380,6 +380,18 @@ func TestOwnership(t *testing.T) {
 	if _, err := rec.Apply(ctx, &events.Event{JobID: jobID2, RequestID: reqID2, Status: krea.StatusCompleted}); err != nil {
 		t.Fatal(err)
 	}
+	// The bridge follows the ledger's records: it knows the job terminal
+	// once the republished record has arrived (milliseconds).
+	natstest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		own, err := e.owners.Lookup(ctx, reqID2, jobID2)
+		if err != nil {
+			return err
+		}
+		if !own.Terminal {
+			return errors.New("terminal record not followed yet")
+		}
+		return nil
+	})
 	a := e.post(e.webhookURL(reqID2), jobBody(jobID2, krea.StatusFailed)).ok(t)
 	if !*a.Duplicate {
 		t.Fatalf("terminal repeat: %+v", a)

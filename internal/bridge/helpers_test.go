@@ -53,6 +53,7 @@ type testEnv struct {
 	conns   *connCounter
 	missing chan struct{}
 	led     *ledger.Ledger // with envOptions.realLedger
+	owners  *ledger.Owners // the bridge's index on led, following its records
 }
 
 type envOptions struct {
@@ -85,13 +86,14 @@ func newEnv(t testing.TB, o envOptions) *testEnv {
 		}
 	}
 	var led *ledger.Ledger
+	var owners *ledger.Owners
 	if o.realLedger {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if led, err = ledger.Open(ctx, js, ledger.Config{Create: true, TTL: time.Hour}); err != nil {
 			t.Fatal(err)
 		}
-		owners := led.Owners(0)
+		owners = led.Owners(0)
 		fctx, stop := context.WithCancel(context.Background())
 		t.Cleanup(stop)
 		if err := owners.Follow(fctx); err != nil {
@@ -110,7 +112,7 @@ func newEnv(t testing.TB, o envOptions) *testEnv {
 		cfg.MaxInFlight = 4096
 	}
 	e := &testEnv{t: t, nc: nc, js: js, reg: prometheus.NewRegistry(), logs: &natstest.Buffer{},
-		conns: &connCounter{}, missing: make(chan struct{}, 16), led: led}
+		conns: &connCounter{}, missing: make(chan struct{}, 16), led: led, owners: owners}
 	level := slog.LevelDebug
 	if _, bench := t.(*testing.B); bench {
 		level = slog.LevelInfo // as in production
