@@ -107,3 +107,24 @@ func BenchmarkJobFacts(b *testing.B) {
 		}
 	})
 }
+
+func TestQueuedRequestID(t *testing.T) {
+	at := time.Unix(1700000000, 123456789)
+	derived := DerivedRequestID("KREA_REQUESTS", 42, at)
+	if derived != DerivedRequestID("KREA_REQUESTS", 42, at) || derived == DerivedRequestID("KREA_REQUESTS", 43, at) || len(derived) != 36 {
+		t.Fatalf("derived IDs not stable and distinct: %q", derived)
+	}
+	for body, want := range map[string]string{
+		`{"request_id":"req-1","path":"/generate/image/bfl/flux-1-dev","input":{}}`: "req-1",
+		`{"request_id":"req-1","path":"not a path"}`:                                "req-1",
+		`{"path":"/generate/image/bfl/flux-1-dev","input":{}}`:                      derived,
+		`{"request_id":null,"path":"/generate/image/bfl/flux-1-dev"}`:               derived,
+		`{"request_id":"","path":"/generate/image/bfl/flux-1-dev"}`:                 derived,
+		`{"request_id":"has space","path":"/generate/image/bfl/flux-1-dev"}`:        derived,
+		`not json`: derived,
+	} {
+		if got := QueuedRequestID([]byte(body), "KREA_REQUESTS", 42, at); got != want {
+			t.Errorf("%s: %q, want %q", body, got, want)
+		}
+	}
+}

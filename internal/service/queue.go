@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kreabus/kreabus/internal/ledger"
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
@@ -55,20 +56,16 @@ func (s *Service) findQueued(ctx context.Context, requestID string) (*queued, er
 
 // match returns the request of m when it is requestID's.
 func match(m *jetstream.RawStreamMsg, requestID string) *queued {
-	var peek struct {
-		RequestID string          `json:"request_id"`
-		Path      string          `json:"path"`
-		Metadata  json.RawMessage `json:"metadata"`
-	}
-	id := m.Header.Get(events.HeaderMsgID)
-	_ = json.Unmarshal(m.Data, &peek)
-	if peek.RequestID != "" {
-		// The body decides: the submitter uses its request_id.
-		id = peek.RequestID
-	}
-	if id != requestID {
+	// The ID the submitter gives the request when it takes it: its
+	// request_id, or one derived from its place in the stream.
+	if ledger.QueuedRequestID(m.Data, events.StreamRequests, m.Sequence, m.Time) != requestID {
 		return nil
 	}
+	var peek struct {
+		Path     string          `json:"path"`
+		Metadata json.RawMessage `json:"metadata"`
+	}
+	_ = json.Unmarshal(m.Data, &peek)
 	q := &queued{seq: m.Sequence, path: peek.Path}
 	if len(peek.Metadata) > 0 && peek.Metadata[0] == '{' && len(peek.Metadata) <= events.MaxMetadataSize {
 		q.metadata = peek.Metadata

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -335,9 +334,12 @@ func (s *Submitter) decode(msg jetstream.Msg, md *jetstream.MsgMetadata) (d *del
 	}
 	data := msg.Data()
 	req, err := events.DecodeRequest(data)
-	// DecodeRequest fills a missing request_id with a random one, which
-	// would differ on each redelivery and defeat the ledger. Use one
-	// derived from the message's place in the stream instead.
+	d.id = ledger.QueuedRequestID(data, md.Stream, md.Sequence.Stream, md.Timestamp)
+	if req != nil && req.RequestID != d.id && events.ValidRequestID(req.RequestID) {
+		// DecodeRequest's random ID for a request without one: the derived
+		// one is the same on every redelivery.
+		req.RequestID = d.id
+	}
 	var peek struct {
 		RequestID json.RawMessage `json:"request_id"`
 		Path      json.RawMessage `json:"path"`
@@ -346,18 +348,6 @@ func (s *Submitter) decode(msg jetstream.Msg, md *jetstream.MsgMetadata) (d *del
 	_ = json.Unmarshal(data, &peek)
 	var given string
 	givenOK := json.Unmarshal(peek.RequestID, &given) == nil
-	derived := derivedRequestID(md)
-	switch {
-	case req == nil:
-		d.id = derived
-	case len(peek.RequestID) == 0 || bytes.Equal(peek.RequestID, []byte("null")) || (givenOK && given == ""):
-		req.RequestID = derived
-		d.id = derived
-	case events.ValidRequestID(req.RequestID):
-		d.id = req.RequestID
-	default:
-		d.id = derived // the given one cannot name a key or a message ID
-	}
 	var path string
 	if json.Unmarshal(peek.Path, &path) == nil {
 		d.path = truncate(path, 256)
@@ -376,18 +366,6 @@ func (s *Submitter) decode(msg jetstream.Msg, md *jetstream.MsgMetadata) (d *del
 	d.path = req.Path
 	d.metadata = req.Metadata
 	return d, ""
-}
-
-// requestIDSpace namespaces derived request IDs.
-var requestIDSpace = uuid.MustParse("6f1d2a8e-52a7-4d4c-9a43-6b1e2a3d9c10")
-
-// derivedRequestID is a request ID for a request that has none (or an
-// unusable one): a UUID named by the message's stream, sequence and
-// timestamp, the same on every redelivery and unique across a stream that
-// is deleted and created again.
-func derivedRequestID(md *jetstream.MsgMetadata) string {
-	name := md.Stream + "/" + strconv.FormatUint(md.Sequence.Stream, 10) + "/" + strconv.FormatInt(md.Timestamp.UnixNano(), 10)
-	return uuid.NewSHA1(requestIDSpace, []byte(name)).String()
 }
 
 // usableMetadata returns raw compacted when it is a JSON object within the

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/kreabus/kreabus/internal/accountpause"
 	"github.com/kreabus/kreabus/internal/config"
 )
@@ -250,17 +248,5 @@ func TestGatePauseProbe(t *testing.T) {
 	}
 	if n := g.acquireMore(4); n != 4 {
 		t.Errorf("took %d slots after resuming, want 4", n)
-	}
-}
-
-func TestDerivedRequestIDStable(t *testing.T) {
-	ts := time.Unix(1700000000, 123456789)
-	md := &jetstream.MsgMetadata{Stream: "KREA_REQUESTS", Timestamp: ts}
-	md.Sequence.Stream = 42
-	a, b := derivedRequestID(md), derivedRequestID(md)
-	md.Sequence.Stream = 43
-	c := derivedRequestID(md)
-	if a != b || a == c || len(a) != 36 {
-		t.Errorf("derived IDs %q %q %q", a, b, c)
 	}
 }
