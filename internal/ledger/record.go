@@ -124,7 +124,11 @@ func OpenKey(jobID string) string { return OpenKeyPrefix + jobID }
 
 // validID reports whether id can be a key token: 1 to MaxIDLen characters
 // of [A-Za-z0-9_-]. Request IDs and Krea's UUID job IDs all are.
-func validID(id string) bool { return len(id) <= MaxIDLen && keyToken(id) }
+func validID(id string) bool { return ValidID(id) }
+
+// ValidID reports whether id can name a ledger key: 1 to MaxIDLen letters,
+// digits, '_' or '-' (request IDs and Krea's job IDs are).
+func ValidID(id string) bool { return len(id) <= MaxIDLen && keyToken(id) }
 
 // keyToken reports whether s is a non-empty run of [A-Za-z0-9_-]: safe as a
 // key or name token, with no dots, wildcards or spaces.

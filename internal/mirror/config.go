@@ -154,19 +154,10 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// bucketName reports whether s is usable as a bucket or consumer name.
-func bucketName(s string) bool {
-	if s == "" || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '_' && c != '-' {
-			return false
-		}
-	}
-	return true
-}
+// bucketName reports whether s is usable as a bucket or consumer name: 1
+// to 64 letters, digits, '_' or '-', the alphabet and length of request
+// IDs.
+func bucketName(s string) bool { return events.ValidRequestID(s) }
 
 // Aliases give the embedded groups of Settings distinct field names.
 type (

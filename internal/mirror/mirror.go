@@ -304,5 +304,5 @@ func (r *readErr) Read(p []byte) (int, error) {
 }
 
 // validJobID accepts what can prefix an object name safely: 1 to 64
-// letters, digits, '-' or '_' (Krea's job IDs are UUIDs).
-func validJobID(s string) bool { return bucketName(s) }
+// letters, digits, '-' or '_' (Krea's job IDs are UUIDs), as request IDs.
+func validJobID(s string) bool { return events.ValidRequestID(s) }

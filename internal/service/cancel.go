@@ -43,7 +43,7 @@ func (s *Service) cancel(ctx context.Context, r micro.Request) {
 // The job's terminal cancelled event then comes as any terminal event
 // does (webhook, or the reconciler's poll), once.
 func (s *Service) cancelJob(ctx context.Context, jobID, requestID string) (*events.CancelResult, error) {
-	if !validJobID(jobID) {
+	if !ledger.ValidID(jobID) {
 		return nil, errorf(events.CodeBadRequest, "job_id %q is not a job ID", trunc(jobID))
 	}
 	jr, err := s.d.Ledger.Job(ctx, jobID)

@@ -25,7 +25,7 @@ func (s *Service) getJob(ctx context.Context, r micro.Request) {
 }
 
 func (s *Service) job(ctx context.Context, jobID string) (*events.JobInfo, error) {
-	if !validJobID(jobID) {
+	if !ledger.ValidID(jobID) {
 		return nil, errorf(events.CodeBadRequest, "job_id %q is not a job ID", trunc(jobID))
 	}
 	jr, err := s.d.Ledger.Job(ctx, jobID)

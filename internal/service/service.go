@@ -209,21 +209,6 @@ func decode(r micro.Request, v any) error {
 	return nil
 }
 
-// validJobID accepts what can name a job in the ledger and the API path:
-// [A-Za-z0-9_-], at most ledger.MaxIDLen (Krea's job IDs are UUIDs).
-func validJobID(id string) bool {
-	if id == "" || len(id) > ledger.MaxIDLen {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '_' && c != '-' {
-			return false
-		}
-	}
-	return true
-}
-
 // ledgerErr maps a ledger read error.
 func ledgerErr(what string, err error) error {
 	if errors.Is(err, ledger.ErrNotFound) {
