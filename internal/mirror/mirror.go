@@ -253,14 +253,15 @@ func (mr *Mirror) download(ctx context.Context, ev *events.Event, jobID, name, r
 	if ev.RequestID != "" {
 		h.Set(events.HeaderRequestID, ev.RequestID)
 	}
-	ahead := newPrefetch(d.Body)
+	chunk := chunkSizeFor(mr.js.Conn().MaxPayload())
+	ahead := newPrefetch(d.Body, chunk)
 	defer ahead.Close() // before the body's Close (defers run last first)
 	src := &readErr{r: ahead}
 	info, err := mr.obs.Put(ctx, jetstream.ObjectMeta{
 		Name:        name,
 		Description: "result of Krea job " + jobID,
 		Headers:     h,
-		Opts:        &jetstream.ObjectMetaOptions{ChunkSize: chunkSize},
+		Opts:        &jetstream.ObjectMetaOptions{ChunkSize: uint32(chunk)},
 	}, src)
 	if err != nil {
 		if src.err != nil {

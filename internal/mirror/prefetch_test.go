@@ -16,7 +16,7 @@ func TestPrefetch(t *testing.T) {
 		for i := range data {
 			data[i] = byte(rand.N(256))
 		}
-		p := newPrefetch(io.MultiReader(bytes.NewReader(data[:size/2]), bytes.NewReader(data[size/2:])))
+		p := newPrefetch(io.MultiReader(bytes.NewReader(data[:size/2]), bytes.NewReader(data[size/2:])), chunkSize)
 		got, err := io.ReadAll(p)
 		p.Close()
 		if err != nil || !bytes.Equal(got, data) {
@@ -24,7 +24,7 @@ func TestPrefetch(t *testing.T) {
 		}
 	}
 	boom := errors.New("boom")
-	p := newPrefetch(io.MultiReader(bytes.NewReader(make([]byte, 3*chunkSize+5)), &failing{boom}))
+	p := newPrefetch(io.MultiReader(bytes.NewReader(make([]byte, 3*chunkSize+5)), &failing{boom}), chunkSize)
 	defer p.Close()
 	n, err := io.Copy(io.Discard, p)
 	if n != 3*chunkSize+5 || !errors.Is(err, boom) {
@@ -38,3 +38,20 @@ func TestPrefetch(t *testing.T) {
 type failing struct{ err error }
 
 func (f *failing) Read([]byte) (int, error) { return 0, f.err }
+
+// chunkSize is the chunk the prefetch tests read in.
+const chunkSize = defaultChunkSize
+
+func TestChunkSizeFor(t *testing.T) {
+	for maxPayload, want := range map[int64]int{
+		0:         defaultChunkSize, // not connected yet
+		1 << 20:   maxChunkSize,     // the server's default max_payload
+		8 << 20:   maxChunkSize,
+		256 << 10: 256<<10 - chunkRoom,
+		64 << 10:  64<<10 - chunkRoom,
+	} {
+		if got := chunkSizeFor(maxPayload); got != want {
+			t.Errorf("max_payload %d: chunk %d, want %d", maxPayload, got, want)
+		}
+	}
+}
