@@ -15,7 +15,9 @@ FROM --platform=$BUILDPLATFORM golang:${GO_VERSION} AS build
 ARG TARGETOS
 ARG TARGETARCH
 WORKDIR /src
-ENV CGO_ENABLED=0
+# GOWORK=off: the image is the root module alone; go.work only adds the
+# k8s manifests' test module, whose dependencies the image does not need.
+ENV CGO_ENABLED=0 GOWORK=off
 
 # Dependencies first: this layer is reused until go.mod / go.sum change.
 COPY go.mod go.sum ./
