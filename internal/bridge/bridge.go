@@ -65,8 +65,8 @@ type Deps struct {
 	StreamMissing func()
 }
 
-// Bridge serves webhooks. Create it with New, serve with Serve or
-// ListenAndServe, stop with Shutdown.
+// Bridge serves webhooks. Create it with New, serve with Serve, stop with
+// Shutdown.
 type Bridge struct {
 	cfg           Config
 	nc            *nats.Conn
@@ -237,16 +237,6 @@ func (b *Bridge) Handler() http.Handler { return b.handler }
 
 // Server is the hardened http.Server that Serve runs, for inspection.
 func (b *Bridge) Server() *http.Server { return b.srv }
-
-// ListenAndServe listens on the configured address and serves until
-// Shutdown, then returns nil.
-func (b *Bridge) ListenAndServe() error {
-	ln, err := net.Listen("tcp", b.cfg.Listen)
-	if err != nil {
-		return err
-	}
-	return b.Serve(ln)
-}
 
 // Serve serves webhooks on ln until Shutdown, then returns nil.
 func (b *Bridge) Serve(ln net.Listener) error {
