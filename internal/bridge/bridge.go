@@ -30,6 +30,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kreabus/kreabus/internal/clip"
 	"github.com/kreabus/kreabus/internal/ledger"
 	"github.com/kreabus/kreabus/internal/logging"
 	"github.com/kreabus/kreabus/pkg/events"
@@ -334,12 +335,12 @@ func (b *Bridge) webhook(w http.ResponseWriter, r *http.Request, token string) {
 	// not document the header, and a JSON body proves itself below.
 	if ct := r.Header.Get("Content-Type"); ct != "" && !isJSONContentType(ct) {
 		b.reject(w, r, rid, b.aMediaType, slog.String("request_id", requestID),
-			slog.String("content_type", truncate(r.Header.Get("Content-Type"), 64)))
+			slog.String("content_type", clip.String(r.Header.Get("Content-Type"), 64)))
 		return
 	}
 	if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
 		b.reject(w, r, rid, b.aEncoding, slog.String("request_id", requestID),
-			slog.String("content_encoding", truncate(ce, 64)))
+			slog.String("content_encoding", clip.String(ce, 64)))
 		return
 	}
 	maxBody := b.MaxBody()
@@ -635,13 +636,6 @@ func tokenRequestID(token string) string {
 		return id
 	}
 	return ""
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
 }
 
 // isJSONContentType accepts application/json and application/*+json, with
