@@ -448,7 +448,7 @@ func (b *Bridge) webhook(w http.ResponseWriter, r *http.Request, token string) {
 		Metadata:  own.Metadata,
 		ExtraJob:  own.Extra,
 	}
-	if tp := r.Header.Get("Traceparent"); tp != "" && validTraceParent(tp) {
+	if tp := r.Header.Get("Traceparent"); tp != "" && events.ValidTraceParent(tp) {
 		hdr.TraceParent = tp
 	}
 	ack, err := b.publish(ctx, events.NewJobMsg(hdr, body))
