@@ -30,6 +30,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kreabus/kreabus/internal/clip"
 	"github.com/kreabus/kreabus/internal/ledger"
 	"github.com/kreabus/kreabus/internal/logging"
 	"github.com/kreabus/kreabus/pkg/events"
@@ -65,8 +66,8 @@ type Deps struct {
 	StreamMissing func()
 }
 
-// Bridge serves webhooks. Create it with New, serve with Serve or
-// ListenAndServe, stop with Shutdown.
+// Bridge serves webhooks. Create it with New, serve with Serve, stop with
+// Shutdown.
 type Bridge struct {
 	cfg           Config
 	nc            *nats.Conn
@@ -238,16 +239,6 @@ func (b *Bridge) Handler() http.Handler { return b.handler }
 // Server is the hardened http.Server that Serve runs, for inspection.
 func (b *Bridge) Server() *http.Server { return b.srv }
 
-// ListenAndServe listens on the configured address and serves until
-// Shutdown, then returns nil.
-func (b *Bridge) ListenAndServe() error {
-	ln, err := net.Listen("tcp", b.cfg.Listen)
-	if err != nil {
-		return err
-	}
-	return b.Serve(ln)
-}
-
 // Serve serves webhooks on ln until Shutdown, then returns nil.
 func (b *Bridge) Serve(ln net.Listener) error {
 	err := b.srv.Serve(ln)
@@ -344,12 +335,12 @@ func (b *Bridge) webhook(w http.ResponseWriter, r *http.Request, token string) {
 	// not document the header, and a JSON body proves itself below.
 	if ct := r.Header.Get("Content-Type"); ct != "" && !isJSONContentType(ct) {
 		b.reject(w, r, rid, b.aMediaType, slog.String("request_id", requestID),
-			slog.String("content_type", truncate(r.Header.Get("Content-Type"), 64)))
+			slog.String("content_type", clip.String(r.Header.Get("Content-Type"), 64)))
 		return
 	}
 	if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
 		b.reject(w, r, rid, b.aEncoding, slog.String("request_id", requestID),
-			slog.String("content_encoding", truncate(ce, 64)))
+			slog.String("content_encoding", clip.String(ce, 64)))
 		return
 	}
 	maxBody := b.MaxBody()
@@ -457,7 +448,7 @@ func (b *Bridge) webhook(w http.ResponseWriter, r *http.Request, token string) {
 		Metadata:  own.Metadata,
 		ExtraJob:  own.Extra,
 	}
-	if tp := r.Header.Get("Traceparent"); tp != "" && validTraceParent(tp) {
+	if tp := r.Header.Get("Traceparent"); tp != "" && events.ValidTraceParent(tp) {
 		hdr.TraceParent = tp
 	}
 	ack, err := b.publish(ctx, events.NewJobMsg(hdr, body))
@@ -645,13 +636,6 @@ func tokenRequestID(token string) string {
 		return id
 	}
 	return ""
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
 }
 
 // isJSONContentType accepts application/json and application/*+json, with

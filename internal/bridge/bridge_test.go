@@ -768,3 +768,22 @@ func TestNoContentTypeStored(t *testing.T) {
 	}
 	checkEvent(t, msgs[0], jobID, krea.StatusCompleted, "no-ct", body)
 }
+
+// TestTraceParentChecked: a traceparent events.ValidTraceParent refuses
+// (here an all-zero trace-id, which W3C Trace Context declares invalid) is
+// not carried onto the stored event; the webhook is stored all the same.
+func TestTraceParentChecked(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	reqID := events.NewRequestID()
+	jobID := uuid.NewString()
+	body := jobBody(jobID, krea.StatusCompleted)
+	e.post(e.webhookURL(reqID), body, "traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01").ok(t)
+	msgs := e.stored()
+	if len(msgs) != 1 {
+		t.Fatalf("%d messages stored, want 1", len(msgs))
+	}
+	checkEvent(t, msgs[0], jobID, krea.StatusCompleted, reqID, body)
+	if got := msgs[0].Headers().Get(events.HeaderTraceParent); got != "" {
+		t.Errorf("traceparent %q carried", got)
+	}
+}

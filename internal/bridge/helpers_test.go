@@ -363,13 +363,28 @@ func checkEvent(t testing.TB, m jetstream.Msg, jobID string, status krea.Status,
 	}
 }
 
-// counter returns the value of a counter or gauge in reg with the given
-// labels ("" name for none).
+// counter returns the value of a counter or gauge (or a histogram's sample
+// count) in reg with the given label pairs. It fails the test when reg has
+// no such metric or no series with those labels, so a renamed metric or
+// label cannot pass as a zero.
 func counter(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
+	v, err := gatherOne(reg, name, labels...)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return v
+}
+
+// gatherOne is the value of the first series of name in reg carrying the
+// label pairs, or an error when there is none.
+func gatherOne(reg *prometheus.Registry, name string, labels ...string) (float64, error) {
+	if len(labels)%2 != 0 {
+		return 0, fmt.Errorf("metric %s: odd label list %q", name, labels)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		return 0, err
 	}
 	for _, mf := range mfs {
 		if mf.GetName() != name {
@@ -382,21 +397,22 @@ func counter(t testing.TB, reg *prometheus.Registry, name string, labels ...stri
 				have[lp.GetName()] = lp.GetValue()
 			}
 			for i := 0; i+1 < len(labels); i += 2 {
-				if have[labels[i]] != labels[i+1] {
+				if v, ok := have[labels[i]]; !ok || v != labels[i+1] {
 					continue metrics
 				}
 			}
 			switch {
 			case m.Counter != nil:
-				return m.Counter.GetValue()
+				return m.Counter.GetValue(), nil
 			case m.Gauge != nil:
-				return m.Gauge.GetValue()
+				return m.Gauge.GetValue(), nil
 			case m.Histogram != nil:
-				return float64(m.Histogram.GetSampleCount())
+				return float64(m.Histogram.GetSampleCount()), nil
 			}
+			return 0, fmt.Errorf("metric %s: not a counter, gauge or histogram", name)
 		}
 	}
-	return 0
+	return 0, fmt.Errorf("metric %s: no series with labels %q", name, labels)
 }
 
 // fakeLedger is a ledger.Index with set answers, for what the real ledger
@@ -454,4 +470,19 @@ func containsAny(s string, subs ...string) string {
 		}
 	}
 	return ""
+}
+
+func TestCounterFailsOnMissingSeries(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kreabus_test_total", Help: "test"}, []string{"outcome"})
+	reg.MustRegister(c)
+	c.WithLabelValues("stored").Add(2)
+	if v, err := gatherOne(reg, "kreabus_test_total", "outcome", "stored"); err != nil || v != 2 {
+		t.Errorf("present series: %v, %v", v, err)
+	}
+	for _, q := range [][]string{{"kreabus_renamed_total"}, {"kreabus_test_total", "outcome", "duplicate"}, {"kreabus_test_total", "code", "200"}} {
+		if v, err := gatherOne(reg, q[0], q[1:]...); err == nil {
+			t.Errorf("%q: %v, want an error", q, v)
+		}
+	}
 }

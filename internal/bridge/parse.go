@@ -531,39 +531,3 @@ func internStatus(b []byte) krea.Status {
 	}
 	return krea.Status(b)
 }
-
-// validTraceParent reports whether s is a W3C traceparent worth carrying:
-// version-traceid-parentid-flags in lowercase hex, possibly followed by
-// more fields for a future version; bounded in length.
-func validTraceParent(s string) bool {
-	if len(s) < 55 || len(s) > 256 {
-		return false
-	}
-	if s[2] != '-' || s[35] != '-' || s[52] != '-' {
-		return false
-	}
-	for i := 0; i < 55; i++ {
-		if i == 2 || i == 35 || i == 52 {
-			continue
-		}
-		c := s[i]
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	if s[:2] == "ff" {
-		return false
-	}
-	if len(s) == 55 {
-		return true
-	}
-	if s[:2] == "00" || s[55] != '-' {
-		return false
-	}
-	for i := 56; i < len(s); i++ {
-		if c := s[i]; c < 0x21 || c > 0x7e {
-			return false
-		}
-	}
-	return true
-}

@@ -257,32 +257,6 @@ func isCanonicalUUID(s string) bool {
 	return err == nil && u.String() == strings.ToLower(s)
 }
 
-func TestValidTraceParent(t *testing.T) {
-	good := []string{
-		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-future",
-	}
-	bad := []string{
-		"", "00", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
-		"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
-		"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-		"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-a b",
-		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-" + strings.Repeat("a", 300),
-	}
-	for _, s := range good {
-		if !validTraceParent(s) {
-			t.Errorf("refused %q", s)
-		}
-	}
-	for _, s := range bad {
-		if validTraceParent(s) {
-			t.Errorf("accepted %q", s)
-		}
-	}
-}
-
 func TestJSONContentType(t *testing.T) {
 	for ct, want := range map[string]bool{
 		"application/json":                  true,
@@ -348,7 +322,7 @@ func FuzzWebhook(f *testing.F) {
 		checkParseInvariants(t, slices.Concat([]byte(`{"job_id":"`+sampleJobID+`","x":`), body, []byte(`,"status":"failed"}`)))
 		checkParseInvariants(t, slices.Concat([]byte(`{"job_id":"`+sampleJobID+`","`), body, []byte(`":"queued"}`)))
 		checkParseInvariants(t, slices.Concat([]byte(`{"job_id":"`+sampleJobID+`","status":"`), body, []byte(`"}`)))
-		_ = validTraceParent(tok)
+		_ = events.ValidTraceParent(tok)
 		_ = isJSONContentType(tok)
 	})
 }

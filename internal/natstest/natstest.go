@@ -17,24 +17,16 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+
+	"github.com/kreabus/kreabus/pkg/krea/kreatest"
 )
 
 // CheckFor calls f every sleep until it returns nil or total has passed,
-// then fails the test with f's last error (like nats-server's checkFor).
+// then fails the test with f's last error. It is kreatest.CheckFor, the
+// one implementation, under the name internal tests use.
 func CheckFor(t testing.TB, total, sleep time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(total)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = f(); err == nil {
-			return
-		}
-		time.Sleep(sleep)
-	}
-	if err = f(); err == nil { // the last sleep may have passed the deadline
-		return
-	}
-	t.Fatalf("condition not met after %v: %v", total, err)
+	kreatest.CheckFor(t, total, sleep, f)
 }
 
 // Options tune an embedded server.

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/kreabus/kreabus/internal/clip"
 	"github.com/kreabus/kreabus/internal/ledger"
 	"github.com/kreabus/kreabus/pkg/events"
 )
@@ -44,7 +45,7 @@ func (s *Service) cancel(ctx context.Context, r micro.Request) {
 // does (webhook, or the reconciler's poll), once.
 func (s *Service) cancelJob(ctx context.Context, jobID, requestID string) (*events.CancelResult, error) {
 	if !ledger.ValidID(jobID) {
-		return nil, errorf(events.CodeBadRequest, "job_id %q is not a job ID", trunc(jobID))
+		return nil, errorf(events.CodeBadRequest, "job_id %q is not a job ID", clip.String(jobID, quotedIDLen))
 	}
 	jr, err := s.d.Ledger.Job(ctx, jobID)
 	if err != nil {
@@ -74,7 +75,7 @@ func (s *Service) cancelJob(ctx context.Context, jobID, requestID string) (*even
 // decides, the other sees the change.
 func (s *Service) cancelRequest(ctx context.Context, requestID string) (*events.CancelResult, error) {
 	if !events.ValidRequestID(requestID) {
-		return nil, errorf(events.CodeBadRequest, "request_id %q is not 1 to %d characters of [A-Za-z0-9_-]", trunc(requestID), events.MaxRequestIDLen)
+		return nil, errorf(events.CodeBadRequest, "request_id %q is not 1 to %d characters of [A-Za-z0-9_-]", clip.String(requestID, quotedIDLen), events.MaxRequestIDLen)
 	}
 	for range cancelAttempts {
 		rec, rev, err := s.d.Ledger.RequestAt(ctx, requestID)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/kreabus/kreabus/internal/clip"
 	"github.com/kreabus/kreabus/internal/ledger"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
@@ -26,7 +27,7 @@ func (s *Service) getJob(ctx context.Context, r micro.Request) {
 
 func (s *Service) job(ctx context.Context, jobID string) (*events.JobInfo, error) {
 	if !ledger.ValidID(jobID) {
-		return nil, errorf(events.CodeBadRequest, "job_id %q is not a job ID", trunc(jobID))
+		return nil, errorf(events.CodeBadRequest, "job_id %q is not a job ID", clip.String(jobID, quotedIDLen))
 	}
 	jr, err := s.d.Ledger.Job(ctx, jobID)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/kreabus/kreabus/internal/clip"
 	"github.com/kreabus/kreabus/internal/ledger"
 	"github.com/kreabus/kreabus/pkg/events"
 )
@@ -23,7 +24,7 @@ func (s *Service) status(ctx context.Context, r micro.Request) {
 
 func (s *Service) requestStatus(ctx context.Context, requestID string) (*events.RequestStatus, error) {
 	if !events.ValidRequestID(requestID) {
-		return nil, errorf(events.CodeBadRequest, "request_id %q is not 1 to %d characters of [A-Za-z0-9_-]", trunc(requestID), events.MaxRequestIDLen)
+		return nil, errorf(events.CodeBadRequest, "request_id %q is not 1 to %d characters of [A-Za-z0-9_-]", clip.String(requestID, quotedIDLen), events.MaxRequestIDLen)
 	}
 	out := &events.RequestStatus{RequestID: requestID, Events: []events.StoredEvent{}}
 	if s.d.Paused != nil {
@@ -80,9 +81,5 @@ func (s *Service) requestStatus(ctx context.Context, requestID string) (*events.
 	return out, nil
 }
 
-func trunc(s string) string {
-	if len(s) > 80 {
-		return s[:80] + "…"
-	}
-	return s
-}
+// quotedIDLen bounds, in bytes, a malformed ID quoted in an error.
+const quotedIDLen = 80

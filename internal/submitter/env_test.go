@@ -297,29 +297,56 @@ func (e *env) requestsLeft() uint64 {
 	return info.State.Msgs
 }
 
-// metric returns the value of a counter or gauge (summed over labels
-// matching the given label pairs).
+// metric returns the value of a counter or gauge (or a histogram's sample
+// count), summed over the series carrying the given label pairs. It fails
+// the test when the registry has no such metric or no such series, so a
+// renamed metric or label cannot pass as a zero.
 func (e *env) metric(name string, labels ...string) float64 {
 	e.t.Helper()
-	mfs, err := e.reg.Gather()
+	v, n, err := gatherSum(e.reg, name, labels...)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	var sum float64
+	if n == 0 {
+		e.t.Fatalf("metric %s: no series with labels %q", name, labels)
+	}
+	return v
+}
+
+// metricOrZero is metric for a labelled series that legitimately does not
+// exist yet (a counter never incremented): absent, it is 0. Use it only
+// where absence is the expected state.
+func (e *env) metricOrZero(name string, labels ...string) float64 {
+	e.t.Helper()
+	v, _, err := gatherSum(e.reg, name, labels...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return v
+}
+
+// gatherSum sums the series of name in reg carrying the label pairs and
+// says how many there were.
+func gatherSum(reg *prometheus.Registry, name string, labels ...string) (sum float64, n int, err error) {
+	if len(labels)%2 != 0 {
+		return 0, 0, fmt.Errorf("metric %s: odd label list %q", name, labels)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		return 0, 0, err
+	}
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
 		}
 	next:
 		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				have[lp.GetName()] = lp.GetValue()
+			}
 			for i := 0; i+1 < len(labels); i += 2 {
-				found := false
-				for _, lp := range m.GetLabel() {
-					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
-						found = true
-					}
-				}
-				if !found {
+				if v, ok := have[labels[i]]; !ok || v != labels[i+1] {
 					continue next
 				}
 			}
@@ -330,8 +357,27 @@ func (e *env) metric(name string, labels ...string) float64 {
 				sum += m.Gauge.GetValue()
 			case m.Histogram != nil:
 				sum += float64(m.Histogram.GetSampleCount())
+			default:
+				return 0, 0, fmt.Errorf("metric %s: not a counter, gauge or histogram", name)
 			}
+			n++
 		}
 	}
-	return sum
+	return sum, n, nil
+}
+
+func TestMetricFailsOnMissingSeries(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kreabus_test_total", Help: "test"}, []string{"code", "kind"})
+	reg.MustRegister(c)
+	c.WithLabelValues("200", "a").Add(2)
+	c.WithLabelValues("200", "b").Add(3)
+	if v, n, err := gatherSum(reg, "kreabus_test_total", "code", "200"); err != nil || v != 5 || n != 2 {
+		t.Errorf("present series: %v over %d, %v", v, n, err)
+	}
+	for _, q := range [][]string{{"kreabus_renamed_total"}, {"kreabus_test_total", "code", "500"}, {"kreabus_test_total", "outcome", "200"}} {
+		if v, n, err := gatherSum(reg, q[0], q[1:]...); err != nil || n != 0 {
+			t.Errorf("%q: %v over %d series, %v; want no series", q, v, n, err)
+		}
+	}
 }

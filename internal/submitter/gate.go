@@ -102,13 +102,6 @@ func (g *gate) Limit() int {
 	return g.limitLocked()
 }
 
-// InFlight returns the number of slots taken.
-func (g *gate) InFlight() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.inflight
-}
-
 // broadcastLocked wakes every waiter.
 func (g *gate) broadcastLocked() {
 	close(g.wake)

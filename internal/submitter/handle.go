@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kreabus/kreabus/internal/clip"
 	"github.com/kreabus/kreabus/internal/ledger"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
@@ -350,7 +351,7 @@ func (s *Submitter) decode(msg jetstream.Msg, md *jetstream.MsgMetadata) (d *del
 	givenOK := json.Unmarshal(peek.RequestID, &given) == nil
 	var path string
 	if json.Unmarshal(peek.Path, &path) == nil {
-		d.path = truncate(path, 256)
+		d.path = clip.String(path, 256)
 	}
 	d.metadata = usableMetadata(peek.Metadata)
 	d.log = s.log.With("request_id", d.id, "delivery", d.n, "stream_seq", md.Sequence.Stream)
@@ -358,7 +359,7 @@ func (s *Submitter) decode(msg jetstream.Msg, md *jetstream.MsgMetadata) (d *del
 		reason := err.Error()
 		var re *events.RequestError
 		if errors.As(err, &re) && re.Field == "request_id" && givenOK {
-			reason = fmt.Sprintf("request_id %q: %s (rejected as %s)", truncate(given, 80), re.Reason, d.id)
+			reason = fmt.Sprintf("request_id %q: %s (rejected as %s)", clip.String(given, 80), re.Reason, d.id)
 		}
 		return d, "invalid request: " + reason
 	}
@@ -555,7 +556,7 @@ type rejection struct {
 
 // reject publishes the request's krea.jobs.rejected event and acks it.
 func (s *Submitter) reject(ctx context.Context, d *delivery, kind, reason string, apiErr *krea.APIError) {
-	reason = truncate(reason, maxReasonLen)
+	reason = clip.String(reason, maxReasonLen)
 	body := rejection{RequestID: d.id, Path: d.path, Reason: reason, Kind: kind}
 	if apiErr != nil {
 		body.HTTPStatus = apiErr.StatusCode
@@ -791,17 +792,6 @@ func apiCode(err error) string {
 
 // trimKrea drops the "krea: " prefix of the client's errors.
 func trimKrea(s string) string { return strings.TrimPrefix(s, "krea: ") }
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	cut := n
-	for cut > 0 && s[cut]&0xC0 == 0x80 {
-		cut--
-	}
-	return s[:cut] + "…"
-}
 
 // sleep waits d or until ctx ends; false when ctx ended.
 func sleep(ctx context.Context, d time.Duration) bool {

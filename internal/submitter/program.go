@@ -326,17 +326,6 @@ func (p *Program) Shutdown(ctx context.Context) error {
 	return program.Finish(ctx, "submitter", p.log, p.nc, p.closed, p.admin, errs)
 }
 
-// RunProgram starts the program and runs it until ctx ends (the signal) or
-// a part fails, then shuts it down within the shutdown timeout (plus a few
-// seconds for the NATS drain).
-func RunProgram(ctx context.Context, s Settings, log *slog.Logger) error {
-	p, err := Start(s, log)
-	if err != nil {
-		return err
-	}
-	return program.Run(ctx, p, p.s.ShutdownTimeout+drainMargin)
-}
-
 // drainMargin is the time the NATS drain gets beyond the shutdown timeout.
 const drainMargin = 5 * time.Second
 

@@ -193,16 +193,6 @@ func apiHTTPClient(conns int) *http.Client {
 	}
 }
 
-// Run is New followed by Run: it consumes requests until ctx ends, then
-// stops gracefully. It is the one-call wiring for programs and tests.
-func Run(ctx context.Context, cfg Config, deps Deps) error {
-	s, err := New(cfg, deps)
-	if err != nil {
-		return err
-	}
-	return s.Run(ctx)
-}
-
 // WaitAPI waits for room under the submitter's Krea rate limit
 // (KREABUS_SUBMIT_RATE), so calls made for the NATS service share it.
 func (s *Submitter) WaitAPI(ctx context.Context) error {

@@ -2,7 +2,6 @@ package events
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -599,13 +598,9 @@ func (c *JobConsumer) handle(msg jetstream.Msg) {
 		Sequence:     md.Sequence.Stream,
 		NumDelivered: md.NumDelivered,
 	}
+	// DecodeEvent fails a rejected event only when its body is not JSON:
+	// the submitter's rejection is not decoded as a job object.
 	ev, err := DecodeEvent(msg.Subject(), msg.Headers(), msg.Data())
-	if err != nil && ev != nil && ev.Status == StatusRejected && json.Valid(msg.Data()) {
-		// A rejected event's body is the submitter's rejection, not a job
-		// object: its fields (an HTTP "status" number, an "error" string)
-		// need not decode as one. Pass it on with ev.Raw and no Job.
-		ev.Job, err = krea.Job{}, nil
-	}
 	if err != nil {
 		merr.JobID = msg.Headers().Get(HeaderJobID)
 		merr.RequestID = msg.Headers().Get(HeaderRequestID)

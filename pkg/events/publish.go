@@ -53,7 +53,7 @@ func WithTraceParent(traceParent string) PublishOpt {
 		if traceParent == "" {
 			return nil
 		}
-		if !validTraceParent(traceParent) {
+		if !ValidTraceParent(traceParent) {
 			return invalidOption("traceparent %q is not a W3C traceparent", traceParent)
 		}
 		o.traceParent = traceParent
@@ -179,13 +179,22 @@ func validRequestSubject(s string) bool {
 	return true
 }
 
-// validTraceParent checks the W3C traceparent format:
-// version "-" trace-id "-" parent-id "-" flags, lower-case hex, with
+// MaxTraceParentLen bounds the traceparent ValidTraceParent accepts: a
+// version 00 one is 55 bytes; a later version may append fields.
+const MaxTraceParentLen = 256
+
+// ValidTraceParent reports whether s is a traceparent header value as W3C
+// Trace Context (https://www.w3.org/TR/trace-context/#traceparent-header)
+// defines it: version "-" trace-id "-" parent-id "-" trace-flags, in
+// lower-case hex (2, 32, 16 and 2 digits), with version ff invalid and
 // neither ID all zeros. Version 00 has exactly these four fields; a later
-// version may append more, version ff is invalid.
-func validTraceParent(s string) bool {
+// version may append more after a "-", which are accepted when made of
+// visible ASCII (no spaces or control characters) and the whole is at most
+// MaxTraceParentLen bytes. The bridge and WithTraceParent carry only
+// values it accepts.
+func ValidTraceParent(s string) bool {
 	const n = 2 + 1 + 32 + 1 + 16 + 1 + 2
-	if len(s) < n || s[2] != '-' || s[35] != '-' || s[52] != '-' {
+	if len(s) < n || len(s) > MaxTraceParentLen || s[2] != '-' || s[35] != '-' || s[52] != '-' {
 		return false
 	}
 	version, traceID, parentID, flags := s[0:2], s[3:35], s[36:52], s[53:55]
@@ -195,8 +204,16 @@ func validTraceParent(s string) bool {
 	if version == "ff" || strings.Trim(traceID, "0") == "" || strings.Trim(parentID, "0") == "" {
 		return false
 	}
-	if len(s) > n {
-		return version != "00" && s[n] == '-' && len(s) <= 512 && !strings.ContainsAny(s, " \t\r\n")
+	if len(s) == n {
+		return true
+	}
+	if version == "00" || s[n] != '-' {
+		return false
+	}
+	for i := n + 1; i < len(s); i++ {
+		if c := s[i]; c < 0x21 || c > 0x7e {
+			return false
+		}
 	}
 	return true
 }

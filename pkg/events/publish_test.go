@@ -265,10 +265,20 @@ func TestValidTraceParent(t *testing.T) {
 		"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01":        false,
 		"00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01":         false,
 		"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01":        false,
-		"": false,
+		"":   false,
+		"00": false,
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0":                                               false,
+		"00-00000000000000000000000000000000-00f067aa0ba902b7-01":                                              false, // zero trace-id
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x":                                             false, // no "-" before the next field
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-a b":                                          false,
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-a\tb":                                         false,
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-a\x01b":                                       false,
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-\u00e9":                                       false,
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-" + strings.Repeat("a", MaxTraceParentLen-56): true,
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-" + strings.Repeat("a", MaxTraceParentLen-55): false,
 	} {
-		if got := validTraceParent(tp); got != want {
-			t.Errorf("validTraceParent(%q) = %v, want %v", tp, got, want)
+		if got := ValidTraceParent(tp); got != want {
+			t.Errorf("ValidTraceParent(%q) = %v, want %v", tp, got, want)
 		}
 	}
 }

@@ -269,15 +269,7 @@ func sanitize(s, token string) string {
 		}
 		return r
 	}, s)
-	if len(s) > maxMessageLen {
-		// Cut on a rune boundary.
-		cut := maxMessageLen
-		for cut > 0 && !isRuneStart(s[cut]) {
-			cut--
-		}
-		s = s[:cut] + "…"
-	}
-	return s
+	return truncate(s, maxMessageLen)
 }
 
 func isRuneStart(b byte) bool { return b&0xC0 != 0x80 }

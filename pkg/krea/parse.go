@@ -117,9 +117,17 @@ func parseJobList(data []byte) (*JobList, error) {
 	return l, nil
 }
 
+// truncate returns s when it is at most n bytes long, else its longest
+// prefix of at most n bytes ending on a UTF-8 rune boundary, followed by
+// "…". It is internal/clip.String, which this public package does not
+// import; TestTruncateIsClip keeps the two the same.
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n] + "…"
+	cut := max(n, 0)
+	for cut > 0 && !isRuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
