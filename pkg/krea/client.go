@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/kreabus/kreabus/internal/clip"
 )
 
 // Client calls the Krea API. It is safe for concurrent use.
@@ -169,7 +171,7 @@ func (c *Client) GetJob(ctx context.Context, id string) (*Job, json.RawMessage, 
 	}
 	j, err := ParseJob(body)
 	if err == nil && j.JobID != id {
-		err = fmt.Errorf("answer is for job %q", truncate(j.JobID, 64))
+		err = fmt.Errorf("answer is for job %q", clip.String(j.JobID, 64))
 	}
 	if err != nil {
 		return nil, nil, &MalformedResponseError{Method: http.MethodGet, Path: p, StatusCode: resp.StatusCode, Body: body, Err: err}
@@ -253,7 +255,7 @@ func jobPath(id string) (string, error) {
 // smuggle a query, another host or a traversal into the request line.
 func checkPath(p string) error {
 	bad := func(why string) error {
-		return fmt.Errorf("%w: API path %q %s", ErrInvalidRequest, truncate(p, 128), why)
+		return fmt.Errorf("%w: API path %q %s", ErrInvalidRequest, clip.String(p, 128), why)
 	}
 	if len(p) < 2 || p[0] != '/' {
 		return bad("must start with / and name an endpoint")

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/kreabus/kreabus/internal/clip"
 )
 
 // Error kinds. Every error returned by a Client method matches at most one of
@@ -269,10 +271,8 @@ func sanitize(s, token string) string {
 		}
 		return r
 	}, s)
-	return truncate(s, maxMessageLen)
+	return clip.String(s, maxMessageLen)
 }
-
-func isRuneStart(b byte) bool { return b&0xC0 != 0x80 }
 
 func looksBinary(b []byte) bool {
 	n := min(len(b), 512)

@@ -7,6 +7,8 @@ import (
 	"fmt"
 
 	"github.com/google/uuid"
+
+	"github.com/kreabus/kreabus/internal/clip"
 )
 
 // ErrInvalidJob is matched by every error ParseJob returns.
@@ -45,10 +47,10 @@ func ParseJob(data []byte) (*Job, error) {
 // Validate checks the fields ParseJob checks.
 func (j *Job) Validate() error {
 	if !ValidJobID(j.JobID) {
-		return fmt.Errorf("%w: job_id %q is not a UUID", ErrInvalidJob, truncate(j.JobID, 64))
+		return fmt.Errorf("%w: job_id %q is not a UUID", ErrInvalidJob, clip.String(j.JobID, 64))
 	}
 	if !j.Status.Valid() {
-		return fmt.Errorf("%w: status %q is not well formed", ErrInvalidJob, truncate(string(j.Status), 64))
+		return fmt.Errorf("%w: status %q is not well formed", ErrInvalidJob, clip.String(string(j.Status), 64))
 	}
 	return nil
 }
@@ -115,19 +117,4 @@ func parseJobList(data []byte) (*JobList, error) {
 		l.NextCursor = *body.NextCursor2
 	}
 	return l, nil
-}
-
-// truncate returns s when it is at most n bytes long, else its longest
-// prefix of at most n bytes ending on a UTF-8 rune boundary, followed by
-// "…". It is internal/clip.String, which this public package does not
-// import; TestTruncateIsClip keeps the two the same.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	cut := max(n, 0)
-	for cut > 0 && !isRuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…"
 }
