@@ -13,7 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/kreabus/kreabus/internal/admin"
+	"github.com/kreabus/kreabus/internal/promreg"
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
@@ -48,7 +48,7 @@ func NewRecorder(l *Ledger, reg prometheus.Registerer) (*Recorder, error) {
 		Name: "kreabus_ledger_events_total",
 		Help: "Job events the ledger recorder handled, by outcome (applied, unchanged, ignored, error).",
 	}, []string{"outcome"})
-	cv, err := admin.Register(reg, cv)
+	cv, err := promreg.Register(reg, cv)
 	if err != nil {
 		return nil, err
 	}

@@ -5,7 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/kreabus/kreabus/internal/admin"
+	"github.com/kreabus/kreabus/internal/promreg"
 )
 
 // metrics are the mirror's Prometheus series.
@@ -50,11 +50,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 	}
 	var errs [6]error
-	m.jobs, errs[0] = admin.Register(reg, m.jobs)
-	m.objects, errs[1] = admin.Register(reg, m.objects)
-	m.bytes, errs[2] = admin.Register(reg, m.bytes)
-	m.retries, errs[3] = admin.Register(reg, m.retries)
-	m.downloadSeconds, errs[4] = admin.Register(reg, m.downloadSeconds)
-	m.jobSeconds, errs[5] = admin.Register(reg, m.jobSeconds)
+	m.jobs, errs[0] = promreg.Register(reg, m.jobs)
+	m.objects, errs[1] = promreg.Register(reg, m.objects)
+	m.bytes, errs[2] = promreg.Register(reg, m.bytes)
+	m.retries, errs[3] = promreg.Register(reg, m.retries)
+	m.downloadSeconds, errs[4] = promreg.Register(reg, m.downloadSeconds)
+	m.jobSeconds, errs[5] = promreg.Register(reg, m.jobSeconds)
 	return m, errors.Join(errs[:]...)
 }

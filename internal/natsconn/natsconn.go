@@ -14,7 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/kreabus/kreabus/internal/admin"
+	"github.com/kreabus/kreabus/internal/promreg"
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
@@ -133,7 +133,7 @@ func Connect(cfg Config, name string, log *slog.Logger, reg prometheus.Registere
 			}
 			return 0
 		})
-		if _, err := admin.Register(reg, g); err != nil {
+		if _, err := promreg.Register(reg, g); err != nil {
 			nc.Close()
 			return nil, err
 		}

@@ -34,8 +34,8 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/kreabus/kreabus/internal/accountpause"
-	"github.com/kreabus/kreabus/internal/admin"
 	"github.com/kreabus/kreabus/internal/ledger"
+	"github.com/kreabus/kreabus/internal/promreg"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
@@ -193,10 +193,10 @@ func New(cfg Config, d Deps) (*Reconciler, error) {
 		Help: "Jobs past the webhook grace without a terminal event, at the last scan.",
 	})
 	var err error
-	if r.polls, err = admin.Register(d.Registerer, polls); err != nil {
+	if r.polls, err = promreg.Register(d.Registerer, polls); err != nil {
 		return nil, err
 	}
-	if r.pending, err = admin.Register(d.Registerer, pending); err != nil {
+	if r.pending, err = promreg.Register(d.Registerer, pending); err != nil {
 		return nil, err
 	}
 	for _, o := range []string{OutcomeTerminal, OutcomeNonTerminal, OutcomeNotFound, OutcomeExpired,

@@ -3,7 +3,7 @@ package submitter
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/kreabus/kreabus/internal/admin"
+	"github.com/kreabus/kreabus/internal/promreg"
 )
 
 // Rejection reasons, the values of kreabus_submitter_rejections_total's
@@ -109,25 +109,25 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	// process) is reused so its counts continue.
 	var err error
 	for _, p := range []*prometheus.Counter{&m.consumed, &m.retries, &m.pauses, &m.submitted, &m.ledgerErrs, &m.republished} {
-		if *p, err = admin.Register(reg, *p); err != nil {
+		if *p, err = promreg.Register(reg, *p); err != nil {
 			return nil, err
 		}
 	}
 	for _, p := range []*prometheus.Gauge{&m.paused, &m.inFlight, &m.limit} {
-		if *p, err = admin.Register(reg, *p); err != nil {
+		if *p, err = promreg.Register(reg, *p); err != nil {
 			return nil, err
 		}
 	}
-	if extra, err = admin.Register(reg, extra); err != nil {
+	if extra, err = promreg.Register(reg, extra); err != nil {
 		return nil, err
 	}
 	m.extraJobs = extra.WithLabelValues("submitter")
 	for _, p := range []**prometheus.CounterVec{&m.apiCalls, &m.rejections, &m.uncertain} {
-		if *p, err = admin.Register(reg, *p); err != nil {
+		if *p, err = promreg.Register(reg, *p); err != nil {
 			return nil, err
 		}
 	}
-	if m.apiDuration, err = admin.Register(reg, m.apiDuration); err != nil {
+	if m.apiDuration, err = promreg.Register(reg, m.apiDuration); err != nil {
 		return nil, err
 	}
 	return m, nil

@@ -1,4 +1,6 @@
-package admin
+// Package promreg holds what kreabus' packages share to expose Prometheus
+// metrics, apart from the HTTP admin server that serves them.
+package promreg
 
 import (
 	"errors"
