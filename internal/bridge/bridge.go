@@ -356,8 +356,6 @@ func (b *Bridge) webhook(w http.ResponseWriter, r *http.Request, token string) {
 		return
 	}
 	defer b.tokens.release(requestID)
-	b.m.inFlight.Inc()
-	defer b.m.inFlight.Dec()
 	n := b.inFlight.Add(1)
 	defer b.inFlight.Add(-1)
 	if n > int64(b.cfg.MaxInFlight) {

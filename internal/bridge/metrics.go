@@ -35,7 +35,6 @@ type metrics struct {
 	fromCache  prometheus.Counter
 	fromLedger prometheus.Counter
 	extraJobs  prometheus.Counter
-	inFlight   prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -58,10 +57,6 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time to learn a webhook's job owner from the job ledger (cache or key reads).",
 			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16), // 50 µs to 1.6 s
 		}),
-		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "kreabus_bridge_requests_in_flight",
-			Help: "Webhook requests being handled.",
-		}),
 	}
 	lookups := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kreabus_bridge_ledger_lookups_total",
@@ -72,7 +67,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: ExtraJobsMetric,
 		Help: "Events of second (paid) jobs of a request stored, marked Kreabus-Extra-Job, by who stored them.",
 	}, []string{"source"})
-	for _, c := range []prometheus.Collector{m.webhooks, m.duplicates, m.publish, m.lookup, lookups, extra, m.inFlight} {
+	for _, c := range []prometheus.Collector{m.webhooks, m.duplicates, m.publish, m.lookup, lookups, extra} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -85,6 +80,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 // counted twice on the hot path.
 func (m *metrics) register(reg prometheus.Registerer, b *Bridge) {
 	for _, c := range []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kreabus_bridge_requests_in_flight",
+			Help: "Webhook requests being handled (bounded by KREABUS_MAX_IN_FLIGHT).",
+		}, func() float64 { return float64(b.inFlight.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kreabus_bridge_body_bytes_in_flight",
 			Help: "Body bytes held by webhooks being handled (bounded by KREABUS_BODY_BUDGET).",
