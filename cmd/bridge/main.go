@@ -9,19 +9,11 @@ package main
 import (
 	"context"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/kreabus/kreabus/internal/bridge"
+	"github.com/kreabus/kreabus/internal/program"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	go func() {
-		<-ctx.Done()
-		stop() // a second signal kills at once
-	}()
-	code := bridge.Main(ctx, os.Args[1:], nil, os.Stderr)
-	stop()
-	os.Exit(code)
+	program.Exec(func(ctx context.Context) int { return bridge.Main(ctx, os.Args[1:], nil, os.Stderr) })
 }
