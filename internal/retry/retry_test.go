@@ -56,6 +56,9 @@ func TestDoStopsWhenContextEnds(t *testing.T) {
 	if !errors.Is(err, context.Canceled) || !errors.Is(err, failed) {
 		t.Fatalf("err %v, want context.Canceled joined with %v", err, failed)
 	}
+	if want := "context canceled (last error: down)"; err.Error() != want {
+		t.Fatalf("err %q, want %q", err, want)
+	}
 }
 
 func TestForeverRunsUntilContextEnds(t *testing.T) {
