@@ -7,6 +7,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kreabus/kreabus/internal/retry"
+	"github.com/kreabus/kreabus/pkg/events"
 )
 
 // Publish errors.
@@ -16,11 +19,11 @@ var (
 )
 
 // Retrying "no responders" (JetStream momentarily without the stream: a
-// leader election, a server still recovering) within the publish timeout.
-const (
-	noStreamRetries   = 2
-	noStreamRetryWait = 200 * time.Millisecond
-)
+// leader election, a server still recovering) within the publish timeout:
+// at most noStreamRetries more attempts, noStreamRetry apart.
+const noStreamRetries = 2
+
+var noStreamRetry = events.Backoff{Min: 200 * time.Millisecond, Max: 200 * time.Millisecond}
 
 // noLibraryRetry turns off the library's own retry of "no responders":
 // that retry re-sends the message from its Data later, while the bridge
@@ -34,56 +37,54 @@ var noLibraryRetry = []jetstream.PublishOpt{jetstream.WithRetryAttempts(0)}
 // that got no PubAck within PublishTimeout (WithPublishAsyncTimeout), which
 // bounds the first attempt without a timer of our own; the rare retries
 // after "no responders" are bounded by what is left of the budget.
-func (b *Bridge) publish(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) {
+func (b *Bridge) publish(ctx context.Context, m *nats.Msg) (ack *jetstream.PubAck, err error) {
 	start := time.Now()
 	defer func() { b.m.publish.Observe(time.Since(start).Seconds()) }()
-	var budget <-chan time.Time // nil, so never ready, on the first attempt
-	for attempt := 0; ; attempt++ {
-		if !b.nc.IsConnected() {
-			// Publishing now would only fill the reconnect buffer.
-			return nil, errDisconnected
+	deadline := start.Add(b.cfg.PublishTimeout)
+	attempts := 0
+	err = retry.Do(ctx, noStreamRetry, func(ctx context.Context) error {
+		if attempts++; attempts > 1 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, deadline)
+			defer cancel()
 		}
-		paf, err := b.js.PublishMsgAsync(m, noLibraryRetry...)
-		if err != nil {
-			return nil, err
+		var err error
+		ack, err = b.publishOnce(ctx, m)
+		if errors.Is(err, jetstream.ErrNoStreamResponse) && attempts <= noStreamRetries && time.Until(deadline) > noStreamRetry.Max {
+			return err
 		}
-		select {
-		case ack := <-paf.Ok():
-			return ack, nil
-		case err := <-paf.Err():
-			if errors.Is(err, jetstream.ErrAsyncPublishTimeout) {
-				return nil, errPublishTimeout
-			}
-			if !errors.Is(err, jetstream.ErrNoStreamResponse) {
-				return nil, err
-			}
-			if b.streamMissing != nil {
-				b.streamMissing()
-			}
-			left := b.cfg.PublishTimeout - time.Since(start)
-			if attempt >= noStreamRetries || left <= noStreamRetryWait {
-				return nil, err
-			}
-			if budget == nil {
-				t := time.NewTimer(left)
-				defer t.Stop()
-				budget = t.C
-			}
-		case <-ctx.Done():
-			return nil, ctxErr(ctx)
-		case <-budget:
+		return retry.Permanent(err)
+	}, nil)
+	if err != nil && ctx.Err() != nil {
+		return nil, ctxErr(ctx)
+	}
+	return ack, err
+}
+
+// publishOnce makes one attempt at publishing m, waiting for its PubAck
+// within PublishTimeout or until ctx ends.
+func (b *Bridge) publishOnce(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) {
+	if !b.nc.IsConnected() {
+		// Publishing now would only fill the reconnect buffer.
+		return nil, errDisconnected
+	}
+	paf, err := b.js.PublishMsgAsync(m, noLibraryRetry...)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case ack := <-paf.Ok():
+		return ack, nil
+	case err := <-paf.Err():
+		if errors.Is(err, jetstream.ErrAsyncPublishTimeout) {
 			return nil, errPublishTimeout
 		}
-		wait := time.NewTimer(noStreamRetryWait)
-		select {
-		case <-wait.C:
-		case <-ctx.Done():
-			wait.Stop()
-			return nil, ctxErr(ctx)
-		case <-budget:
-			wait.Stop()
-			return nil, errPublishTimeout
+		if errors.Is(err, jetstream.ErrNoStreamResponse) && b.streamMissing != nil {
+			b.streamMissing()
 		}
+		return nil, err
+	case <-ctx.Done():
+		return nil, ctxErr(ctx)
 	}
 }
 
