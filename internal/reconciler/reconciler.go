@@ -38,6 +38,7 @@ import (
 	"github.com/kreabus/kreabus/internal/accountpause"
 	"github.com/kreabus/kreabus/internal/ledger"
 	"github.com/kreabus/kreabus/internal/promreg"
+	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
 
@@ -138,7 +139,8 @@ type Reconciler struct {
 	d        Deps
 	log      *slog.Logger
 	limiter  *rate.Limiter
-	holder   string // this replica's name in poll claims
+	holder   string         // this replica's name in poll claims
+	every    events.Backoff // the wait between two polls of one job
 	warnOnce sync.Once
 	polls    *prometheus.CounterVec
 	pending  prometheus.Gauge
@@ -152,7 +154,7 @@ type Reconciler struct {
 // jobState is the polling schedule of one job.
 type jobState struct {
 	next     time.Time
-	backoff  time.Duration
+	grown    uint64 // how often its wait grew: the wait is every.Ceiling(grown+1)
 	inFlight bool
 }
 
@@ -183,7 +185,9 @@ func New(cfg Config, d Deps) (*Reconciler, error) {
 		log:     log.With("component", "reconciler"),
 		limiter: rate.NewLimiter(rate.Limit(cfg.Rate), max(1, int(cfg.Rate))),
 		holder:  uuid.NewString(),
-		jobs:    map[string]*jobState{},
+		// From the webhook grace, doubling up to the maximum.
+		every: events.Backoff{Min: max(min(cfg.WebhookGrace, cfg.MaxBackoff), MinBackoff), Max: cfg.MaxBackoff},
+		jobs:  map[string]*jobState{},
 	}
 	polls := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kreabus_reconciler_polls_total",

@@ -73,7 +73,7 @@ func (r *Reconciler) scan(ctx context.Context, work chan<- ledger.Record) bool {
 		live[rec.JobID] = true
 		st := r.jobs[rec.JobID]
 		if st == nil {
-			st = &jobState{next: now, backoff: max(min(r.cfg.WebhookGrace, r.cfg.MaxBackoff), MinBackoff)}
+			st = &jobState{next: now}
 			r.jobs[rec.JobID] = st
 		}
 		if st.inFlight || now.Before(st.next) {
@@ -107,8 +107,10 @@ func (r *Reconciler) scan(ctx context.Context, work chan<- ledger.Record) bool {
 }
 
 // reschedule plans the job's next poll: after wait when positive, else
-// after its backoff (doubled afterwards when grow is set), with ±10%
-// jitter so replicas drift apart.
+// after its wait (which then grows when grow is set), with ±10% jitter so
+// replicas drift apart. (Not Backoff.Delay's jitter: the claim a poll
+// takes lasts nine tenths of the wait, and the holder's next poll is to
+// find it expired.)
 func (r *Reconciler) reschedule(jobID string, wait time.Duration, grow bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -119,9 +121,9 @@ func (r *Reconciler) reschedule(jobID string, wait time.Duration, grow bool) {
 	st.inFlight = false
 	d := wait
 	if d <= 0 {
-		d = st.backoff
+		d = r.every.Ceiling(st.grown + 1)
 		if grow {
-			st.backoff = min(2*st.backoff, r.cfg.MaxBackoff)
+			st.grown++
 		}
 	}
 	d += time.Duration((rand.Float64()*0.2 - 0.1) * float64(d))
@@ -130,7 +132,7 @@ func (r *Reconciler) reschedule(jobID string, wait time.Duration, grow bool) {
 
 // claim reports whether this replica may poll jobID now: it holds the
 // job's claim, or there are no claims. A claim lasts a little less than
-// the job's current backoff, so the holder's next round finds it expired
+// the job's current wait, so the holder's next round finds it expired
 // (or still its own) and another replica takes over within one round when
 // the holder is gone.
 func (r *Reconciler) claim(ctx context.Context, jobID string) bool {
@@ -140,7 +142,7 @@ func (r *Reconciler) claim(ctx context.Context, jobID string) bool {
 	r.mu.Lock()
 	ttl := MinBackoff
 	if st := r.jobs[jobID]; st != nil {
-		ttl = st.backoff
+		ttl = r.every.Ceiling(st.grown + 1)
 	}
 	r.mu.Unlock()
 	ok, err := r.d.Claims.ClaimPoll(ctx, jobID, r.holder, ttl*9/10)
