@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kreabus/kreabus/internal/ledger"
+	"github.com/kreabus/kreabus/internal/retry"
 )
 
 // The schedule: which open jobs are due for a poll, and when each is
@@ -36,10 +37,8 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			// later.
 			wait = min(wait, notReadyRecheck)
 		}
-		select {
-		case <-ctx.Done():
+		if !retry.Sleep(ctx, wait) {
 			return nil
-		case <-time.After(wait):
 		}
 	}
 }
