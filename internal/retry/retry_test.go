@@ -79,3 +79,9 @@ func TestForeverRunsUntilContextEnds(t *testing.T) {
 		t.Fatalf("err %v, want %v", err, stop)
 	}
 }
+
+func TestReconnectIsValid(t *testing.T) {
+	if err := retry.Reconnect.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
