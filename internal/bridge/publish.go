@@ -22,10 +22,9 @@ var (
 // leader election, a server still recovering) within the publish timeout:
 // at most noStreamRetries more attempts, noStreamRetry apart (100 to
 // 200 ms).
-var (
-	noStreamRetries = 2
-	noStreamRetry   = events.Backoff{Min: 200 * time.Millisecond, Max: 200 * time.Millisecond}
-)
+const noStreamRetries = 2
+
+var noStreamRetry = events.Backoff{Min: 200 * time.Millisecond, Max: 200 * time.Millisecond}
 
 // noLibraryRetry turns off the library's own retry of "no responders":
 // that retry re-sends the message from its Data later, while the bridge
