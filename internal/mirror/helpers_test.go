@@ -60,11 +60,9 @@ func testCtx(t *testing.T) context.Context {
 
 // settings loads the mirror's settings the way cmd/mirror does, for this
 // world: loopback allowed, short waits.
-func (e *env) settings(extra map[string]string) Settings {
+func (e *env) settings(extra map[string]string) Config {
 	e.t.Helper()
 	vals := map[string]string{
-		"NATS_URL":                      e.url,
-		"KREABUS_ADMIN_LISTEN":          "",
 		"KREABUS_RESULTS_ALLOW_HOSTS":   "127.0.0.1",
 		"KREABUS_RESULTS_ALLOW_PRIVATE": "true",
 		"KREABUS_RESULTS_IDLE_TIMEOUT":  "5s",
@@ -73,28 +71,57 @@ func (e *env) settings(extra map[string]string) Settings {
 	for k, v := range extra {
 		vals[k] = v
 	}
-	var s Settings
-	if err := config.Load(&s, "mirror", nil, func(k string) (string, bool) { v, ok := vals[k]; return v, ok }); err != nil {
+	var c Config
+	if err := config.Load(&c, "mirror", nil, func(k string) (string, bool) { v, ok := vals[k]; return v, ok }); err != nil {
 		e.t.Fatal(err)
 	}
-	s.RetryBackoff = 20 * time.Millisecond
-	return s
+	c.RetryBackoff = 20 * time.Millisecond
+	return c
 }
 
-// start starts a mirror and stops it when the test ends.
-func (e *env) start(s Settings) *Program {
+// running is a started mirror: a Mirror and its consumer, as
+// internal/mirrord wires them (without the program around them).
+type running struct {
+	mr *Mirror
+	c  *events.JobConsumer
+	m  *metrics
+}
+
+// Shutdown lets the copies in flight finish, then stops.
+func (r *running) Shutdown(ctx context.Context) error {
+	err := r.c.Shutdown(ctx)
+	r.mr.Close()
+	return err
+}
+
+// start starts a mirror, with its own metrics, and stops it when the test
+// ends.
+func (e *env) start(c Config) *running {
 	e.t.Helper()
-	p, err := Start(s, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx := testCtx(e.t)
+	obs, err := events.EnsureResultsStore(ctx, e.js, events.ResultsStoreConfig(events.ResultsOptions{Bucket: c.Bucket, TTL: c.TTL, Replicas: c.Replicas}))
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	mr, err := New(c, e.js, obs, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cons, err := events.ConsumeJobs(ctx, e.js, mr.cfg.Consumer, mr.Handle,
+		events.WithStatuses(krea.StatusCompleted),
+		events.WithConcurrency(mr.cfg.Concurrency),
+		events.WithAckWait(mr.cfg.AckWait))
+	if err != nil {
+		mr.Close()
+		e.t.Fatal(err)
+	}
+	r := &running{mr: mr, c: cons, m: mr.m}
 	e.t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_ = p.Shutdown(ctx)
+		_ = r.Shutdown(ctx)
 	})
-	natstest.CheckFor(e.t, 10*time.Second, 10*time.Millisecond, func() error { return p.checkReady(context.Background()) })
-	return p
+	return r
 }
 
 // job runs one job on the simulator and returns its completed body.

@@ -20,6 +20,7 @@ import (
 
 // Connection defaults.
 const (
+	// DefaultURL is where NATS is looked for when NATS_URL is not set.
 	DefaultURL = nats.DefaultURL
 	// ReconnectWait and ReconnectJitter space reconnection attempts so a
 	// fleet of replicas does not hammer a restarting server in lockstep.
@@ -33,7 +34,7 @@ const (
 
 // Config holds the NATS connection settings.
 type Config struct {
-	URL   string `env:"NATS_URL" flag:"nats-url" default:"nats://127.0.0.1:4222" usage:"NATS server URLs, comma separated"`
+	URL   string `env:"NATS_URL" flag:"nats-url" usage:"NATS server URLs, comma separated"`
 	Creds string `env:"NATS_CREDS" flag:"nats-creds" usage:"NATS credentials (JWT) file"`
 	NKey  string `env:"NATS_NKEY" flag:"nats-nkey" usage:"NATS nkey seed file"`
 	CA    string `env:"NATS_CA" flag:"nats-ca" usage:"CA certificate file to verify the NATS server"`
@@ -44,26 +45,61 @@ type Config struct {
 	Name string `env:"KREABUS_NATS_NAME" flag:"nats-name" usage:"NATS connection name shown by the server (default: kreabus-bridge, kreabus-submitter or kreabus-mirror)"`
 }
 
-// Validate checks the settings for consistency.
-func (c *Config) Validate() error {
+// SetDefaults gives a new Config its defaults. An empty URL set later is
+// an error, not the default.
+func (c *Config) SetDefaults() {
 	if c.URL == "" {
-		return errors.New("NATS_URL is empty")
+		c.URL = DefaultURL
+	}
+}
+
+// Validate checks the settings for consistency; every problem is
+// reported, joined.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.URL == "" {
+		errs = append(errs, errors.New("NATS_URL is empty"))
 	}
 	if (c.Cert == "") != (c.Key == "") {
-		return errors.New("NATS_CERT and NATS_KEY go together")
+		errs = append(errs, errors.New("NATS_CERT and NATS_KEY go together"))
 	}
 	if c.Creds != "" && c.NKey != "" {
-		return errors.New("NATS_CREDS and NATS_NKEY are exclusive")
+		errs = append(errs, errors.New("NATS_CREDS and NATS_NKEY are exclusive"))
 	}
-	return nil
+	return errors.Join(errs...)
 }
+
+// Stream defaults: those of package events, and creation on.
+const (
+	DefaultStreamReplicas  = events.DefaultReplicas
+	DefaultJobsMaxAge      = events.DefaultJobsMaxAge
+	DefaultDuplicateWindow = events.DefaultDuplicateWindow
+	// DefaultCreateStreams: programs create what they need when missing.
+	DefaultCreateStreams = true
+)
 
 // StreamsConfig holds the settings of the kreabus streams.
 type StreamsConfig struct {
-	Replicas        int           `env:"KREABUS_STREAM_REPLICAS" flag:"stream-replicas" default:"1" usage:"replicas of created streams (3 on a JetStream cluster)"`
-	JobsMaxAge      time.Duration `env:"KREABUS_JOBS_MAX_AGE" flag:"jobs-max-age" default:"168h" usage:"how long KREA_JOBS keeps events"`
-	DuplicateWindow time.Duration `env:"KREABUS_DUPLICATE_WINDOW" flag:"duplicate-window" default:"1h" usage:"KREA_JOBS de-duplication window"`
-	CreateStreams   bool          `env:"KREABUS_CREATE_STREAMS" flag:"create-streams" default:"true" usage:"create missing streams and buckets at start-up (off for locked-down accounts)"`
+	Replicas        int           `env:"KREABUS_STREAM_REPLICAS" flag:"stream-replicas" usage:"replicas of created streams (3 on a JetStream cluster)"`
+	JobsMaxAge      time.Duration `env:"KREABUS_JOBS_MAX_AGE" flag:"jobs-max-age" usage:"how long KREA_JOBS keeps events"`
+	DuplicateWindow time.Duration `env:"KREABUS_DUPLICATE_WINDOW" flag:"duplicate-window" usage:"KREA_JOBS de-duplication window"`
+	CreateStreams   bool          `env:"KREABUS_CREATE_STREAMS" flag:"create-streams" usage:"create missing streams and buckets at start-up (off for locked-down accounts)"`
+}
+
+// SetDefaults gives a new StreamsConfig its defaults. Call it on a new
+// value only: CreateStreams false is a setting, not a missing value.
+// Zero numbers set later mean the defaults of package events.
+func (c *StreamsConfig) SetDefaults() {
+	if c.Replicas == 0 {
+		c.Replicas = DefaultStreamReplicas
+	}
+	if c.JobsMaxAge == 0 {
+		c.JobsMaxAge = DefaultJobsMaxAge
+	}
+	if c.DuplicateWindow == 0 {
+		c.DuplicateWindow = DefaultDuplicateWindow
+	}
+	c.CreateStreams = DefaultCreateStreams
 }
 
 // Options converts the settings for package events.

@@ -32,18 +32,19 @@ const (
 
 // Config holds the reconciler settings.
 type Config struct {
-	WebhookGrace time.Duration `env:"KREABUS_WEBHOOK_GRACE" flag:"webhook-grace" default:"5m" usage:"how long to wait for a job's terminal webhook before polling the job"`
-	MaxBackoff   time.Duration `env:"KREABUS_POLL_MAX_BACKOFF" flag:"poll-max-backoff" default:"5m" usage:"longest wait between two polls of one job (the wait starts at the webhook grace and doubles)"`
-	Rate         float64       `env:"KREABUS_POLL_RATE" flag:"poll-rate" default:"5" usage:"GET /jobs/{id} calls per second, all jobs together (per replica)"`
-	Concurrency  int           `env:"KREABUS_POLL_CONCURRENCY" flag:"poll-concurrency" default:"4" usage:"polls in flight at once"`
-	JobMaxAge    time.Duration `env:"KREABUS_JOB_MAX_AGE" flag:"job-max-age" default:"3h" usage:"a job still not terminal this long after submission ends in krea.jobs.failed"`
-	Interval     time.Duration `env:"KREABUS_POLL_INTERVAL" flag:"poll-interval" default:"10s" usage:"how often the ledger is scanned for jobs due for a poll"`
+	WebhookGrace time.Duration `env:"KREABUS_WEBHOOK_GRACE" flag:"webhook-grace" usage:"how long to wait for a job's terminal webhook before polling the job"`
+	MaxBackoff   time.Duration `env:"KREABUS_POLL_MAX_BACKOFF" flag:"poll-max-backoff" usage:"longest wait between two polls of one job (the wait starts at the webhook grace and doubles)"`
+	Rate         float64       `env:"KREABUS_POLL_RATE" flag:"poll-rate" usage:"GET /jobs/{id} calls per second, all jobs together (per replica)"`
+	Concurrency  int           `env:"KREABUS_POLL_CONCURRENCY" flag:"poll-concurrency" usage:"polls in flight at once"`
+	JobMaxAge    time.Duration `env:"KREABUS_JOB_MAX_AGE" flag:"job-max-age" usage:"a job still not terminal this long after submission ends in krea.jobs.failed"`
+	Interval     time.Duration `env:"KREABUS_POLL_INTERVAL" flag:"poll-interval" usage:"how often the ledger is scanned for jobs due for a poll"`
 
 	// PublishTimeout bounds one publish (default DefaultPublishTimeout).
 	PublishTimeout time.Duration
 }
 
-func (c *Config) setDefaults() {
+// SetDefaults fills the zero fields from the Default* constants.
+func (c *Config) SetDefaults() {
 	if c.WebhookGrace == 0 {
 		c.WebhookGrace = DefaultWebhookGrace
 	}
@@ -67,10 +68,10 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// Validate checks the settings; zero values stand for the defaults.
+// Validate checks the settings, after SetDefaults; every problem is
+// reported, joined.
 func (c *Config) Validate() error {
-	cc := *c
-	cc.setDefaults()
+	cc := c
 	var errs []error
 	check := func(ok bool, format string, args ...any) {
 		if !ok {
