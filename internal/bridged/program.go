@@ -160,7 +160,7 @@ func (p *Program) ensureLoop(ctx context.Context) {
 			return
 		case <-p.kick:
 		}
-		err := natsconn.EnsureStreams(ctx, p.js, p.log, cfg)
+		err := natsconn.SetUpStreams(ctx, p.js, p.log, cfg)
 		switch {
 		case err == nil:
 			p.setStreamErr(nil)

@@ -17,6 +17,7 @@ import (
 	"github.com/kreabus/kreabus/internal/mirror"
 	"github.com/kreabus/kreabus/internal/natsconn"
 	"github.com/kreabus/kreabus/internal/program"
+	"github.com/kreabus/kreabus/internal/retry"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
@@ -87,27 +88,24 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 	return p, nil
 }
 
+// setupBackoff paces the attempts to set the mirror up.
+var setupBackoff = events.Backoff{Min: 200 * time.Millisecond, Max: 5 * time.Second}
+
 // setup ensures the stream and the bucket and starts the consumer,
 // retrying until it succeeds or ctx ends.
 func (p *Program) setup(ctx context.Context) {
 	defer p.bg.Done()
-	wait := 200 * time.Millisecond
-	for {
+	_ = retry.Do(ctx, setupBackoff, func(ctx context.Context) error {
 		err := p.trySetup(ctx)
-		if err == nil || ctx.Err() != nil {
-			return
+		if err != nil && ctx.Err() == nil {
+			p.mu.Lock()
+			p.setupErr = err
+			p.mu.Unlock()
 		}
-		p.mu.Lock()
-		p.setupErr = err
-		p.mu.Unlock()
+		return err
+	}, func(err error, _ int, wait time.Duration) {
 		p.log.Warn("mirror not consuming yet", "err", err, "retry_in", wait.String())
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, 5*time.Second)
-	}
+	})
 }
 
 func (p *Program) trySetup(ctx context.Context) error {

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kreabus/kreabus/internal/promreg"
+	"github.com/kreabus/kreabus/internal/retry"
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
@@ -177,15 +178,21 @@ func Connect(cfg Config, name string, log *slog.Logger, reg prometheus.Registere
 	return nc, nil
 }
 
-// EnsureStreams creates or checks the given streams, retrying until ctx ends
-// so a program can start before its NATS server does.
-func EnsureStreams(ctx context.Context, js jetstream.JetStream, log *slog.Logger, cfgs ...jetstream.StreamConfig) error {
-	backoff := 200 * time.Millisecond
-	for {
-		var err error
+// StreamsBackoff paces SetUpStreams' attempts while JetStream is down.
+var StreamsBackoff = events.Backoff{Min: 200 * time.Millisecond, Max: 5 * time.Second}
+
+// SetUpStreams ensures each stream with events.EnsureStream (created when
+// missing, checked when present), retrying with internal/retry until
+// JetStream answers or ctx ends, so a program can start before its NATS
+// server does. A stream that lacks only its RePublish, which this user may
+// not add, is usable: that is logged with the command that adds it. An
+// incompatible stream (events.ErrIncompatibleStream) is returned at once.
+func SetUpStreams(ctx context.Context, js jetstream.JetStream, log *slog.Logger, cfgs ...jetstream.StreamConfig) error {
+	err := retry.Do(ctx, StreamsBackoff, func(ctx context.Context) error {
 		for _, c := range cfgs {
-			_, err = events.EnsureStream(ctx, js, c)
-			if errors.Is(err, events.ErrNoRePublish) {
+			_, err := events.EnsureStream(ctx, js, c)
+			switch {
+			case errors.Is(err, events.ErrNoRePublish):
 				// Usable as it is; only its followers wait. The shipped
 				// permissions let no program reconfigure KREA_JOBS: the
 				// operator adds it once.
@@ -193,23 +200,20 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, log *slog.Logger
 					"stream", c.Name, "source", c.RePublish.Source, "destination", c.RePublish.Destination,
 					"fix", "nats stream edit "+c.Name+" --republish-source '"+c.RePublish.Source+"' --republish-destination '"+c.RePublish.Destination+"'",
 					"err", err)
-				err = nil
+			case errors.Is(err, events.ErrIncompatibleStream):
+				return retry.Permanent(err)
+			case err != nil:
+				return err
 			}
-			if err != nil {
-				break
-			}
 		}
-		if err == nil || errors.Is(err, events.ErrIncompatibleStream) {
-			return err
-		}
-		log.Warn("waiting for JetStream to ensure streams", "err", err)
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("ensure streams: %w (last error: %v)", ctx.Err(), err)
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
+		return nil
+	}, func(err error, _ int, wait time.Duration) {
+		log.Warn("waiting for JetStream to ensure streams", "err", err, "retry_in", wait.String())
+	})
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("ensure streams: %w", err)
 	}
+	return err
 }
 
 // CheckStreams reports whether every named stream exists, for readiness.

@@ -61,7 +61,7 @@ func TestConnectStartsWithoutServer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	opts := events.StreamOptions{}
-	if err := EnsureStreams(ctx, js, logging.Discard, events.JobsStreamConfig(opts)); err != nil {
+	if err := SetUpStreams(ctx, js, logging.Discard, events.JobsStreamConfig(opts)); err != nil {
 		t.Fatal(err)
 	}
 	if err := CheckStreams(ctx, nc, js, events.StreamJobs); err != nil {
@@ -74,7 +74,7 @@ func TestConnectStartsWithoutServer(t *testing.T) {
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: events.StreamRequests, Subjects: []string{"other.>"}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := EnsureStreams(ctx, js, logging.Discard, events.RequestsStreamConfig(opts)); !errors.Is(err, events.ErrIncompatibleStream) {
+	if err := SetUpStreams(ctx, js, logging.Discard, events.RequestsStreamConfig(opts)); !errors.Is(err, events.ErrIncompatibleStream) {
 		t.Fatalf("incompatible stream: %v", err)
 	}
 }

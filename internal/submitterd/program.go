@@ -103,7 +103,7 @@ func (p *Program) run(ctx context.Context) {
 	defer p.bg.Done()
 	if p.s.Streams.CreateStreams {
 		o := p.s.Streams.Options()
-		err := natsconn.EnsureStreams(ctx, p.js, p.log, events.RequestsStreamConfig(o), events.JobsStreamConfig(o))
+		err := natsconn.SetUpStreams(ctx, p.js, p.log, events.RequestsStreamConfig(o), events.JobsStreamConfig(o))
 		if err != nil {
 			if ctx.Err() == nil {
 				p.setStreamErr(err)
