@@ -1,3 +1,8 @@
+// Package bridged is cmd/bridge's wiring: its settings (settings.go), its
+// NATS connection, the KREA_JOBS ensurer, the ledger opened in the
+// background (ledger.go), the admin server with its readiness checks, and
+// the order of start and stop (program.go). What the bridge does with a
+// webhook is package bridge.
 package bridged
 
 import (
@@ -21,8 +26,8 @@ import (
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
-// ConnectionName is the bridge's NATS connection name.
-const ConnectionName = "kreabus-bridge"
+// connectionName is the bridge's NATS connection name.
+const connectionName = "kreabus-bridge"
 
 // Program is cmd/bridge running: the bridge on its listener, its NATS
 // connection, the KREA_JOBS ensurer and the admin server. Start it, then
@@ -70,7 +75,7 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 		serveErr: make(chan error, 1),
 		kick:     make(chan struct{}, 1),
 	}
-	nc, err := natsconn.Connect(s.NATS, ConnectionName, log, p.admin.Registry(),
+	nc, err := natsconn.Connect(s.NATS, connectionName, log, p.admin.Registry(),
 		nats.ClosedHandler(func(*nats.Conn) { close(p.closed) }),
 		// A stalled socket must not hold a webhook past its bound.
 		nats.FlusherTimeout(s.Bridge.PublishTimeout),
@@ -236,16 +241,6 @@ func (p *Program) Shutdown(ctx context.Context) error {
 
 // ShutdownTimeout bounds Shutdown: KREABUS_SHUTDOWN_TIMEOUT.
 func (p *Program) ShutdownTimeout() time.Duration { return p.s.ShutdownTimeout }
-
-// Run starts the program and runs it until ctx ends (the signal), then
-// shuts it down within the configured shutdown timeout.
-func Run(ctx context.Context, s Settings, log *slog.Logger) error {
-	p, err := Start(s, log)
-	if err != nil {
-		return err
-	}
-	return program.Run(ctx, p)
-}
 
 // Main is cmd/bridge: it loads the settings from args (without the program
 // name), env (os.LookupEnv when nil) and the optional YAML file, and runs

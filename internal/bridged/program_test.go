@@ -334,24 +334,6 @@ func TestProgramShutdown(t *testing.T) {
 	}
 }
 
-// TestRun: Run serves until its context ends, then shuts down cleanly.
-func TestRun(t *testing.T) {
-	srv := natstest.RunServer(t)
-	s := testSettings(t, srv.ClientURL(), nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, s, nil) }()
-	time.AfterFunc(200*time.Millisecond, cancel)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("Run did not return")
-	}
-}
-
 // TestMainMissingSecret: without KREABUS_WEBHOOK_SECRET the program stops
 // at once with one line naming it.
 func TestMainMissingSecret(t *testing.T) {

@@ -1,3 +1,8 @@
+// Package mirrord is cmd/mirror's wiring: its settings (settings.go), its
+// NATS connection, KREA_JOBS and the results bucket, the consumer of
+// krea.jobs.completed, the admin server with its readiness check, and the
+// order of start and stop (program.go). What the mirror does with a
+// completed job is package mirror.
 package mirrord
 
 import (
@@ -22,8 +27,8 @@ import (
 	"github.com/kreabus/kreabus/pkg/krea"
 )
 
-// ConnectionName is the mirror's NATS connection name.
-const ConnectionName = "kreabus-mirror"
+// connectionName is the mirror's NATS connection name.
+const connectionName = "kreabus-mirror"
 
 // Program is cmd/mirror running: its NATS connection, the results bucket,
 // the consumer of krea.jobs.completed and the admin server. Start it,
@@ -65,7 +70,7 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 		setupErr: errors.New("starting"),
 	}
 	var err error
-	p.nc, err = natsconn.Connect(s.NATS, ConnectionName, log, p.admin.Registry(),
+	p.nc, err = natsconn.Connect(s.NATS, connectionName, log, p.admin.Registry(),
 		nats.ClosedHandler(func(*nats.Conn) { close(p.closed) }))
 	if err != nil {
 		return nil, err
@@ -176,9 +181,6 @@ func (p *Program) checkReady(context.Context) error {
 
 // AdminAddr is the admin listener's address ("" when off).
 func (p *Program) AdminAddr() string { return p.admin.Addr() }
-
-// Conn is the program's NATS connection.
-func (p *Program) Conn() *nats.Conn { return p.nc }
 
 // Failed delivers the error of a part that stopped by itself.
 func (p *Program) Failed() <-chan error { return p.failed }

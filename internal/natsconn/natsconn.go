@@ -178,8 +178,8 @@ func Connect(cfg Config, name string, log *slog.Logger, reg prometheus.Registere
 	return nc, nil
 }
 
-// StreamsBackoff paces SetUpStreams' attempts while JetStream is down.
-var StreamsBackoff = events.Backoff{Min: 200 * time.Millisecond, Max: 5 * time.Second}
+// streamsBackoff paces SetUpStreams' attempts while JetStream is down.
+var streamsBackoff = events.Backoff{Min: 200 * time.Millisecond, Max: 5 * time.Second}
 
 // SetUpStreams ensures each stream with events.EnsureStream (created when
 // missing, checked when present), retrying with internal/retry until
@@ -188,7 +188,7 @@ var StreamsBackoff = events.Backoff{Min: 200 * time.Millisecond, Max: 5 * time.S
 // not add, is usable: that is logged with the command that adds it. An
 // incompatible stream (events.ErrIncompatibleStream) is returned at once.
 func SetUpStreams(ctx context.Context, js jetstream.JetStream, log *slog.Logger, cfgs ...jetstream.StreamConfig) error {
-	err := retry.Do(ctx, StreamsBackoff, func(ctx context.Context) error {
+	err := retry.Do(ctx, streamsBackoff, func(ctx context.Context) error {
 		for _, c := range cfgs {
 			_, err := events.EnsureStream(ctx, js, c)
 			switch {

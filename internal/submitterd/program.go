@@ -1,3 +1,9 @@
+// Package submitterd is cmd/submitter's wiring: its settings
+// (settings.go), its NATS connection, the streams, the ledger with its
+// Recorder and open-jobs list, the reconciler, the submitter, the kreabus
+// NATS service, the admin server with its readiness checks, and the order
+// of start and stop (program.go). What the submitter does with a request
+// is package submitter.
 package submitterd
 
 import (
@@ -23,8 +29,8 @@ import (
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
-// ConnectionName is the submitter's NATS connection name.
-const ConnectionName = "kreabus-submitter"
+// connectionName is the submitter's NATS connection name.
+const connectionName = "kreabus-submitter"
 
 // Program is cmd/submitter running: its NATS connection, the stream
 // ensurer, the ledger with its Recorder and open-jobs list, the reconciler, the
@@ -73,7 +79,7 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 		closed: make(chan struct{}),
 		failed: make(chan error, 3),
 	}
-	nc, err := natsconn.Connect(s.NATS, ConnectionName, log, p.admin.Registry(),
+	nc, err := natsconn.Connect(s.NATS, connectionName, log, p.admin.Registry(),
 		nats.ClosedHandler(func(*nats.Conn) { close(p.closed) }))
 	if err != nil {
 		return nil, err
@@ -232,9 +238,6 @@ func (p *Program) Service() *service.Service {
 
 // AdminAddr is the admin listener's address ("" when off).
 func (p *Program) AdminAddr() string { return p.admin.Addr() }
-
-// Conn is the program's NATS connection.
-func (p *Program) Conn() *nats.Conn { return p.nc }
 
 // Failed delivers the error of a part that stopped by itself.
 func (p *Program) Failed() <-chan error { return p.failed }
