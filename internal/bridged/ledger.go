@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/kreabus/kreabus/internal/ledger"
-	"github.com/kreabus/kreabus/internal/retry"
-	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
 
@@ -47,9 +45,6 @@ func (l *lateOwners) check(context.Context) error {
 	return nil
 }
 
-// ledgerBackoff paces the attempts to open the ledger.
-var ledgerBackoff = events.Backoff{Min: 2 * time.Second, Max: 2 * time.Second}
-
 // openLedger opens the ledger bucket (creating it when allowed), retrying
 // until it succeeds or ctx ends.
 func (p *Program) openLedger(ctx context.Context) {
@@ -60,20 +55,26 @@ func (p *Program) openLedger(ctx context.Context) {
 	if cfg.Replicas == 0 {
 		cfg.Replicas = p.s.Streams.Replicas
 	}
-	_ = retry.Do(ctx, ledgerBackoff, func(ctx context.Context) error {
+	for {
 		led, err := ledger.Open(ctx, p.js, cfg, ledger.WithLogger(p.log))
-		if err != nil {
-			return err
+		if err == nil {
+			owners := led.Owners(cfg.CacheSize)
+			if err := owners.Follow(ctx); err != nil {
+				// Every first webhook of a job reads the ledger then.
+				p.log.Warn("cannot follow job records; webhooks read the ledger", "err", err)
+			}
+			p.ledger.o.Store(owners)
+			p.log.Info("ledger open", "bucket", led.Bucket(), "cache", cfg.CacheSize)
+			return
 		}
-		owners := led.Owners(cfg.CacheSize)
-		if err := owners.Follow(ctx); err != nil {
-			// Every first webhook of a job reads the ledger then.
-			p.log.Warn("cannot follow job records; webhooks read the ledger", "err", err)
+		if ctx.Err() != nil {
+			return
 		}
-		p.ledger.o.Store(owners)
-		p.log.Info("ledger open", "bucket", led.Bucket(), "cache", cfg.CacheSize)
-		return nil
-	}, func(err error, _ int, wait time.Duration) {
-		p.log.Warn("ledger unavailable; retrying", "err", err, "retry_in", wait.String())
-	})
+		p.log.Warn("ledger unavailable; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Second):
+		}
+	}
 }
