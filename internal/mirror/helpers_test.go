@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -79,17 +80,31 @@ func (e *env) settings(extra map[string]string) Config {
 	return c
 }
 
-// running is a started mirror: a Mirror and its consumer, as
-// internal/mirrord wires them (without the program around them).
+// running is a started mirror: a Mirror handling the completed events of
+// a durable consumer, as internal/mirrord wires it (this stand-in uses
+// jetstream's own Consume, so the test does not depend on events'
+// consuming helpers).
 type running struct {
-	mr *Mirror
-	c  *events.JobConsumer
-	m  *metrics
+	mr     *Mirror
+	cc     jetstream.ConsumeContext
+	m      *metrics
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
-// Shutdown lets the copies in flight finish, then stops.
+// Shutdown takes no new event, lets the copies in flight finish, then
+// stops.
 func (r *running) Shutdown(ctx context.Context) error {
-	err := r.c.Shutdown(ctx)
+	r.cc.Drain()
+	var err error
+	select {
+	case <-r.cc.Closed():
+	case <-ctx.Done():
+		r.cc.Stop()
+		err = ctx.Err()
+	}
+	r.wg.Wait()
+	r.cancel()
 	r.mr.Close()
 	return err
 }
@@ -107,15 +122,42 @@ func (e *env) start(c Config) *running {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	cons, err := events.ConsumeJobs(ctx, e.js, mr.cfg.Consumer, mr.Handle,
-		events.WithStatuses(krea.StatusCompleted),
-		events.WithConcurrency(mr.cfg.Concurrency),
-		events.WithAckWait(mr.cfg.AckWait))
+	cons, err := e.js.CreateOrUpdateConsumer(ctx, events.StreamJobs, jetstream.ConsumerConfig{
+		Durable:       mr.cfg.Consumer,
+		FilterSubject: events.JobSubject(krea.StatusCompleted),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       mr.cfg.AckWait,
+		MaxAckPending: 2 * mr.cfg.Concurrency,
+	})
 	if err != nil {
 		mr.Close()
 		e.t.Fatal(err)
 	}
-	r := &running{mr: mr, c: cons, m: mr.m}
+	hctx, cancel := context.WithCancel(context.Background())
+	r := &running{mr: mr, m: mr.m, cancel: cancel}
+	slots := make(chan struct{}, mr.cfg.Concurrency)
+	r.cc, err = cons.Consume(func(m jetstream.Msg) {
+		slots <- struct{}{}
+		r.wg.Add(1)
+		go func() {
+			defer func() { <-slots; r.wg.Done() }()
+			ev, err := events.DecodeEvent(m.Subject(), m.Headers(), m.Data())
+			if err != nil {
+				_ = m.Term()
+				return
+			}
+			if err := mr.Handle(hctx, ev); err != nil {
+				_ = m.NakWithDelay(50 * time.Millisecond)
+				return
+			}
+			_ = m.Ack()
+		}()
+	})
+	if err != nil {
+		cancel()
+		mr.Close()
+		e.t.Fatal(err)
+	}
 	e.t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

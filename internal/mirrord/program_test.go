@@ -65,21 +65,18 @@ func TestProgram(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	job, err := sim.NewClient().Submit(ctx, "/generate/image/bfl/flux-1-dev", json.RawMessage(`{"prompt":"x"}`), "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	jobID := submit(t, sim)
 	var body []byte
 	natstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
-		if j, _ := sim.Job(job.Job.JobID); j.Status != krea.StatusCompleted {
+		if j, _ := sim.Job(jobID); j.Status != krea.StatusCompleted {
 			return fmt.Errorf("job is %s", j.Status)
 		}
-		body, _ = sim.JobJSON(job.Job.JobID)
+		body, _ = sim.JobJSON(jobID)
 		return nil
 	})
 	nc := natstest.Connect(t, ns.ClientURL())
 	js, _ := jetstream.New(nc)
-	msg := events.NewJobMsg(events.EventHeaders{JobID: job.Job.JobID, Status: krea.StatusCompleted, RequestID: "req-1", Source: events.SourceWebhook}, body)
+	msg := events.NewJobMsg(events.EventHeaders{JobID: jobID, Status: krea.StatusCompleted, RequestID: "req-1", Source: events.SourceWebhook}, body)
 	if _, err := js.PublishMsg(ctx, msg); err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +93,7 @@ func TestProgram(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if objs := ev.Objects(); ev.JobID != job.Job.JobID || len(objs) != 1 || !objs[0].OK() {
+		if objs := ev.Objects(); ev.JobID != jobID || len(objs) != 1 || !objs[0].OK() {
 			return fmt.Errorf("mirrored event %+v", ev)
 		}
 		return nil
@@ -108,6 +105,29 @@ func TestProgram(t *testing.T) {
 	if err := p.Shutdown(sctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// submit makes a job on the simulator, over HTTP as Krea's API is called.
+func submit(t *testing.T, sim *kreatest.Server) string {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, sim.URL+"/generate/image/bfl/flux-1-dev", strings.NewReader(`{"prompt":"x"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+sim.Token())
+	req.Header.Set("Content-Type", "application/json")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var job struct {
+		JobID string `json:"job_id"`
+	}
+	if err := json.NewDecoder(res.Body).Decode(&job); err != nil || res.StatusCode != http.StatusOK || job.JobID == "" {
+		t.Fatalf("submit: %d %v %+v", res.StatusCode, err, job)
+	}
+	return job.JobID
 }
 
 // TestMainBadSettings: settings errors are one line naming every setting
