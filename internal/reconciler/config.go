@@ -71,19 +71,18 @@ func (c *Config) SetDefaults() {
 // Validate checks the settings, after SetDefaults; every problem is
 // reported, joined.
 func (c *Config) Validate() error {
-	cc := c
 	var errs []error
 	check := func(ok bool, format string, args ...any) {
 		if !ok {
 			errs = append(errs, fmt.Errorf(format, args...))
 		}
 	}
-	check(cc.WebhookGrace > 0, "KREABUS_WEBHOOK_GRACE: must be positive, got %v", cc.WebhookGrace)
-	check(cc.MaxBackoff >= MinBackoff, "KREABUS_POLL_MAX_BACKOFF: at least %v, got %v", MinBackoff, cc.MaxBackoff)
-	check(cc.Rate > 0, "KREABUS_POLL_RATE: must be positive, got %v", cc.Rate)
-	check(cc.Concurrency > 0, "KREABUS_POLL_CONCURRENCY: must be positive, got %d", cc.Concurrency)
-	check(cc.JobMaxAge > cc.WebhookGrace, "KREABUS_JOB_MAX_AGE: must exceed KREABUS_WEBHOOK_GRACE (%v), got %v", cc.WebhookGrace, cc.JobMaxAge)
-	check(cc.Interval > 0, "KREABUS_POLL_INTERVAL: must be positive, got %v", cc.Interval)
-	check(cc.PublishTimeout > 0, "publish timeout must be positive, got %v", cc.PublishTimeout)
+	check(c.WebhookGrace > 0, "KREABUS_WEBHOOK_GRACE: must be positive, got %v", c.WebhookGrace)
+	check(c.MaxBackoff >= MinBackoff, "KREABUS_POLL_MAX_BACKOFF: at least %v, got %v", MinBackoff, c.MaxBackoff)
+	check(c.Rate > 0, "KREABUS_POLL_RATE: must be positive, got %v", c.Rate)
+	check(c.Concurrency > 0, "KREABUS_POLL_CONCURRENCY: must be positive, got %d", c.Concurrency)
+	check(c.JobMaxAge > c.WebhookGrace, "KREABUS_JOB_MAX_AGE: must exceed KREABUS_WEBHOOK_GRACE (%v), got %v", c.WebhookGrace, c.JobMaxAge)
+	check(c.Interval > 0, "KREABUS_POLL_INTERVAL: must be positive, got %v", c.Interval)
+	check(c.PublishTimeout > 0, "publish timeout must be positive, got %v", c.PublishTimeout)
 	return errors.Join(errs...)
 }
