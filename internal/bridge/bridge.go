@@ -104,6 +104,7 @@ type Bridge struct {
 
 // New returns a Bridge with cfg (defaults applied) publishing on d.Conn.
 func New(cfg Config, d Deps) (*Bridge, error) {
+	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
