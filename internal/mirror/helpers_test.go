@@ -100,7 +100,7 @@ func (e *env) start(s Settings) *Program {
 // job runs one job on the simulator and returns its completed body.
 func (e *env) job(path string) (string, []byte) {
 	e.t.Helper()
-	res, err := e.sim.NewClient().Submit(testCtx(e.t), path, json.RawMessage(`{"prompt":"x"}`), "")
+	res, err := e.sim.NewClient().Submit(testCtx(e.t), path, json.RawMessage(`{"prompt":"x"}`))
 	if err != nil {
 		e.t.Fatal(err)
 	}

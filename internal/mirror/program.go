@@ -17,7 +17,6 @@ import (
 	"github.com/kreabus/kreabus/internal/natsconn"
 	"github.com/kreabus/kreabus/internal/program"
 	"github.com/kreabus/kreabus/pkg/events"
-	"github.com/kreabus/kreabus/pkg/krea"
 )
 
 // ConnectionName is the mirror's NATS connection name.
@@ -40,7 +39,7 @@ type Program struct {
 
 	mu       sync.Mutex
 	mirror   *Mirror
-	consumer *events.JobConsumer
+	consumer *events.ConsumeContext
 	setupErr error // why the mirror is not consuming yet
 }
 
@@ -137,10 +136,19 @@ func (p *Program) trySetup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c, err := events.ConsumeJobs(actx, p.js, p.s.Consumer, mr.Handle,
-		events.WithStatuses(krea.StatusCompleted),
+	ccfg, err := events.JobsConsumerConfig(p.s.Consumer,
+		events.WithStatuses(events.StatusCompleted), events.WithAckWait(p.s.AckWait))
+	if err != nil {
+		mr.Close()
+		return err
+	}
+	cons, err := p.js.CreateOrUpdateConsumer(actx, events.StreamJobs, ccfg)
+	if err != nil {
+		mr.Close()
+		return fmt.Errorf("consumer %q on %s: %w", p.s.Consumer, events.StreamJobs, err)
+	}
+	c, err := events.ConsumeJobs(p.nc, cons, mr.Handle,
 		events.WithConcurrency(p.s.Concurrency),
-		events.WithAckWait(p.s.AckWait),
 		events.WithErrorHandler(func(err error) { p.log.Warn("mirror consumer", "err", err) }),
 	)
 	if err != nil {
@@ -206,8 +214,12 @@ func (p *Program) Shutdown(ctx context.Context) error {
 		defer cancel()
 	}
 	if c != nil {
-		if err := c.Shutdown(cctx); err != nil {
-			errs = append(errs, fmt.Errorf("copies in flight: %w", err))
+		c.Drain()
+		select {
+		case <-c.Closed():
+		case <-cctx.Done():
+			c.Stop()
+			errs = append(errs, fmt.Errorf("copies in flight: %w", cctx.Err()))
 		}
 	}
 	p.stop()
