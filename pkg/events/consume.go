@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,7 @@ type ConsumeOpt func(*consumeOpts) error
 type consumeOpts struct {
 	backoff     Backoff
 	concurrency int
+	orderKey    func(jetstream.Msg) string
 	onError     func(error)
 }
 
@@ -55,6 +57,22 @@ func WithConcurrency(n int) ConsumeOpt {
 			return invalidOption("concurrency must be at least 1, got %d", n)
 		}
 		o.concurrency = n
+		return nil
+	}
+}
+
+// WithOrderKey keeps the messages of one key in order under
+// WithConcurrency: messages with the same key(msg) are handled one after
+// the other, in the order they were delivered, by one of the concurrency
+// handlers (chosen by a hash of the key). ConsumeJobs' handlers, keyed on
+// the Krea-Job-Id header, see the events of one job in order, say. The
+// default hands each message to whichever handler is free.
+func WithOrderKey(key func(msg jetstream.Msg) string) ConsumeOpt {
+	return func(o *consumeOpts) error {
+		if key == nil {
+			return invalidOption("order key is nil")
+		}
+		o.orderKey = key
 		return nil
 	}
 }
@@ -108,6 +126,7 @@ type ConsumeContext struct {
 	reconnected chan struct{} // signalled by watch on every reconnect
 
 	slots    chan struct{} // one per handler that may run
+	shards   []chan jetstream.Msg // WithOrderKey: one queue per handler
 	wg       sync.WaitGroup
 	stopping atomic.Bool
 	stopCh   chan struct{}
@@ -240,6 +259,26 @@ const (
 // run pulls one Fetch at a time, for as many messages as there are free
 // handler slots.
 func (c *ConsumeContext) run() {
+	if c.o.orderKey != nil && c.o.concurrency > 1 {
+		var workers sync.WaitGroup
+		c.shards = make([]chan jetstream.Msg, c.o.concurrency)
+		for i := range c.shards {
+			// Never full: no more messages are in hand than slots.
+			q := make(chan jetstream.Msg, c.o.concurrency)
+			c.shards[i] = q
+			workers.Go(func() {
+				for msg := range q {
+					c.handleInSlot(msg)
+				}
+			})
+		}
+		defer func() {
+			for _, q := range c.shards {
+				close(q)
+			}
+			workers.Wait()
+		}()
+	}
 	defer func() {
 		c.stop()    // when it ended by itself
 		c.wg.Wait() // handlers still running when concurrency > 1
@@ -353,27 +392,33 @@ func (c *ConsumeContext) fetch(n int) (int, error) {
 	got := 0
 	for msg := range batch.Messages() {
 		got++
-		if c.stopping.Load() {
-			_ = msg.Nak() // fetched, not started: let another consumer have it now
-			<-c.slots
-			continue
-		}
 		c.wg.Add(1)
-		if c.o.concurrency == 1 {
-			c.handle(msg)
-			<-c.slots
-			c.wg.Done()
-			continue
+		switch {
+		case c.o.concurrency == 1:
+			c.handleInSlot(msg)
+		case c.shards != nil:
+			h := fnv.New32a()
+			h.Write([]byte(c.o.orderKey(msg)))
+			c.shards[h.Sum32()%uint32(len(c.shards))] <- msg
+		default:
+			go c.handleInSlot(msg)
 		}
-		go func() {
-			defer func() {
-				<-c.slots
-				c.wg.Done()
-			}()
-			c.handle(msg)
-		}()
 	}
 	return got, batch.Error()
+}
+
+// handleInSlot handles msg and then frees its slot; a message fetched but
+// not started when the consumption stops goes back to JetStream at once.
+func (c *ConsumeContext) handleInSlot(msg jetstream.Msg) {
+	defer func() {
+		<-c.slots
+		c.wg.Done()
+	}()
+	if c.stopping.Load() {
+		_ = msg.Nak() // let another consumer have it now
+		return
+	}
+	c.handle(msg)
 }
 
 // watch ends the current pull when the connection is re-established, and

@@ -975,3 +975,47 @@ func TestConsumeJobsConsumerDeleted(t *testing.T) {
 		t.Errorf("errors reported: %v", errs)
 	}
 }
+
+// TestConsumeOrderKey: under concurrency, the messages of one key are
+// handled one at a time and in order.
+func TestConsumeOrderKey(t *testing.T) {
+	js := startStreams(t)
+	jobs := []string{"a", "b", "c"}
+	const per = 6
+	for i := range per {
+		for _, j := range jobs {
+			publishEvent(t, js, j, krea.Status(fmt.Sprintf("step-%d", i)))
+		}
+	}
+	var mu sync.Mutex
+	seen := map[string][]uint64{}
+	busy := map[string]bool{}
+	c, err := events.Consume(js.Conn(), jobsConsumer(t, js, "ordered"), func(ctx context.Context, msg jetstream.Msg) {
+		md, _ := events.MsgMetadata(ctx)
+		job := msg.Headers().Get(events.HeaderJobID)
+		mu.Lock()
+		if busy[job] {
+			t.Errorf("two messages of job %s at once", job)
+		}
+		busy[job] = true
+		mu.Unlock()
+		time.Sleep(time.Duration(md.Sequence.Stream%3) * time.Millisecond)
+		mu.Lock()
+		busy[job] = false
+		seen[job] = append(seen[job], md.Sequence.Stream)
+		mu.Unlock()
+		_ = msg.Ack()
+	}, events.WithConcurrency(4), events.WithOrderKey(func(m jetstream.Msg) string { return m.Headers().Get(events.HeaderJobID) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Stop(); <-c.Closed() })
+	waitSettled(t, c)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, j := range jobs {
+		if len(seen[j]) != per || !slices.IsSorted(seen[j]) {
+			t.Errorf("job %s handled in the order %v", j, seen[j])
+		}
+	}
+}
