@@ -125,7 +125,7 @@ type ConsumeContext struct {
 
 	reconnected chan struct{} // signalled by watch on every reconnect
 
-	slots    chan struct{} // one per handler that may run
+	slots    chan struct{}        // one per handler that may run
 	shards   []chan jetstream.Msg // WithOrderKey: one queue per handler
 	wg       sync.WaitGroup
 	stopping atomic.Bool
