@@ -1,6 +1,28 @@
 // Package events is the kreabus bus contract in Go: subjects, stream
 // configurations, header names, the generation request and job event types,
 // webhook tokens, and helpers for publishers and consumers.
+//
+// # Consuming
+//
+// Consuming works as in nats.go's jetstream package: the JetStream consumer
+// belongs to the caller. JobsConsumerConfig describes a consumer of job
+// events (its statuses become filter subjects); the caller creates it
+// (js.CreateOrUpdateConsumer) or binds to one an operator made
+// (js.Consumer), and ConsumeJobs consumes through it, never creating or
+// changing a consumer. The returned ConsumeContext ends with Drain or Stop,
+// like a jetstream.ConsumeContext; no context bounds it. A handler's
+// context ends at its message's ack wait or at Stop. Consume is the same
+// pull loop for raw messages: every consumer of kreabus's own uses it.
+//
+// # Statuses
+//
+// A job event's status is a krea.Status and names its subject,
+// krea.jobs.<status>. Krea's job statuses are declared in package krea
+// (they are the API's words; a krea.Client user needs them without this
+// package); the three kreabus adds (submitted, rejected, mirrored) are
+// declared here, with Krea's terminal ones repeated so a consumer names
+// every status it filters on from this package. Statuses is the one list
+// of both; IsKreabusStatus tells kreabus's own apart.
 package events
 
 import "github.com/kreabus/kreabus/pkg/krea"
