@@ -143,8 +143,8 @@ type ConsumeContext struct {
 // nc is the connection cons works over (js.Conn()): Consume watches it to
 // send no pull while it is disconnected (such a pull would reach the
 // server after its inbox is gone), to pull again at once after a
-// reconnect, and to stop when it closes. cons must be a pull consumer
-// with explicit acks; its ack wait bounds each handler's context.
+// reconnect, and to stop when it closes. cons is a pull consumer (an
+// ordered consumer too); its ack wait bounds each handler's context.
 //
 // Consume does not use jetstream's Consume: in nats.go v1.55 that skips
 // its next pull when a message is handled before the goroutine that sent
@@ -182,16 +182,9 @@ func newConsumeContext(nc *nats.Conn, cons jetstream.Consumer, opts []ConsumeOpt
 			return nil, err
 		}
 	}
-	info := cons.CachedInfo()
-	if info == nil {
-		return nil, invalidOption("consumer without information")
-	}
-	if info.Config.AckPolicy != jetstream.AckExplicitPolicy {
-		return nil, invalidOption("consumer %q has ack policy %v; consuming needs explicit acks", info.Name, info.Config.AckPolicy)
-	}
-	ackWait := info.Config.AckWait
-	if ackWait <= 0 {
-		ackWait = DefaultAckWait // the server's default
+	ackWait := DefaultAckWait // the server's default
+	if info := cons.CachedInfo(); info != nil && info.Config.AckWait > 0 {
+		ackWait = info.Config.AckWait
 	}
 	c := &ConsumeContext{
 		cons:    cons,
@@ -353,6 +346,9 @@ func (c *ConsumeContext) run() {
 // name is the consumer's stream and name, for errors.
 func (c *ConsumeContext) name() string {
 	info := c.cons.CachedInfo()
+	if info == nil { // an ordered consumer before its first pull
+		return "consumer"
+	}
 	return fmt.Sprintf("%s consumer %q", info.Stream, info.Name)
 }
 

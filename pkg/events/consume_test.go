@@ -1019,3 +1019,31 @@ func TestConsumeOrderKey(t *testing.T) {
 		}
 	}
 }
+
+// TestConsumeOrderedConsumer: Consume takes an ordered consumer too (no
+// acks, no information before its first pull).
+func TestConsumeOrderedConsumer(t *testing.T) {
+	js := startStreams(t)
+	cons, err := js.OrderedConsumer(testCtx(t), events.StreamJobs, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got atomic.Int64
+	c, err := events.Consume(js.Conn(), cons, func(context.Context, jetstream.Msg) { got.Add(1) }, events.WithConcurrency(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Stop(); <-c.Closed() })
+	for _, id := range []string{"j1", "j2", "j3"} {
+		publishEvent(t, js, id, krea.StatusCompleted)
+	}
+	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if n := got.Load(); n != 3 {
+			return fmt.Errorf("handled %d messages, want 3", n)
+		}
+		return nil
+	})
+	if _, err := events.ConsumeJobs(js.Conn(), cons, func(context.Context, *events.Event) error { return nil }); !errors.Is(err, events.ErrInvalidOption) {
+		t.Errorf("ConsumeJobs of an ordered consumer: %v", err)
+	}
+}

@@ -226,7 +226,12 @@ func ConsumeJobs(nc *nats.Conn, cons jetstream.Consumer, handler JobHandler, opt
 	if err != nil {
 		return nil, err
 	}
-	j := &jobsHandler{c: c, handler: handler, maxDeliver: cons.CachedInfo().Config.MaxDeliver}
+	info := cons.CachedInfo()
+	if info == nil || info.Config.AckPolicy != jetstream.AckExplicitPolicy {
+		// Acks are how the handler's result settles an event.
+		return nil, invalidOption("ConsumeJobs needs a consumer with explicit acks")
+	}
+	j := &jobsHandler{c: c, handler: handler, maxDeliver: info.Config.MaxDeliver}
 	c.handler = j.handle
 	go c.run()
 	return c, nil
