@@ -9,10 +9,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kreabus/kreabus/internal/bridge"
+	"github.com/kreabus/kreabus/internal/bridged"
 	"github.com/kreabus/kreabus/internal/config"
-	"github.com/kreabus/kreabus/internal/mirror"
-	"github.com/kreabus/kreabus/internal/submitter"
+	"github.com/kreabus/kreabus/internal/mirrord"
+	"github.com/kreabus/kreabus/internal/submitterd"
 )
 
 func TestExampleFilesLoad(t *testing.T) {
@@ -25,9 +25,9 @@ func TestExampleFilesLoad(t *testing.T) {
 		file string
 		dst  interface{ Validate() error }
 	}{
-		{"bridge.yaml", &bridge.Settings{}},
-		{"submitter.yaml", &submitter.Settings{}},
-		{"mirror.yaml", &mirror.Settings{}},
+		{"bridge.yaml", &bridged.Settings{}},
+		{"submitter.yaml", &submitterd.Settings{}},
+		{"mirror.yaml", &mirrord.Settings{}},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			if err := config.Load(tc.dst, "example", []string{"--config", tc.file}, env); err != nil {
@@ -51,9 +51,9 @@ const (
 // what the programs read: a setting added in code and not documented fails.
 func TestREADMESettingsTable(t *testing.T) {
 	table := config.Markdown(
-		config.Program{Name: "bridge", Settings: &bridge.Settings{}},
-		config.Program{Name: "submitter", Settings: &submitter.Settings{}},
-		config.Program{Name: "mirror", Settings: &mirror.Settings{}},
+		config.Program{Name: "bridge", Settings: &bridged.Settings{}},
+		config.Program{Name: "submitter", Settings: &submitterd.Settings{}},
+		config.Program{Name: "mirror", Settings: &mirrord.Settings{}},
 	)
 	readme, err := os.ReadFile("../README.md")
 	if err != nil {

@@ -14,7 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kreabus/kreabus/internal/config"
-	"github.com/kreabus/kreabus/internal/mirror"
+	"github.com/kreabus/kreabus/internal/mirrord"
 	"github.com/kreabus/kreabus/internal/natstest"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
@@ -53,11 +53,11 @@ func TestNATSConfigMirrorPermissions(t *testing.T) {
 		"NATS_URL": s.ClientURL(), "NATS_NKEY": seedFile, "KREABUS_ADMIN_LISTEN": "",
 		"KREABUS_RESULTS_ALLOW_HOSTS": "127.0.0.1", "KREABUS_RESULTS_ALLOW_PRIVATE": "true",
 	}
-	var ms mirror.Settings
+	var ms mirrord.Settings
 	if err := config.Load(&ms, "mirror", nil, func(k string) (string, bool) { v, ok := vals[k]; return v, ok }); err != nil {
 		t.Fatal(err)
 	}
-	p, err := mirror.Start(ms, nil)
+	p, err := mirrord.Start(ms, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

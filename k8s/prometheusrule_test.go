@@ -20,10 +20,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/kreabus/kreabus/internal/bridge"
+	"github.com/kreabus/kreabus/internal/bridged"
 	"github.com/kreabus/kreabus/internal/config"
 	"github.com/kreabus/kreabus/internal/natstest"
-	"github.com/kreabus/kreabus/internal/submitter"
+	"github.com/kreabus/kreabus/internal/submitterd"
 	"github.com/kreabus/kreabus/pkg/krea/kreatest"
 )
 
@@ -133,20 +133,20 @@ func TestPrometheusRuleMetricsRegistered(t *testing.T) {
 		"KREA_API_URL": sim.URL, "KREA_API_TOKEN": sim.Token(), "KREABUS_PUBLIC_URL": "http://127.0.0.1:1",
 	}
 	env := func(k string) (string, bool) { v, ok := vars[k]; return v, ok }
-	var bs bridge.Settings
-	var ss submitter.Settings
+	var bs bridged.Settings
+	var ss submitterd.Settings
 	if err := config.Load(&bs, "bridge", nil, env); err != nil {
 		t.Fatal(err)
 	}
 	if err := config.Load(&ss, "submitter", nil, env); err != nil {
 		t.Fatal(err)
 	}
-	b, err := bridge.Start(bs, nil)
+	b, err := bridged.Start(bs, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Shutdown(context.Background()) })
-	s, err := submitter.Start(ss, nil)
+	s, err := submitterd.Start(ss, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,10 +10,10 @@ import (
 	"context"
 	"os"
 
-	"github.com/kreabus/kreabus/internal/bridge"
+	"github.com/kreabus/kreabus/internal/bridged"
 	"github.com/kreabus/kreabus/internal/program"
 )
 
 func main() {
-	program.Exec(func(ctx context.Context) int { return bridge.Main(ctx, os.Args[1:], nil, os.Stderr) })
+	program.Exec(func(ctx context.Context) int { return bridged.Main(ctx, os.Args[1:], nil, os.Stderr) })
 }

@@ -20,7 +20,18 @@ import (
 // long to wait for the answer.
 type opsSettings struct {
 	natsconn.Config
-	Timeout time.Duration `flag:"timeout" default:"10s" usage:"how long to wait for the kreabus service's answer"`
+	Timeout time.Duration `flag:"timeout" usage:"how long to wait for the kreabus service's answer"`
+}
+
+// defaultOpsTimeout is --timeout's default.
+const defaultOpsTimeout = 10 * time.Second
+
+// SetDefaults gives new settings their defaults.
+func (s *opsSettings) SetDefaults() {
+	s.Config.SetDefaults()
+	if s.Timeout == 0 {
+		s.Timeout = defaultOpsTimeout
+	}
 }
 
 const opsUsage = `usage:

@@ -13,10 +13,10 @@ import (
 	"context"
 	"os"
 
-	"github.com/kreabus/kreabus/internal/mirror"
+	"github.com/kreabus/kreabus/internal/mirrord"
 	"github.com/kreabus/kreabus/internal/program"
 )
 
 func main() {
-	program.Exec(func(ctx context.Context) int { return mirror.Main(ctx, os.Args[1:], nil, os.Stderr) })
+	program.Exec(func(ctx context.Context) int { return mirrord.Main(ctx, os.Args[1:], nil, os.Stderr) })
 }

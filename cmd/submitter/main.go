@@ -15,9 +15,9 @@ import (
 	"os"
 
 	"github.com/kreabus/kreabus/internal/program"
-	"github.com/kreabus/kreabus/internal/submitter"
+	"github.com/kreabus/kreabus/internal/submitterd"
 )
 
 func main() {
-	program.Exec(func(ctx context.Context) int { return submitter.Main(ctx, os.Args[1:], nil, os.Stderr) })
+	program.Exec(func(ctx context.Context) int { return submitterd.Main(ctx, os.Args[1:], nil, os.Stderr) })
 }

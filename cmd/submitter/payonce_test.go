@@ -15,7 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/kreabus/kreabus/internal/bridge"
+	"github.com/kreabus/kreabus/internal/bridged"
 	"github.com/kreabus/kreabus/internal/config"
 	"github.com/kreabus/kreabus/internal/natstest"
 	"github.com/kreabus/kreabus/pkg/events"
@@ -70,12 +70,12 @@ func newPipeline(t *testing.T, faults kreatest.Faults, env ...string) *pipeline 
 		"KREABUS_LISTEN":         "127.0.0.1:0",
 		"KREABUS_ADMIN_LISTEN":   "127.0.0.1:0",
 	}
-	var s bridge.Settings
+	var s bridged.Settings
 	if err := config.Load(&s, "bridge", nil, func(k string) (string, bool) { v, ok := bs[k]; return v, ok }); err != nil {
 		t.Fatal(err)
 	}
 	logs := &natstest.Buffer{}
-	bp, err := bridge.Start(s, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	bp, err := bridged.Start(s, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	if err != nil {
 		t.Fatal(err)
 	}

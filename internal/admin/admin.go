@@ -22,6 +22,7 @@ import (
 
 // Defaults.
 const (
+	// DefaultListen is the admin listener's address.
 	DefaultListen = ":9090"
 	// CheckTimeout bounds one run of a readiness check. Runs go on in the
 	// background: /readyz never waits for them longer than ReadyWait.
@@ -36,9 +37,17 @@ const (
 
 // Config holds the admin listener setting.
 type Config struct {
-	Listen string `env:"KREABUS_ADMIN_LISTEN" flag:"admin-listen" default:":9090" usage:"admin listener (/metrics, /healthz, /readyz); empty turns it off"`
+	Listen string `env:"KREABUS_ADMIN_LISTEN" flag:"admin-listen" usage:"admin listener (/metrics, /healthz, /readyz); empty turns it off"`
 	// Pprof is off by default: profiles reveal internals and cost CPU.
-	Pprof bool `env:"KREABUS_PPROF" flag:"pprof" default:"false" usage:"also serve /debug/pprof/ on the admin listener"`
+	Pprof bool `env:"KREABUS_PPROF" flag:"pprof" usage:"also serve /debug/pprof/ on the admin listener"`
+}
+
+// SetDefaults gives a new Config its defaults. Call it on a new value
+// only: an empty Listen set later turns the admin server off.
+func (c *Config) SetDefaults() {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
 }
 
 // Check reports why the program is not ready, or nil.

@@ -118,6 +118,7 @@ type limitAnswer struct {
 
 // New returns a Bridge with cfg (defaults applied) publishing on d.Conn.
 func New(cfg Config, d Deps) (*Bridge, error) {
+	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

@@ -4,11 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	"github.com/kreabus/kreabus/internal/admin"
-	"github.com/kreabus/kreabus/internal/ledger"
-	"github.com/kreabus/kreabus/internal/logging"
-	"github.com/kreabus/kreabus/internal/natsconn"
 )
 
 // Defaults of the bridge settings.
@@ -40,39 +35,36 @@ const (
 	DefaultWriteTimeout      = 30 * time.Second
 	DefaultIdleTimeout       = 120 * time.Second
 	DefaultMaxHeaderBytes    = 16 << 10
-	DefaultShutdownTimeout   = 10 * time.Second
 )
 
 // Config holds the settings of the webhook bridge. Zero values mean the
-// default. The tags are read by internal/config.
+// default: SetDefaults fills them from the Default* constants, then
+// Validate checks the result. The env and flag tags name the settings
+// for internal/config (the wiring in internal/bridged loads them).
 type Config struct {
 	Secret         string `env:"KREABUS_WEBHOOK_SECRET" flag:"webhook-secret" required:"true" secret:"true" usage:"secret of the webhook tokens (HMAC-SHA256 key)"`
 	SecretPrevious string `env:"KREABUS_WEBHOOK_SECRET_PREVIOUS" flag:"webhook-secret-previous" secret:"true" usage:"previous secret, still accepted while rotating"`
 
-	Listen         string        `env:"KREABUS_LISTEN" flag:"listen" default:":8080" usage:"webhook listen address"`
-	MaxBody        int           `env:"KREABUS_MAX_BODY" flag:"max-body" default:"1048576" usage:"largest webhook body, in bytes (413 beyond); lowered to what the NATS server takes (its max_payload less 8 KiB for headers)"`
-	PublishTimeout time.Duration `env:"KREABUS_PUBLISH_TIMEOUT" flag:"publish-timeout" default:"3s" usage:"longest wait for the job's owner and the JetStream PubAck together (503 beyond); keep it below the webhook sender's timeout"`
-	MaxInFlight    int           `env:"KREABUS_MAX_IN_FLIGHT" flag:"max-in-flight" default:"1024" usage:"webhooks handled at once (429 beyond)"`
+	Listen         string        `env:"KREABUS_LISTEN" flag:"listen" usage:"webhook listen address"`
+	MaxBody        int           `env:"KREABUS_MAX_BODY" flag:"max-body" usage:"largest webhook body, in bytes (413 beyond); lowered to what the NATS server takes (its max_payload less 8 KiB for headers)"`
+	PublishTimeout time.Duration `env:"KREABUS_PUBLISH_TIMEOUT" flag:"publish-timeout" usage:"longest wait for the job's owner and the JetStream PubAck together (503 beyond); keep it below the webhook sender's timeout"`
+	MaxInFlight    int           `env:"KREABUS_MAX_IN_FLIGHT" flag:"max-in-flight" usage:"webhooks handled at once (429 beyond)"`
 	// MaxInFlightPerToken: the slot is taken after the token is verified
 	// and before the body is read, so slow bodies on one token hold only
 	// that token's slots.
-	MaxInFlightPerToken int `env:"KREABUS_MAX_IN_FLIGHT_PER_TOKEN" flag:"max-in-flight-per-token" default:"8" usage:"webhooks of one token (one request) handled at once (429 beyond, for that token only)"`
-	BodyBudget          int `env:"KREABUS_BODY_BUDGET" flag:"body-budget" default:"33554432" usage:"body bytes all webhooks in flight may hold together (429 beyond); bounds the bridge's memory"`
-	MaxConns            int `env:"KREABUS_MAX_CONNS" flag:"max-conns" default:"1024" usage:"open webhook connections at most (closed at once beyond; idle keep-alive connections are closed when more than half are open)"`
+	MaxInFlightPerToken int `env:"KREABUS_MAX_IN_FLIGHT_PER_TOKEN" flag:"max-in-flight-per-token" usage:"webhooks of one token (one request) handled at once (429 beyond, for that token only)"`
+	BodyBudget          int `env:"KREABUS_BODY_BUDGET" flag:"body-budget" usage:"body bytes all webhooks in flight may hold together (429 beyond); bounds the bridge's memory"`
+	MaxConns            int `env:"KREABUS_MAX_CONNS" flag:"max-conns" usage:"open webhook connections at most (closed at once beyond; idle keep-alive connections are closed when more than half are open)"`
 
-	ReadHeaderTimeout time.Duration `env:"KREABUS_READ_HEADER_TIMEOUT" flag:"read-header-timeout" default:"5s" usage:"time to read a request's headers"`
-	ReadTimeout       time.Duration `env:"KREABUS_READ_TIMEOUT" flag:"read-timeout" default:"15s" usage:"time to read a whole request"`
-	WriteTimeout      time.Duration `env:"KREABUS_WRITE_TIMEOUT" flag:"write-timeout" default:"30s" usage:"time from the end of the headers to the end of the answer"`
-	IdleTimeout       time.Duration `env:"KREABUS_IDLE_TIMEOUT" flag:"idle-timeout" default:"120s" usage:"keep-alive idle time"`
-	MaxHeaderBytes    int           `env:"KREABUS_MAX_HEADER_BYTES" flag:"max-header-bytes" default:"16384" usage:"largest request header block"`
-	ShutdownTimeout   time.Duration `env:"KREABUS_SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"10s" usage:"time to finish in-flight webhooks and drain NATS on SIGTERM"`
-	// DrainDelay keeps serving after /readyz turned 503 on SIGTERM, so load
-	// balancers that poll readiness stop sending before the listener closes
-	// (Kubernetes: a few seconds; counts within ShutdownTimeout).
-	DrainDelay time.Duration `env:"KREABUS_DRAIN_DELAY" flag:"drain-delay" default:"0s" usage:"on SIGTERM, keep serving this long after /readyz turns 503 before closing the listener"`
+	ReadHeaderTimeout time.Duration `env:"KREABUS_READ_HEADER_TIMEOUT" flag:"read-header-timeout" usage:"time to read a request's headers"`
+	ReadTimeout       time.Duration `env:"KREABUS_READ_TIMEOUT" flag:"read-timeout" usage:"time to read a whole request"`
+	WriteTimeout      time.Duration `env:"KREABUS_WRITE_TIMEOUT" flag:"write-timeout" usage:"time from the end of the headers to the end of the answer"`
+	IdleTimeout       time.Duration `env:"KREABUS_IDLE_TIMEOUT" flag:"idle-timeout" usage:"keep-alive idle time"`
+	MaxHeaderBytes    int           `env:"KREABUS_MAX_HEADER_BYTES" flag:"max-header-bytes" usage:"largest request header block"`
 }
 
-func (c *Config) setDefaults() {
+// SetDefaults fills the zero fields from the Default* constants.
+func (c *Config) SetDefaults() {
 	if c.Listen == "" {
 		c.Listen = DefaultListen
 	}
@@ -109,17 +101,14 @@ func (c *Config) setDefaults() {
 	if c.MaxHeaderBytes <= 0 {
 		c.MaxHeaderBytes = DefaultMaxHeaderBytes
 	}
-	if c.ShutdownTimeout <= 0 {
-		c.ShutdownTimeout = DefaultShutdownTimeout
-	}
 }
 
 // ErrNoSecret is the error of a Config without KREABUS_WEBHOOK_SECRET.
 var ErrNoSecret = errors.New("KREABUS_WEBHOOK_SECRET is required but not set")
 
-// Validate checks the settings, after defaults are applied.
+// Validate checks the settings, after SetDefaults; every problem is
+// reported, joined.
 func (c *Config) Validate() error {
-	c.setDefaults()
 	var errs []error
 	if c.Secret == "" {
 		errs = append(errs, ErrNoSecret)
@@ -132,39 +121,3 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
-
-// Aliases give the embedded groups of Settings distinct field names: they
-// are all called Config in their packages.
-type (
-	NATSConfig    = natsconn.Config
-	StreamsConfig = natsconn.StreamsConfig
-	AdminConfig   = admin.Config
-	LogConfig     = logging.Config
-	LedgerConfig  = ledger.Config
-)
-
-// Settings is everything cmd/bridge reads: the bridge's own settings, the
-// NATS connection, the streams, the admin listener and logging. Load it
-// with config.Load.
-type Settings struct {
-	Config
-	LedgerConfig
-	NATSConfig
-	StreamsConfig
-	AdminConfig
-	LogConfig
-}
-
-// Validate checks every group.
-func (s *Settings) Validate() error {
-	if err := s.Config.Validate(); err != nil {
-		return err
-	}
-	if err := s.LedgerConfig.Validate(); err != nil {
-		return err
-	}
-	return s.NATSConfig.Validate()
-}
-
-// Logging is the logging group, for internal/program.
-func (s *Settings) Logging() logging.Config { return s.LogConfig }

@@ -15,11 +15,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/kreabus/kreabus/internal/bridge"
+	"github.com/kreabus/kreabus/internal/bridged"
 	"github.com/kreabus/kreabus/internal/config"
 	"github.com/kreabus/kreabus/internal/ledger"
 	"github.com/kreabus/kreabus/internal/natstest"
-	"github.com/kreabus/kreabus/internal/submitter"
+	"github.com/kreabus/kreabus/internal/submitterd"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 	"github.com/kreabus/kreabus/pkg/krea/kreatest"
@@ -107,17 +107,17 @@ func TestPipelineOnCluster(t *testing.T) {
 		"KREA_API_TOKEN":          sim.Token(),
 		"KREABUS_LOG_LEVEL":       "error",
 	}
-	var bs bridge.Settings
+	var bs bridged.Settings
 	loadSettings(t, &bs, env)
-	br, err := bridge.Start(bs, log.With("service", "bridge"))
+	br, err := bridged.Start(bs, log.With("service", "bridge"))
 	if err != nil {
 		t.Fatalf("bridge: %v", err)
 	}
 	t.Cleanup(func() { shutdown(t, "bridge", br.Shutdown) })
 	env["KREABUS_PUBLIC_URL"] = "http://" + br.Addr()
-	var ss submitter.Settings
+	var ss submitterd.Settings
 	loadSettings(t, &ss, env)
-	sub, err := submitter.Start(ss, log.With("service", "submitter"))
+	sub, err := submitterd.Start(ss, log.With("service", "submitter"))
 	if err != nil {
 		t.Fatalf("submitter: %v", err)
 	}

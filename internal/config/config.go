@@ -2,16 +2,21 @@
 // precedence, defaults, a YAML file (--config or KREABUS_CONFIG), environment
 // variables and command-line flags.
 //
-// A settings struct declares each setting once, in tags:
+// A settings struct names each setting once, in tags:
 //
 //	type Config struct {
-//		Listen string `env:"KREABUS_LISTEN" flag:"listen" default:":8080" usage:"webhook listen address"`
+//		Listen string `env:"KREABUS_LISTEN" flag:"listen" usage:"webhook listen address"`
 //		Secret string `env:"KREABUS_WEBHOOK_SECRET" flag:"webhook-secret" required:"true" secret:"true"`
 //	}
 //
+// Defaults are not tags: a struct's defaults are the values its
+// SetDefaults method (see Defaulter) gives a zero struct, which fills the
+// zero fields from the package's Default* constants. Load starts from
+// them, and Settings and Markdown report them.
+//
 // The YAML key is the flag name. Supported field types are string, bool, int,
-// float64 and time.Duration; anonymous struct fields are walked so programs
-// can share groups of settings.
+// int64, float64 and time.Duration; struct fields (embedded or named) are
+// walked so programs can group their settings.
 package config
 
 import (
@@ -50,15 +55,32 @@ func (e *SettingError) Unwrap() error { return e.Err }
 // ErrMissing is wrapped by the SettingError of a required setting left empty.
 var ErrMissing = errors.New("required but not set")
 
-// Setting describes one setting of a struct, for documentation.
+// Defaulter is a settings struct with defaults: SetDefaults fills its zero
+// fields from the Default* constants.
+type Defaulter interface {
+	SetDefaults()
+}
+
+// Setting describes one setting of a struct, for documentation. Default
+// is the field's value when listed: Settings and Markdown apply the
+// struct's defaults first.
 type Setting struct {
 	Env, Flag, Default, Usage string
 	Required, Secret          bool
 	field                     reflect.Value
 }
 
-// Settings lists the settings of the struct dst points to.
+// Settings lists the settings of the struct dst points to, after applying
+// its defaults (when it is a Defaulter) to it.
 func Settings(dst any) []Setting {
+	if d, ok := dst.(Defaulter); ok {
+		d.SetDefaults()
+	}
+	return fields(dst)
+}
+
+// fields lists the settings of the struct dst points to, as they are.
+func fields(dst any) []Setting {
 	v := reflect.ValueOf(dst)
 	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
 		panic("config: Settings needs a pointer to a struct")
@@ -72,18 +94,21 @@ func walk(v reflect.Value, out *[]Setting) {
 	t := v.Type()
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
-		if f.Anonymous && f.Type.Kind() == reflect.Struct {
+		name := f.Tag.Get("flag")
+		if name == "" && f.Type.Kind() == reflect.Struct && (f.Anonymous || f.IsExported()) {
 			walk(v.Field(i), out)
 			continue
 		}
-		name := f.Tag.Get("flag")
 		if name == "" || !f.IsExported() {
 			continue
+		}
+		if f.Tag.Get("default") != "" {
+			panic("config: " + t.String() + "." + f.Name + ": defaults come from SetDefaults, not a default tag")
 		}
 		*out = append(*out, Setting{
 			Env:      f.Tag.Get("env"),
 			Flag:     name,
-			Default:  f.Tag.Get("default"),
+			Default:  format(v.Field(i)),
 			Usage:    f.Tag.Get("usage"),
 			Required: f.Tag.Get("required") == "true",
 			Secret:   f.Tag.Get("secret") == "true",
@@ -92,21 +117,16 @@ func walk(v reflect.Value, out *[]Setting) {
 	}
 }
 
-// Load fills the struct dst points to. args are the command-line arguments
-// without the program name; env looks up environment variables (os.LookupEnv
-// when nil). The error names the setting at fault.
+// Load fills the struct dst points to: its defaults (when it is a
+// Defaulter), then the YAML file, the environment and the flags. args are
+// the command-line arguments without the program name; env looks up
+// environment variables (os.LookupEnv when nil). The error names the
+// setting at fault.
 func Load(dst any, name string, args []string, env func(string) (string, bool)) error {
 	if env == nil {
 		env = os.LookupEnv
 	}
 	settings := Settings(dst)
-	for _, s := range settings {
-		if s.Default != "" {
-			if err := set(s.field, s.Default); err != nil {
-				return &SettingError{s.Env, s.Flag, fmt.Errorf("bad default %q: %w", s.Default, err)}
-			}
-		}
-	}
 
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -217,6 +237,32 @@ func loadFile(path string, settings []Setting) error {
 
 var durationType = reflect.TypeOf(time.Duration(0))
 
+// format writes a field's value as Load reads it: durations without
+// trailing zero units ("168h", not "168h0m0s").
+func format(f reflect.Value) string {
+	if f.Type() == durationType {
+		d := time.Duration(f.Int()).String()
+		if strings.HasSuffix(d, "m0s") {
+			d = strings.TrimSuffix(d, "0s")
+		}
+		if strings.HasSuffix(d, "h0m") {
+			d = strings.TrimSuffix(d, "0m")
+		}
+		return d
+	}
+	switch f.Kind() {
+	case reflect.String:
+		return f.String()
+	case reflect.Bool:
+		return strconv.FormatBool(f.Bool())
+	case reflect.Int, reflect.Int64:
+		return strconv.FormatInt(f.Int(), 10)
+	case reflect.Float64:
+		return strconv.FormatFloat(f.Float(), 'f', -1, 64)
+	}
+	panic("config: unsupported field type " + f.Type().String())
+}
+
 func set(f reflect.Value, v string) error {
 	if f.Type() == durationType {
 		d, err := time.ParseDuration(strings.TrimSpace(v))
@@ -256,7 +302,7 @@ func set(f reflect.Value, v string) error {
 // Program names a settings struct for Markdown.
 type Program struct {
 	Name     string
-	Settings any // pointer to a settings struct
+	Settings any // pointer to a settings struct; its defaults are applied
 }
 
 // Markdown renders the settings of several programs as one Markdown table,

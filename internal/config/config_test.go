@@ -10,18 +10,51 @@ import (
 )
 
 type inner struct {
-	URL string `env:"T_URL" flag:"url" default:"nats://x"`
+	URL string `env:"T_URL" flag:"url"`
+}
+
+func (c *inner) SetDefaults() {
+	if c.URL == "" {
+		c.URL = "nats://x"
+	}
+}
+
+type group struct {
+	Size int64 `env:"T_SIZE" flag:"size"`
 }
 
 type cfg struct {
 	inner
-	Listen  string        `env:"T_LISTEN" flag:"listen" default:":8080" usage:"listen address"`
+	Group   group
+	Listen  string        `env:"T_LISTEN" flag:"listen" usage:"listen address"`
 	Secret  string        `env:"T_SECRET" flag:"secret" required:"true" secret:"true"`
-	N       int           `env:"T_N" flag:"count" default:"16"`
-	Rate    float64       `env:"T_RATE" flag:"rate" default:"0"`
-	On      bool          `env:"T_ON" flag:"enabled" default:"true"`
-	Window  time.Duration `env:"T_WINDOW" flag:"window" default:"1h"`
+	N       int           `env:"T_N" flag:"count"`
+	Rate    float64       `env:"T_RATE" flag:"rate"`
+	On      bool          `env:"T_ON" flag:"enabled"`
+	Window  time.Duration `env:"T_WINDOW" flag:"window"`
 	ignored string
+}
+
+func (c *cfg) SetDefaults() {
+	c.inner.SetDefaults()
+	if c.Group.Size == 0 {
+		c.Group.Size = 1 << 20
+	}
+	if c.Listen == "" {
+		c.Listen = ":8080"
+	}
+	if c.N == 0 {
+		c.N = 16
+	}
+	c.On = true // fresh structs only: false is a setting
+	if c.Window == 0 {
+		c.Window = time.Hour
+	}
+}
+
+// tagged declares a default in a tag: defaults come from SetDefaults only.
+type tagged struct {
+	N int `env:"T_N" flag:"count" default:"3"`
 }
 
 func env(m map[string]string) func(string) (string, bool) {
@@ -54,9 +87,25 @@ func TestDefaultsAndMissing(t *testing.T) {
 	if !strings.Contains(err.Error(), "T_SECRET") {
 		t.Fatalf("error does not name the setting: %v", err)
 	}
-	if c.Listen != ":8080" || c.N != 16 || !c.On || c.Window != time.Hour || c.URL != "nats://x" {
+	if c.Listen != ":8080" || c.N != 16 || !c.On || c.Window != time.Hour || c.URL != "nats://x" || c.Group.Size != 1<<20 {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
+}
+
+func TestNamedGroupAndDefaultTag(t *testing.T) {
+	var c cfg
+	if err := Load(&c, "t", []string{"--secret", "s", "--size", "7"}, env(map[string]string{"T_ON": "false"})); err != nil {
+		t.Fatal(err)
+	}
+	if c.Group.Size != 7 || c.On {
+		t.Fatalf("got %+v", c)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("a default tag was accepted")
+		}
+	}()
+	Settings(&tagged{})
 }
 
 func TestBadValues(t *testing.T) {
@@ -93,7 +142,8 @@ func TestUnknownFileKey(t *testing.T) {
 
 func TestMarkdown(t *testing.T) {
 	md := Markdown(Program{"a", &cfg{}}, Program{"b", &inner{}})
-	for _, want := range []string{"`T_SECRET`", "required", "| `T_URL` | `--url` | a, b |", "listen address"} {
+	for _, want := range []string{"`T_SECRET`", "required", "| `T_URL` | `--url` | a, b | `nats://x` |", "listen address",
+		"| `T_WINDOW` | `--window` | a | `1h` |", "| `T_ON` | `--enabled` | a | `true` |", "| `T_SIZE` | `--size` | a | `1048576` |"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("table lacks %q:\n%s", want, md)
 		}

@@ -14,7 +14,8 @@ const (
 	// removed. It must outlive the reconciler's maximum job age and the
 	// KREA_JOBS duplicate window for the guarantees to hold.
 	DefaultTTL = 7 * 24 * time.Hour
-	// DefaultReplicas is the replica count of a created bucket.
+	// DefaultReplicas is the replica count of a created bucket when
+	// Replicas is 0 (programs set it from KREABUS_STREAM_REPLICAS first).
 	DefaultReplicas = 1
 	// DefaultWorkers is how many events the Recorder applies at once.
 	DefaultWorkers = 8
@@ -35,12 +36,12 @@ const (
 // program sets it from natsconn.StreamsConfig.CreateStreams
 // (KREABUS_CREATE_STREAMS), which covers buckets and consumers too.
 type Config struct {
-	Bucket   string        `env:"KREABUS_LEDGER_BUCKET" flag:"ledger-bucket" default:"KREABUS_LEDGER" usage:"JetStream key-value bucket of the job ledger"`
-	Replicas int           `env:"KREABUS_LEDGER_REPLICAS" flag:"ledger-replicas" default:"0" usage:"replicas of the ledger bucket when created (0: as KREABUS_STREAM_REPLICAS)"`
-	TTL      time.Duration `env:"KREABUS_LEDGER_TTL" flag:"ledger-ttl" default:"168h" usage:"how long a ledger entry is kept after its last write (bounds the ledger; must exceed KREABUS_JOB_MAX_AGE)"`
-	Workers  int           `env:"KREABUS_LEDGER_WORKERS" flag:"ledger-workers" default:"8" usage:"job events the ledger recorder applies concurrently"`
+	Bucket   string        `env:"KREABUS_LEDGER_BUCKET" flag:"ledger-bucket" usage:"JetStream key-value bucket of the job ledger"`
+	Replicas int           `env:"KREABUS_LEDGER_REPLICAS" flag:"ledger-replicas" usage:"replicas of the ledger bucket when created (0: as KREABUS_STREAM_REPLICAS)"`
+	TTL      time.Duration `env:"KREABUS_LEDGER_TTL" flag:"ledger-ttl" usage:"how long a ledger entry is kept after its last write (bounds the ledger; must exceed KREABUS_JOB_MAX_AGE)"`
+	Workers  int           `env:"KREABUS_LEDGER_WORKERS" flag:"ledger-workers" usage:"job events the ledger recorder applies concurrently"`
 	// CacheSize bounds the bridge's cache of settled jobs.
-	CacheSize int `env:"KREABUS_LEDGER_CACHE" flag:"ledger-cache" default:"32768" usage:"jobs the bridge keeps in memory (recorded while it runs, or settled) to answer webhooks without a ledger read (-1: none)"`
+	CacheSize int `env:"KREABUS_LEDGER_CACHE" flag:"ledger-cache" usage:"jobs the bridge keeps in memory (recorded while it runs, or settled) to answer webhooks without a ledger read (-1: none)"`
 
 	// Create lets Open create the bucket and the Recorder create its
 	// durable consumer when missing.
@@ -54,12 +55,12 @@ type Config struct {
 	ReadTimeout time.Duration
 }
 
-func (c *Config) setDefaults() {
+// SetDefaults fills the zero fields from the Default* constants. Replicas
+// stays 0 (created with DefaultReplicas): the programs read 0 as "as
+// KREABUS_STREAM_REPLICAS".
+func (c *Config) SetDefaults() {
 	if c.Bucket == "" {
 		c.Bucket = DefaultBucket
-	}
-	if c.Replicas <= 0 {
-		c.Replicas = DefaultReplicas
 	}
 	if c.TTL == 0 {
 		c.TTL = DefaultTTL
@@ -78,18 +79,26 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// Validate checks the settings after defaults are applied.
+// Validate checks the settings, after SetDefaults; every problem is
+// reported, joined.
 func (c *Config) Validate() error {
-	cc := *c
-	cc.setDefaults()
-	if !keyToken(cc.Bucket) {
-		return fmt.Errorf("KREABUS_LEDGER_BUCKET: %q is not a valid bucket name ([A-Za-z0-9_-]+)", cc.Bucket)
+	var errs []error
+	if !keyToken(c.Bucket) {
+		errs = append(errs, fmt.Errorf("KREABUS_LEDGER_BUCKET: %q is not a valid bucket name ([A-Za-z0-9_-]+)", c.Bucket))
 	}
-	if cc.TTL < MinTTL {
-		return fmt.Errorf("KREABUS_LEDGER_TTL: %v is shorter than %v", cc.TTL, MinTTL)
+	if c.TTL < MinTTL {
+		errs = append(errs, fmt.Errorf("KREABUS_LEDGER_TTL: %v is shorter than %v", c.TTL, MinTTL))
 	}
-	if cc.Replicas > 5 {
-		return errors.New("KREABUS_LEDGER_REPLICAS: at most 5")
+	if c.Replicas > 5 {
+		errs = append(errs, errors.New("KREABUS_LEDGER_REPLICAS: at most 5"))
 	}
-	return nil
+	return errors.Join(errs...)
+}
+
+// replicas is the replica count of a created bucket.
+func (c *Config) replicas() int {
+	if c.Replicas <= 0 {
+		return DefaultReplicas
+	}
+	return c.Replicas
 }

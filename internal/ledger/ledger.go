@@ -77,10 +77,10 @@ func WithLogger(log *slog.Logger) Option {
 // be created. An existing bucket is used as it is; a TTL differing from the
 // setting is logged, not changed.
 func Open(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Option) (*Ledger, error) {
+	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg.setDefaults()
 	l := &Ledger{cfg: cfg, js: js, log: slog.New(slog.DiscardHandler), ttl: cfg.TTL}
 	for _, o := range opts {
 		o(l)
@@ -134,7 +134,7 @@ func (l *Ledger) bind(ctx context.Context) (jetstream.KeyValue, error) {
 		History:        1,
 		TTL:            l.cfg.TTL,
 		Storage:        jetstream.FileStorage,
-		Replicas:       l.cfg.Replicas,
+		Replicas:       l.cfg.replicas(),
 		LimitMarkerTTL: min(markerTTL, l.cfg.TTL),
 		RePublish:      l.jobChanges(),
 	}
@@ -148,7 +148,7 @@ func (l *Ledger) bind(ctx context.Context) (jetstream.KeyValue, error) {
 		kv, err = l.js.KeyValue(cctx, l.cfg.Bucket) // another replica won the race
 	}
 	if err == nil {
-		l.log.Info("created ledger bucket", "bucket", l.cfg.Bucket, "ttl", l.cfg.TTL, "replicas", l.cfg.Replicas)
+		l.log.Info("created ledger bucket", "bucket", l.cfg.Bucket, "ttl", l.cfg.TTL, "replicas", l.cfg.replicas())
 	}
 	return kv, err
 }

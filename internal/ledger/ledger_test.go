@@ -130,16 +130,17 @@ func (e *env) waitJob(jobID string, ok func(*Record) error) *Record {
 
 func TestConfigValidate(t *testing.T) {
 	for _, c := range []Config{{TTL: time.Millisecond}, {Bucket: "a.b"}, {Replicas: 7}} {
+		c.SetDefaults()
 		if err := c.Validate(); err == nil {
 			t.Errorf("%+v: want an error", c)
 		}
 	}
 	c := Config{}
+	c.SetDefaults()
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	c.setDefaults()
-	if c.Bucket != DefaultBucket || c.TTL != DefaultTTL || c.Replicas != 1 || c.Workers != DefaultWorkers {
+	if c.Bucket != DefaultBucket || c.TTL != DefaultTTL || c.replicas() != DefaultReplicas || c.Workers != DefaultWorkers {
 		t.Fatalf("defaults: %+v", c)
 	}
 }

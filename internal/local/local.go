@@ -24,10 +24,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/kreabus/kreabus/internal/bridge"
+	"github.com/kreabus/kreabus/internal/bridged"
 	"github.com/kreabus/kreabus/internal/config"
-	"github.com/kreabus/kreabus/internal/mirror"
-	"github.com/kreabus/kreabus/internal/submitter"
+	"github.com/kreabus/kreabus/internal/mirrord"
+	"github.com/kreabus/kreabus/internal/submitterd"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 	"github.com/kreabus/kreabus/pkg/krea/kreatest"
@@ -85,9 +85,9 @@ type Pipeline struct {
 	o         Options
 	ns        *server.Server
 	sim       *kreatest.Server
-	bridge    *bridge.Program
-	submitter *submitter.Program
-	mirror    *mirror.Program
+	bridge    *bridged.Program
+	submitter *submitterd.Program
+	mirror    *mirrord.Program
 	nc        *nats.Conn
 	js        jetstream.JetStream
 	printer   *events.ConsumeContext
@@ -158,19 +158,19 @@ func Start(ctx context.Context, o Options) (_ *Pipeline, err error) {
 		// A local run wants to see lost webhooks recovered in seconds.
 		"KREABUS_WEBHOOK_GRACE": "10s",
 	}
-	var bs bridge.Settings
+	var bs bridged.Settings
 	if err := loadSettings(&bs, env); err != nil {
 		return nil, err
 	}
-	if p.bridge, err = bridge.Start(bs, o.Log.With("service", "bridge")); err != nil {
+	if p.bridge, err = bridged.Start(bs, o.Log.With("service", "bridge")); err != nil {
 		return nil, fmt.Errorf("bridge: %w", err)
 	}
 	env["KREABUS_PUBLIC_URL"] = "http://" + p.bridge.Addr()
-	var ss submitter.Settings
+	var ss submitterd.Settings
 	if err := loadSettings(&ss, env); err != nil {
 		return nil, err
 	}
-	if p.submitter, err = submitter.Start(ss, o.Log.With("service", "submitter")); err != nil {
+	if p.submitter, err = submitterd.Start(ss, o.Log.With("service", "submitter")); err != nil {
 		return nil, fmt.Errorf("submitter: %w", err)
 	}
 	// The simulator serves the result files itself, on loopback over
@@ -181,11 +181,11 @@ func Start(ctx context.Context, o Options) (_ *Pipeline, err error) {
 	}
 	env["KREABUS_RESULTS_ALLOW_HOSTS"] = simURL.Hostname()
 	env["KREABUS_RESULTS_ALLOW_PRIVATE"] = "true"
-	var ms mirror.Settings
+	var ms mirrord.Settings
 	if err := loadSettings(&ms, env); err != nil {
 		return nil, err
 	}
-	if p.mirror, err = mirror.Start(ms, o.Log.With("service", "mirror")); err != nil {
+	if p.mirror, err = mirrord.Start(ms, o.Log.With("service", "mirror")); err != nil {
 		return nil, fmt.Errorf("mirror: %w", err)
 	}
 

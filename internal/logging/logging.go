@@ -8,10 +8,26 @@ import (
 	"strings"
 )
 
+// Defaults.
+const (
+	DefaultFormat = "json"
+	DefaultLevel  = "info"
+)
+
 // Config holds the logging settings.
 type Config struct {
-	Format string `env:"KREABUS_LOG_FORMAT" flag:"log-format" default:"json" usage:"log format: json or text"`
-	Level  string `env:"KREABUS_LOG_LEVEL" flag:"log-level" default:"info" usage:"log level: debug, info, warn or error"`
+	Format string `env:"KREABUS_LOG_FORMAT" flag:"log-format" usage:"log format: json or text"`
+	Level  string `env:"KREABUS_LOG_LEVEL" flag:"log-level" usage:"log level: debug, info, warn or error"`
+}
+
+// SetDefaults fills the zero fields from the Default* constants.
+func (c *Config) SetDefaults() {
+	if c.Format == "" {
+		c.Format = DefaultFormat
+	}
+	if c.Level == "" {
+		c.Level = DefaultLevel
+	}
 }
 
 // New returns a logger writing to w as the settings say.

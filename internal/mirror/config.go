@@ -7,9 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kreabus/kreabus/internal/admin"
-	"github.com/kreabus/kreabus/internal/logging"
-	"github.com/kreabus/kreabus/internal/natsconn"
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
@@ -28,31 +25,32 @@ const (
 	DefaultConcurrency = 4
 	// DefaultConsumer is the durable consumer on KREA_JOBS every mirror
 	// replica shares, so each completed job goes to one of them.
-	DefaultConsumer        = "kreabus-mirror"
-	DefaultAckWait         = 30 * time.Second
-	DefaultShutdownTimeout = 30 * time.Second
+	DefaultConsumer = "kreabus-mirror"
+	DefaultAckWait  = 30 * time.Second
 	// DefaultRetryBackoff is the wait before a download's second attempt;
 	// it doubles for each further attempt, up to MaxRetryBackoff.
 	DefaultRetryBackoff = 500 * time.Millisecond
 	MaxRetryBackoff     = 10 * time.Second
 )
 
-// Config holds the mirror's settings. The tags are read by internal/config.
+// Config holds the mirror's settings. Zero values mean the default:
+// SetDefaults fills them from the Default* constants, then Validate checks
+// the result. The env and flag tags name the settings for internal/config
+// (the wiring in internal/mirrord loads them).
 type Config struct {
-	Bucket       string        `env:"KREABUS_RESULTS_BUCKET" flag:"results-bucket" default:"KREA_RESULTS" usage:"JetStream Object Store bucket the results of completed jobs are copied into"`
-	TTL          time.Duration `env:"KREABUS_RESULTS_TTL" flag:"results-ttl" default:"168h" usage:"how long the results bucket keeps an object (when the mirror creates it)"`
-	Replicas     int           `env:"KREABUS_RESULTS_REPLICAS" flag:"results-replicas" default:"0" usage:"replicas of the results bucket when created (0: as KREABUS_STREAM_REPLICAS)"`
-	MaxBytes     int64         `env:"KREABUS_RESULTS_MAX_BYTES" flag:"results-max-bytes" default:"1073741824" usage:"largest result copied, in bytes; a larger one is reported as an error in its mirrored event"`
-	AllowHosts   string        `env:"KREABUS_RESULTS_ALLOW_HOSTS" flag:"results-allow-hosts" default:"gen.krea.ai" usage:"hosts results may be fetched from, comma separated (*.example.com: its subdomains)"`
-	AllowPrivate bool          `env:"KREABUS_RESULTS_ALLOW_PRIVATE" flag:"results-allow-private" default:"false" usage:"also fetch over http and from loopback and private addresses (local runs and tests; link-local and metadata addresses stay refused)"`
-	Timeout      time.Duration `env:"KREABUS_RESULTS_TIMEOUT" flag:"results-timeout" default:"10m" usage:"bound of one download attempt of a result"`
-	IdleTimeout  time.Duration `env:"KREABUS_RESULTS_IDLE_TIMEOUT" flag:"results-idle-timeout" default:"30s" usage:"longest wait for a download's answer or its next byte"`
-	Attempts     int           `env:"KREABUS_RESULTS_ATTEMPTS" flag:"results-attempts" default:"5" usage:"download attempts of a result on a 5xx answer or a network error (none after a 4xx) before its error is reported"`
+	Bucket       string        `env:"KREABUS_RESULTS_BUCKET" flag:"results-bucket" usage:"JetStream Object Store bucket the results of completed jobs are copied into"`
+	TTL          time.Duration `env:"KREABUS_RESULTS_TTL" flag:"results-ttl" usage:"how long the results bucket keeps an object (when the mirror creates it)"`
+	Replicas     int           `env:"KREABUS_RESULTS_REPLICAS" flag:"results-replicas" usage:"replicas of the results bucket when created (0: as KREABUS_STREAM_REPLICAS)"`
+	MaxBytes     int64         `env:"KREABUS_RESULTS_MAX_BYTES" flag:"results-max-bytes" usage:"largest result copied, in bytes; a larger one is reported as an error in its mirrored event"`
+	AllowHosts   string        `env:"KREABUS_RESULTS_ALLOW_HOSTS" flag:"results-allow-hosts" usage:"hosts results may be fetched from, comma separated (*.example.com: its subdomains)"`
+	AllowPrivate bool          `env:"KREABUS_RESULTS_ALLOW_PRIVATE" flag:"results-allow-private" usage:"also fetch over http and from loopback and private addresses (local runs and tests; link-local and metadata addresses stay refused)"`
+	Timeout      time.Duration `env:"KREABUS_RESULTS_TIMEOUT" flag:"results-timeout" usage:"bound of one download attempt of a result"`
+	IdleTimeout  time.Duration `env:"KREABUS_RESULTS_IDLE_TIMEOUT" flag:"results-idle-timeout" usage:"longest wait for a download's answer or its next byte"`
+	Attempts     int           `env:"KREABUS_RESULTS_ATTEMPTS" flag:"results-attempts" usage:"download attempts of a result on a 5xx answer or a network error (none after a 4xx) before its error is reported"`
 
-	Concurrency     int           `env:"KREABUS_MIRROR_CONCURRENCY" flag:"mirror-concurrency" default:"4" usage:"completed jobs one mirror copies at once"`
-	Consumer        string        `env:"KREABUS_MIRROR_CONSUMER" flag:"mirror-consumer" default:"kreabus-mirror" usage:"durable consumer on KREA_JOBS the mirror replicas share"`
-	AckWait         time.Duration `env:"KREABUS_MIRROR_ACK_WAIT" flag:"mirror-ack-wait" default:"30s" usage:"how long a job held by a mirror that stopped answering stays with it before another replica takes it over"`
-	ShutdownTimeout time.Duration `env:"KREABUS_SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"30s" usage:"how long a graceful stop waits for copies in flight"`
+	Concurrency int           `env:"KREABUS_MIRROR_CONCURRENCY" flag:"mirror-concurrency" usage:"completed jobs one mirror copies at once"`
+	Consumer    string        `env:"KREABUS_MIRROR_CONSUMER" flag:"mirror-consumer" usage:"durable consumer on KREA_JOBS the mirror replicas share"`
+	AckWait     time.Duration `env:"KREABUS_MIRROR_ACK_WAIT" flag:"mirror-ack-wait" usage:"how long a job held by a mirror that stopped answering stays with it before another replica takes it over"`
 
 	// RetryBackoff is the wait before a download's second attempt
 	// (default DefaultRetryBackoff); not a setting, tests shorten it.
@@ -62,7 +60,8 @@ type Config struct {
 	rootCAs *x509.CertPool
 }
 
-func (c *Config) setDefaults() {
+// SetDefaults fills the zero fields from the Default* constants.
+func (c *Config) SetDefaults() {
 	if c.Bucket == "" {
 		c.Bucket = DefaultBucket
 	}
@@ -93,18 +92,14 @@ func (c *Config) setDefaults() {
 	if c.AckWait == 0 {
 		c.AckWait = DefaultAckWait
 	}
-	if c.ShutdownTimeout == 0 {
-		c.ShutdownTimeout = DefaultShutdownTimeout
-	}
 	if c.RetryBackoff <= 0 {
 		c.RetryBackoff = DefaultRetryBackoff
 	}
 }
 
-// Validate applies the defaults and checks the settings; every problem is
-// reported, joined.
+// Validate checks the settings, after SetDefaults; every problem is
+// reported, joined. It also builds the fetch policy the settings describe.
 func (c *Config) Validate() error {
-	c.setDefaults()
 	var errs []error
 	if !bucketName(c.Bucket) {
 		errs = append(errs, fmt.Errorf("KREABUS_RESULTS_BUCKET: %q is not a valid bucket name ([A-Za-z0-9_-]+)", c.Bucket))
@@ -143,9 +138,6 @@ func (c *Config) Validate() error {
 	if c.AckWait < time.Second {
 		errs = append(errs, fmt.Errorf("KREABUS_MIRROR_ACK_WAIT: %v is shorter than 1s", c.AckWait))
 	}
-	if c.ShutdownTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("KREABUS_SHUTDOWN_TIMEOUT: %v is not positive", c.ShutdownTimeout))
-	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
@@ -158,37 +150,3 @@ func (c *Config) Validate() error {
 // to 64 letters, digits, '_' or '-', the alphabet and length of request
 // IDs.
 func bucketName(s string) bool { return events.ValidRequestID(s) }
-
-// Aliases give the embedded groups of Settings distinct field names.
-type (
-	NATSConfig    = natsconn.Config
-	StreamsConfig = natsconn.StreamsConfig
-	AdminConfig   = admin.Config
-	LogConfig     = logging.Config
-)
-
-// Settings is everything cmd/mirror reads. Load it with config.Load.
-type Settings struct {
-	Config
-	NATSConfig
-	StreamsConfig
-	AdminConfig
-	LogConfig
-}
-
-// Validate checks every group; errors are joined.
-func (s *Settings) Validate() error {
-	return errors.Join(s.Config.Validate(), s.NATSConfig.Validate())
-}
-
-// Logging is the logging group, for internal/program.
-func (s *Settings) Logging() logging.Config { return s.LogConfig }
-
-// ResultsOptions is the results bucket's configuration.
-func (s *Settings) ResultsOptions() events.ResultsOptions {
-	r := s.Config.Replicas
-	if r <= 0 {
-		r = s.StreamsConfig.Replicas
-	}
-	return events.ResultsOptions{Bucket: s.Bucket, TTL: s.TTL, Replicas: r}
-}

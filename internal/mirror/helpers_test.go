@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -60,11 +61,9 @@ func testCtx(t *testing.T) context.Context {
 
 // settings loads the mirror's settings the way cmd/mirror does, for this
 // world: loopback allowed, short waits.
-func (e *env) settings(extra map[string]string) Settings {
+func (e *env) settings(extra map[string]string) Config {
 	e.t.Helper()
 	vals := map[string]string{
-		"NATS_URL":                      e.url,
-		"KREABUS_ADMIN_LISTEN":          "",
 		"KREABUS_RESULTS_ALLOW_HOSTS":   "127.0.0.1",
 		"KREABUS_RESULTS_ALLOW_PRIVATE": "true",
 		"KREABUS_RESULTS_IDLE_TIMEOUT":  "5s",
@@ -73,28 +72,98 @@ func (e *env) settings(extra map[string]string) Settings {
 	for k, v := range extra {
 		vals[k] = v
 	}
-	var s Settings
-	if err := config.Load(&s, "mirror", nil, func(k string) (string, bool) { v, ok := vals[k]; return v, ok }); err != nil {
+	var c Config
+	if err := config.Load(&c, "mirror", nil, func(k string) (string, bool) { v, ok := vals[k]; return v, ok }); err != nil {
 		e.t.Fatal(err)
 	}
-	s.RetryBackoff = 20 * time.Millisecond
-	return s
+	c.RetryBackoff = 20 * time.Millisecond
+	return c
 }
 
-// start starts a mirror and stops it when the test ends.
-func (e *env) start(s Settings) *Program {
+// running is a started mirror: a Mirror handling the completed events of
+// a durable consumer, as internal/mirrord wires it (this stand-in uses
+// jetstream's own Consume, so the test does not depend on events'
+// consuming helpers).
+type running struct {
+	mr     *Mirror
+	cc     jetstream.ConsumeContext
+	m      *metrics
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Shutdown takes no new event, lets the copies in flight finish, then
+// stops.
+func (r *running) Shutdown(ctx context.Context) error {
+	r.cc.Drain()
+	var err error
+	select {
+	case <-r.cc.Closed():
+	case <-ctx.Done():
+		r.cc.Stop()
+		err = ctx.Err()
+	}
+	r.wg.Wait()
+	r.cancel()
+	r.mr.Close()
+	return err
+}
+
+// start starts a mirror, with its own metrics, and stops it when the test
+// ends.
+func (e *env) start(c Config) *running {
 	e.t.Helper()
-	p, err := Start(s, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx := testCtx(e.t)
+	obs, err := events.EnsureResultsStore(ctx, e.js, events.ResultsStoreConfig(events.ResultsOptions{Bucket: c.Bucket, TTL: c.TTL, Replicas: c.Replicas}))
 	if err != nil {
+		e.t.Fatal(err)
+	}
+	mr, err := New(c, e.js, obs, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cons, err := e.js.CreateOrUpdateConsumer(ctx, events.StreamJobs, jetstream.ConsumerConfig{
+		Durable:       mr.cfg.Consumer,
+		FilterSubject: events.JobSubject(krea.StatusCompleted),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       mr.cfg.AckWait,
+		MaxAckPending: 2 * mr.cfg.Concurrency,
+	})
+	if err != nil {
+		mr.Close()
+		e.t.Fatal(err)
+	}
+	hctx, cancel := context.WithCancel(context.Background())
+	r := &running{mr: mr, m: mr.m, cancel: cancel}
+	slots := make(chan struct{}, mr.cfg.Concurrency)
+	r.cc, err = cons.Consume(func(m jetstream.Msg) {
+		slots <- struct{}{}
+		r.wg.Add(1)
+		go func() {
+			defer func() { <-slots; r.wg.Done() }()
+			ev, err := events.DecodeEvent(m.Subject(), m.Headers(), m.Data())
+			if err != nil {
+				_ = m.Term()
+				return
+			}
+			if err := mr.Handle(hctx, ev); err != nil {
+				_ = m.NakWithDelay(50 * time.Millisecond)
+				return
+			}
+			_ = m.Ack()
+		}()
+	})
+	if err != nil {
+		cancel()
+		mr.Close()
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_ = p.Shutdown(ctx)
+		_ = r.Shutdown(ctx)
 	})
-	natstest.CheckFor(e.t, 10*time.Second, 10*time.Millisecond, func() error { return p.checkReady(context.Background()) })
-	return p
+	return r
 }
 
 // job runs one job on the simulator and returns its completed body.

@@ -25,6 +25,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
@@ -41,14 +42,21 @@ type Mirror struct {
 	m     *metrics
 }
 
-// New returns a Mirror writing to obs. cfg must have been validated.
-func New(cfg Config, js jetstream.JetStream, obs jetstream.ObjectStore, log *slog.Logger, m *metrics) (*Mirror, error) {
+// New returns a Mirror writing to obs. Zero fields of cfg take their
+// defaults. reg, when not nil, gets the mirror's metrics (shared by the
+// mirrors of one process).
+func New(cfg Config, js jetstream.JetStream, obs jetstream.ObjectStore, log *slog.Logger, reg prometheus.Registerer) (*Mirror, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
 	st, err := js.Stream(context.Background(), "OBJ_"+cfg.Bucket)
 	if err != nil {
 		return nil, fmt.Errorf("mirror: stream of bucket %s: %w", cfg.Bucket, err)
-	}
-	if m == nil {
-		m, _ = newMetrics(nil) // unregistered: cannot fail
 	}
 	return &Mirror{
 		cfg:   cfg,

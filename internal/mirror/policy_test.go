@@ -222,6 +222,7 @@ func TestFetchLimits(t *testing.T) {
 
 func TestConfigValidate(t *testing.T) {
 	c := Config{Bucket: "bad.name", AllowHosts: "http://x", Attempts: -1, MaxBytes: -5, IdleTimeout: time.Hour}
+	c.SetDefaults()
 	err := c.Validate()
 	for _, want := range []string{"KREABUS_RESULTS_BUCKET", "KREABUS_RESULTS_ALLOW_HOSTS", "KREABUS_RESULTS_ATTEMPTS", "KREABUS_RESULTS_MAX_BYTES", "KREABUS_RESULTS_IDLE_TIMEOUT"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -229,10 +230,12 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 	c = Config{AllowHosts: " , "}
+	c.SetDefaults()
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "no host") {
 		t.Errorf("empty allow-list: %v", err)
 	}
 	c = Config{}
+	c.SetDefaults()
 	if err := c.Validate(); err != nil || !c.policy.Hosts.Allows("gen.krea.ai") || c.policy.AllowPrivate {
 		t.Errorf("defaults: %v %+v", err, c.policy)
 	}

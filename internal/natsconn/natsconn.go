@@ -15,11 +15,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kreabus/kreabus/internal/promreg"
+	"github.com/kreabus/kreabus/internal/retry"
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
 // Connection defaults.
 const (
+	// DefaultURL is where NATS is looked for when NATS_URL is not set.
 	DefaultURL = nats.DefaultURL
 	// ReconnectWait and ReconnectJitter space reconnection attempts so a
 	// fleet of replicas does not hammer a restarting server in lockstep.
@@ -33,7 +35,7 @@ const (
 
 // Config holds the NATS connection settings.
 type Config struct {
-	URL   string `env:"NATS_URL" flag:"nats-url" default:"nats://127.0.0.1:4222" usage:"NATS server URLs, comma separated"`
+	URL   string `env:"NATS_URL" flag:"nats-url" usage:"NATS server URLs, comma separated"`
 	Creds string `env:"NATS_CREDS" flag:"nats-creds" usage:"NATS credentials (JWT) file"`
 	NKey  string `env:"NATS_NKEY" flag:"nats-nkey" usage:"NATS nkey seed file"`
 	CA    string `env:"NATS_CA" flag:"nats-ca" usage:"CA certificate file to verify the NATS server"`
@@ -44,26 +46,61 @@ type Config struct {
 	Name string `env:"KREABUS_NATS_NAME" flag:"nats-name" usage:"NATS connection name shown by the server (default: kreabus-bridge, kreabus-submitter or kreabus-mirror)"`
 }
 
-// Validate checks the settings for consistency.
-func (c *Config) Validate() error {
+// SetDefaults gives a new Config its defaults. An empty URL set later is
+// an error, not the default.
+func (c *Config) SetDefaults() {
 	if c.URL == "" {
-		return errors.New("NATS_URL is empty")
+		c.URL = DefaultURL
+	}
+}
+
+// Validate checks the settings for consistency; every problem is
+// reported, joined.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.URL == "" {
+		errs = append(errs, errors.New("NATS_URL is empty"))
 	}
 	if (c.Cert == "") != (c.Key == "") {
-		return errors.New("NATS_CERT and NATS_KEY go together")
+		errs = append(errs, errors.New("NATS_CERT and NATS_KEY go together"))
 	}
 	if c.Creds != "" && c.NKey != "" {
-		return errors.New("NATS_CREDS and NATS_NKEY are exclusive")
+		errs = append(errs, errors.New("NATS_CREDS and NATS_NKEY are exclusive"))
 	}
-	return nil
+	return errors.Join(errs...)
 }
+
+// Stream defaults: those of package events, and creation on.
+const (
+	DefaultStreamReplicas  = events.DefaultReplicas
+	DefaultJobsMaxAge      = events.DefaultJobsMaxAge
+	DefaultDuplicateWindow = events.DefaultDuplicateWindow
+	// DefaultCreateStreams: programs create what they need when missing.
+	DefaultCreateStreams = true
+)
 
 // StreamsConfig holds the settings of the kreabus streams.
 type StreamsConfig struct {
-	Replicas        int           `env:"KREABUS_STREAM_REPLICAS" flag:"stream-replicas" default:"1" usage:"replicas of created streams (3 on a JetStream cluster)"`
-	JobsMaxAge      time.Duration `env:"KREABUS_JOBS_MAX_AGE" flag:"jobs-max-age" default:"168h" usage:"how long KREA_JOBS keeps events"`
-	DuplicateWindow time.Duration `env:"KREABUS_DUPLICATE_WINDOW" flag:"duplicate-window" default:"1h" usage:"KREA_JOBS de-duplication window"`
-	CreateStreams   bool          `env:"KREABUS_CREATE_STREAMS" flag:"create-streams" default:"true" usage:"create missing streams and buckets at start-up (off for locked-down accounts)"`
+	Replicas        int           `env:"KREABUS_STREAM_REPLICAS" flag:"stream-replicas" usage:"replicas of created streams (3 on a JetStream cluster)"`
+	JobsMaxAge      time.Duration `env:"KREABUS_JOBS_MAX_AGE" flag:"jobs-max-age" usage:"how long KREA_JOBS keeps events"`
+	DuplicateWindow time.Duration `env:"KREABUS_DUPLICATE_WINDOW" flag:"duplicate-window" usage:"KREA_JOBS de-duplication window"`
+	CreateStreams   bool          `env:"KREABUS_CREATE_STREAMS" flag:"create-streams" usage:"create missing streams and buckets at start-up (off for locked-down accounts)"`
+}
+
+// SetDefaults gives a new StreamsConfig its defaults. Call it on a new
+// value only: CreateStreams false is a setting, not a missing value.
+// Zero numbers set later mean the defaults of package events.
+func (c *StreamsConfig) SetDefaults() {
+	if c.Replicas == 0 {
+		c.Replicas = DefaultStreamReplicas
+	}
+	if c.JobsMaxAge == 0 {
+		c.JobsMaxAge = DefaultJobsMaxAge
+	}
+	if c.DuplicateWindow == 0 {
+		c.DuplicateWindow = DefaultDuplicateWindow
+	}
+	c.CreateStreams = DefaultCreateStreams
 }
 
 // Options converts the settings for package events.
@@ -141,15 +178,21 @@ func Connect(cfg Config, name string, log *slog.Logger, reg prometheus.Registere
 	return nc, nil
 }
 
-// EnsureStreams creates or checks the given streams, retrying until ctx ends
-// so a program can start before its NATS server does.
-func EnsureStreams(ctx context.Context, js jetstream.JetStream, log *slog.Logger, cfgs ...jetstream.StreamConfig) error {
-	backoff := 200 * time.Millisecond
-	for {
-		var err error
+// streamsBackoff paces SetUpStreams' attempts while JetStream is down.
+var streamsBackoff = events.Backoff{Min: 200 * time.Millisecond, Max: 5 * time.Second}
+
+// SetUpStreams ensures each stream with events.EnsureStream (created when
+// missing, checked when present), retrying with internal/retry until
+// JetStream answers or ctx ends, so a program can start before its NATS
+// server does. A stream that lacks only its RePublish, which this user may
+// not add, is usable: that is logged with the command that adds it. An
+// incompatible stream (events.ErrIncompatibleStream) is returned at once.
+func SetUpStreams(ctx context.Context, js jetstream.JetStream, log *slog.Logger, cfgs ...jetstream.StreamConfig) error {
+	err := retry.Do(ctx, streamsBackoff, func(ctx context.Context) error {
 		for _, c := range cfgs {
-			_, err = events.EnsureStream(ctx, js, c)
-			if errors.Is(err, events.ErrNoRePublish) {
+			_, err := events.EnsureStream(ctx, js, c)
+			switch {
+			case errors.Is(err, events.ErrNoRePublish):
 				// Usable as it is; only its followers wait. The shipped
 				// permissions let no program reconfigure KREA_JOBS: the
 				// operator adds it once.
@@ -157,23 +200,20 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, log *slog.Logger
 					"stream", c.Name, "source", c.RePublish.Source, "destination", c.RePublish.Destination,
 					"fix", "nats stream edit "+c.Name+" --republish-source '"+c.RePublish.Source+"' --republish-destination '"+c.RePublish.Destination+"'",
 					"err", err)
-				err = nil
+			case errors.Is(err, events.ErrIncompatibleStream):
+				return retry.Permanent(err)
+			case err != nil:
+				return err
 			}
-			if err != nil {
-				break
-			}
 		}
-		if err == nil || errors.Is(err, events.ErrIncompatibleStream) {
-			return err
-		}
-		log.Warn("waiting for JetStream to ensure streams", "err", err)
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("ensure streams: %w (last error: %v)", ctx.Err(), err)
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
+		return nil
+	}, func(err error, _ int, wait time.Duration) {
+		log.Warn("waiting for JetStream to ensure streams", "err", err, "retry_in", wait.String())
+	})
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("ensure streams: %w", err)
 	}
+	return err
 }
 
 // CheckStreams reports whether every named stream exists, for readiness.

@@ -47,6 +47,13 @@ func TestConnectStartsWithoutServer(t *testing.T) {
 	if got := connectedGauge(t, reg); got != 0 {
 		t.Fatalf("kreabus_nats_connected = %v while down", got)
 	}
+	// Streams set up while the server is down are made once it is up.
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	opts := events.StreamOptions{}
+	setUp := make(chan error, 1)
+	go func() { setUp <- SetUpStreams(ctx, js, logging.Discard, events.JobsStreamConfig(opts)) }()
 	p.Start()
 	natstest.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
 		if !nc.IsConnected() {
@@ -57,12 +64,13 @@ func TestConnectStartsWithoutServer(t *testing.T) {
 	if got := connectedGauge(t, reg); got != 1 {
 		t.Fatalf("kreabus_nats_connected = %v once up", got)
 	}
-	js, _ := jetstream.New(nc)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	opts := events.StreamOptions{}
-	if err := EnsureStreams(ctx, js, logging.Discard, events.JobsStreamConfig(opts)); err != nil {
-		t.Fatal(err)
+	select {
+	case err := <-setUp:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		t.Fatal("streams not set up once the server was up")
 	}
 	if err := CheckStreams(ctx, nc, js, events.StreamJobs); err != nil {
 		t.Fatal(err)
@@ -74,8 +82,15 @@ func TestConnectStartsWithoutServer(t *testing.T) {
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: events.StreamRequests, Subjects: []string{"other.>"}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := EnsureStreams(ctx, js, logging.Discard, events.RequestsStreamConfig(opts)); !errors.Is(err, events.ErrIncompatibleStream) {
+	if err := SetUpStreams(ctx, js, logging.Discard, events.RequestsStreamConfig(opts)); !errors.Is(err, events.ErrIncompatibleStream) {
 		t.Fatalf("incompatible stream: %v", err)
+	}
+	// A context that ends stops the retries.
+	p.Stop()
+	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancelShort()
+	if err := SetUpStreams(short, js, logging.Discard, events.JobsStreamConfig(opts)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("set-up with NATS down and the context ended: %v", err)
 	}
 }
 

@@ -32,18 +32,19 @@ const (
 
 // Config holds the reconciler settings.
 type Config struct {
-	WebhookGrace time.Duration `env:"KREABUS_WEBHOOK_GRACE" flag:"webhook-grace" default:"5m" usage:"how long to wait for a job's terminal webhook before polling the job"`
-	MaxBackoff   time.Duration `env:"KREABUS_POLL_MAX_BACKOFF" flag:"poll-max-backoff" default:"5m" usage:"longest wait between two polls of one job (the wait starts at the webhook grace and doubles)"`
-	Rate         float64       `env:"KREABUS_POLL_RATE" flag:"poll-rate" default:"5" usage:"GET /jobs/{id} calls per second, all jobs together (per replica)"`
-	Concurrency  int           `env:"KREABUS_POLL_CONCURRENCY" flag:"poll-concurrency" default:"4" usage:"polls in flight at once"`
-	JobMaxAge    time.Duration `env:"KREABUS_JOB_MAX_AGE" flag:"job-max-age" default:"3h" usage:"a job still not terminal this long after submission ends in krea.jobs.failed"`
-	Interval     time.Duration `env:"KREABUS_POLL_INTERVAL" flag:"poll-interval" default:"10s" usage:"how often the ledger is scanned for jobs due for a poll"`
+	WebhookGrace time.Duration `env:"KREABUS_WEBHOOK_GRACE" flag:"webhook-grace" usage:"how long to wait for a job's terminal webhook before polling the job"`
+	MaxBackoff   time.Duration `env:"KREABUS_POLL_MAX_BACKOFF" flag:"poll-max-backoff" usage:"longest wait between two polls of one job (the wait starts at the webhook grace and doubles)"`
+	Rate         float64       `env:"KREABUS_POLL_RATE" flag:"poll-rate" usage:"GET /jobs/{id} calls per second, all jobs together (per replica)"`
+	Concurrency  int           `env:"KREABUS_POLL_CONCURRENCY" flag:"poll-concurrency" usage:"polls in flight at once"`
+	JobMaxAge    time.Duration `env:"KREABUS_JOB_MAX_AGE" flag:"job-max-age" usage:"a job still not terminal this long after submission ends in krea.jobs.failed"`
+	Interval     time.Duration `env:"KREABUS_POLL_INTERVAL" flag:"poll-interval" usage:"how often the ledger is scanned for jobs due for a poll"`
 
 	// PublishTimeout bounds one publish (default DefaultPublishTimeout).
 	PublishTimeout time.Duration
 }
 
-func (c *Config) setDefaults() {
+// SetDefaults fills the zero fields from the Default* constants.
+func (c *Config) SetDefaults() {
 	if c.WebhookGrace == 0 {
 		c.WebhookGrace = DefaultWebhookGrace
 	}
@@ -67,22 +68,21 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// Validate checks the settings; zero values stand for the defaults.
+// Validate checks the settings, after SetDefaults; every problem is
+// reported, joined.
 func (c *Config) Validate() error {
-	cc := *c
-	cc.setDefaults()
 	var errs []error
 	check := func(ok bool, format string, args ...any) {
 		if !ok {
 			errs = append(errs, fmt.Errorf(format, args...))
 		}
 	}
-	check(cc.WebhookGrace > 0, "KREABUS_WEBHOOK_GRACE: must be positive, got %v", cc.WebhookGrace)
-	check(cc.MaxBackoff >= MinBackoff, "KREABUS_POLL_MAX_BACKOFF: at least %v, got %v", MinBackoff, cc.MaxBackoff)
-	check(cc.Rate > 0, "KREABUS_POLL_RATE: must be positive, got %v", cc.Rate)
-	check(cc.Concurrency > 0, "KREABUS_POLL_CONCURRENCY: must be positive, got %d", cc.Concurrency)
-	check(cc.JobMaxAge > cc.WebhookGrace, "KREABUS_JOB_MAX_AGE: must exceed KREABUS_WEBHOOK_GRACE (%v), got %v", cc.WebhookGrace, cc.JobMaxAge)
-	check(cc.Interval > 0, "KREABUS_POLL_INTERVAL: must be positive, got %v", cc.Interval)
-	check(cc.PublishTimeout > 0, "publish timeout must be positive, got %v", cc.PublishTimeout)
+	check(c.WebhookGrace > 0, "KREABUS_WEBHOOK_GRACE: must be positive, got %v", c.WebhookGrace)
+	check(c.MaxBackoff >= MinBackoff, "KREABUS_POLL_MAX_BACKOFF: at least %v, got %v", MinBackoff, c.MaxBackoff)
+	check(c.Rate > 0, "KREABUS_POLL_RATE: must be positive, got %v", c.Rate)
+	check(c.Concurrency > 0, "KREABUS_POLL_CONCURRENCY: must be positive, got %d", c.Concurrency)
+	check(c.JobMaxAge > c.WebhookGrace, "KREABUS_JOB_MAX_AGE: must exceed KREABUS_WEBHOOK_GRACE (%v), got %v", c.WebhookGrace, c.JobMaxAge)
+	check(c.Interval > 0, "KREABUS_POLL_INTERVAL: must be positive, got %v", c.Interval)
+	check(c.PublishTimeout > 0, "publish timeout must be positive, got %v", c.PublishTimeout)
 	return errors.Join(errs...)
 }

@@ -158,10 +158,10 @@ type jobState struct {
 // New returns a Reconciler. It fails on invalid settings, missing
 // dependencies, or metrics that cannot be registered.
 func New(cfg Config, d Deps) (*Reconciler, error) {
+	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg.setDefaults()
 	if d.JetStream == nil || d.Krea == nil || d.Open == nil || d.Store == nil {
 		return nil, errors.New("reconciler: JetStream, Krea, Open and Store are required")
 	}

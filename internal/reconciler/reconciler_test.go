@@ -300,10 +300,10 @@ func fast() Config {
 
 func TestConfig(t *testing.T) {
 	var c Config
+	c.SetDefaults()
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	c.setDefaults()
 	if c.WebhookGrace != 5*time.Minute || c.JobMaxAge != 3*time.Hour || c.Rate != 5 || c.MaxBackoff != 5*time.Minute {
 		t.Fatalf("defaults %+v", c)
 	}
@@ -313,6 +313,7 @@ func TestConfig(t *testing.T) {
 	}
 	bad := []Config{{Rate: -1}, {Concurrency: -1}, {WebhookGrace: time.Hour, JobMaxAge: time.Minute}, {MaxBackoff: time.Millisecond}}
 	for _, c := range bad {
+		c.SetDefaults()
 		if err := c.Validate(); err == nil {
 			t.Errorf("%+v: want an error", c)
 		}

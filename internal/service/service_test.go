@@ -14,10 +14,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/kreabus/kreabus/internal/bridge"
+	"github.com/kreabus/kreabus/internal/bridged"
 	"github.com/kreabus/kreabus/internal/config"
 	"github.com/kreabus/kreabus/internal/natstest"
-	"github.com/kreabus/kreabus/internal/submitter"
+	"github.com/kreabus/kreabus/internal/submitterd"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 	"github.com/kreabus/kreabus/pkg/krea/kreatest"
@@ -33,7 +33,7 @@ type env struct {
 	js   jetstream.JetStream
 	svc  *events.Service
 	vars map[string]string
-	subs []*submitter.Program
+	subs []*submitterd.Program
 }
 
 func newEnv(t *testing.T) *env {
@@ -53,9 +53,9 @@ func newEnv(t *testing.T) *env {
 		"KREABUS_UNCERTAIN_SETTLE":  "300ms",
 		"KREABUS_API_TIMEOUT":       "5s",
 	}}
-	var bs bridge.Settings
+	var bs bridged.Settings
 	e.load(&bs)
-	b, err := bridge.Start(bs, nil)
+	b, err := bridged.Start(bs, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,11 +82,11 @@ func (e *env) load(dst any) {
 
 // startSubmitter starts one more submitter replica and waits for its
 // service.
-func (e *env) startSubmitter() *submitter.Program {
+func (e *env) startSubmitter() *submitterd.Program {
 	e.t.Helper()
-	var ss submitter.Settings
+	var ss submitterd.Settings
 	e.load(&ss)
-	p, err := submitter.Start(ss, nil)
+	p, err := submitterd.Start(ss, nil)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -355,7 +355,7 @@ func TestReplicasAndDiscovery(t *testing.T) {
 	// reply is sent: the last counts may come a moment after the replies.
 	natstest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		total, each := 0, []int{}
-		for _, p := range []*submitter.Program{e.subs[0], second} {
+		for _, p := range []*submitterd.Program{e.subs[0], second} {
 			for _, ep := range p.Service().Stats().Endpoints {
 				if ep.Subject == events.SubjectRequestStatus {
 					total += ep.NumRequests

@@ -8,8 +8,9 @@ import (
 	"time"
 )
 
-// Defaults of the settings (the tags below carry the same values for the
-// configuration loader; setDefaults applies them to a Config built in code).
+// Defaults of the settings: SetDefaults fills a Config's zero fields from
+// them, for the programs (before loading the settings) and for a Config
+// built in code.
 const (
 	DefaultAPIURL          = "https://api.krea.ai"
 	DefaultConcurrency     = 16
@@ -20,6 +21,8 @@ const (
 	DefaultPauseBackoffMax = 5 * time.Minute
 	DefaultConsumer        = "kreabus-submitter"
 	DefaultAPITimeout      = 30 * time.Second
+	// DefaultShutdownTimeout is the stop bound of a Config built in code;
+	// programs set ShutdownTimeout from KREABUS_SHUTDOWN_TIMEOUT.
 	DefaultShutdownTimeout = 25 * time.Second
 	// DefaultUncertainSettle is how long after an uncertain call's timeout
 	// Krea's job listing is trusted to show the job the call made, if any;
@@ -70,41 +73,45 @@ const (
 	maxFetchErrorPause     = 5 * time.Second
 )
 
-// Config holds the submitter's settings. The struct tags drive
-// internal/config (flags > environment > YAML file > default).
+// Config holds the submitter's settings. The env and flag tags name them
+// for internal/config (the wiring in internal/submitterd loads them:
+// flags > environment > YAML file > defaults).
 type Config struct {
 	APIToken string `env:"KREA_API_TOKEN" flag:"krea-api-token" required:"true" secret:"true" usage:"Krea API token, sent as Authorization: Bearer"`
-	APIURL   string `env:"KREA_API_URL" flag:"krea-api-url" default:"https://api.krea.ai" usage:"Krea API base URL"`
+	APIURL   string `env:"KREA_API_URL" flag:"krea-api-url" usage:"Krea API base URL"`
 
 	PublicURL             string `env:"KREABUS_PUBLIC_URL" flag:"public-url" required:"true" usage:"public base URL of the bridge; webhook URLs are <public-url>/webhooks/krea/<token>"`
 	WebhookSecret         string `env:"KREABUS_WEBHOOK_SECRET" flag:"webhook-secret" required:"true" secret:"true" usage:"secret that signs webhook tokens"`
 	WebhookSecretPrevious string `env:"KREABUS_WEBHOOK_SECRET_PREVIOUS" flag:"webhook-secret-previous" secret:"true" usage:"previous webhook secret, still accepted during a rotation"`
 
-	Concurrency   int     `env:"KREABUS_SUBMIT_CONCURRENCY" flag:"submit-concurrency" default:"16" usage:"Krea API calls in flight at most"`
-	Rate          float64 `env:"KREABUS_SUBMIT_RATE" flag:"submit-rate" default:"0" usage:"Krea API calls per second at most (0 = no limit)"`
-	MaxDeliveries int     `env:"KREABUS_MAX_DELIVERIES" flag:"max-deliveries" default:"10" usage:"API calls of a request that certainly made no job before it is rejected (out of retries); pauses and uncertain waits cost none"`
+	Concurrency   int     `env:"KREABUS_SUBMIT_CONCURRENCY" flag:"submit-concurrency" usage:"Krea API calls in flight at most"`
+	Rate          float64 `env:"KREABUS_SUBMIT_RATE" flag:"submit-rate" usage:"Krea API calls per second at most (0 = no limit)"`
+	MaxDeliveries int     `env:"KREABUS_MAX_DELIVERIES" flag:"max-deliveries" usage:"API calls of a request that certainly made no job before it is rejected (out of retries); pauses and uncertain waits cost none"`
 
-	RetryBackoffMin time.Duration `env:"KREABUS_RETRY_BACKOFF_MIN" flag:"retry-backoff-min" default:"1s" usage:"first redelivery delay after a retryable failure (doubles per delivery, full jitter)"`
-	RetryBackoffMax time.Duration `env:"KREABUS_RETRY_BACKOFF_MAX" flag:"retry-backoff-max" default:"5m" usage:"longest redelivery delay after a retryable failure"`
-	PauseBackoffMin time.Duration `env:"KREABUS_PAUSE_BACKOFF_MIN" flag:"pause-backoff-min" default:"10s" usage:"first pause of the requests consumer (submission and polling) after a Krea account error (401/402/403); the next call then probes the account"`
-	PauseBackoffMax time.Duration `env:"KREABUS_PAUSE_BACKOFF_MAX" flag:"pause-backoff-max" default:"5m" usage:"longest pause while account errors go on (each failed probe doubles it)"`
+	RetryBackoffMin time.Duration `env:"KREABUS_RETRY_BACKOFF_MIN" flag:"retry-backoff-min" usage:"first redelivery delay after a retryable failure (doubles per delivery, full jitter)"`
+	RetryBackoffMax time.Duration `env:"KREABUS_RETRY_BACKOFF_MAX" flag:"retry-backoff-max" usage:"longest redelivery delay after a retryable failure"`
+	PauseBackoffMin time.Duration `env:"KREABUS_PAUSE_BACKOFF_MIN" flag:"pause-backoff-min" usage:"first pause of the requests consumer (submission and polling) after a Krea account error (401/402/403); the next call then probes the account"`
+	PauseBackoffMax time.Duration `env:"KREABUS_PAUSE_BACKOFF_MAX" flag:"pause-backoff-max" usage:"longest pause while account errors go on (each failed probe doubles it)"`
 
-	Consumer        string        `env:"KREABUS_CONSUMER" flag:"consumer" default:"kreabus-submitter" usage:"durable consumer name on KREA_REQUESTS"`
-	APITimeout      time.Duration `env:"KREABUS_API_TIMEOUT" flag:"api-timeout" default:"30s" usage:"bound of one Krea API call"`
-	AckWait         time.Duration `env:"KREABUS_ACK_WAIT" flag:"ack-wait" default:"0s" usage:"how long a request held by a submitter that stopped answering stays with it before another takes it over (0: KREABUS_API_TIMEOUT + 1m)"`
-	UncertainSettle time.Duration `env:"KREABUS_UNCERTAIN_SETTLE" flag:"uncertain-settle" default:"30s" usage:"after an uncertain call (timeout, lost answer, 5xx) and its API timeout, how long until Krea's job listing is trusted to show a job it made; also how often such a request is checked again"`
-	UncertainWait   time.Duration `env:"KREABUS_UNCERTAIN_WAIT" flag:"uncertain-wait" default:"1h" usage:"how long after an uncertain call its request waits for a webhook while jobs nobody owns were made around it"`
-	UncertainAction string        `env:"KREABUS_UNCERTAIN_ACTION" flag:"uncertain-action" default:"reject" usage:"what an uncertain request becomes after KREABUS_UNCERTAIN_WAIT: reject (never pay twice) or resend (never go without)"`
+	Consumer        string        `env:"KREABUS_CONSUMER" flag:"consumer" usage:"durable consumer name on KREA_REQUESTS"`
+	APITimeout      time.Duration `env:"KREABUS_API_TIMEOUT" flag:"api-timeout" usage:"bound of one Krea API call"`
+	AckWait         time.Duration `env:"KREABUS_ACK_WAIT" flag:"ack-wait" usage:"how long a request held by a submitter that stopped answering stays with it before another takes it over (0: KREABUS_API_TIMEOUT + 1m)"`
+	UncertainSettle time.Duration `env:"KREABUS_UNCERTAIN_SETTLE" flag:"uncertain-settle" usage:"after an uncertain call (timeout, lost answer, 5xx) and its API timeout, how long until Krea's job listing is trusted to show a job it made; also how often such a request is checked again"`
+	UncertainWait   time.Duration `env:"KREABUS_UNCERTAIN_WAIT" flag:"uncertain-wait" usage:"how long after an uncertain call its request waits for a webhook while jobs nobody owns were made around it"`
+	UncertainAction string        `env:"KREABUS_UNCERTAIN_ACTION" flag:"uncertain-action" usage:"what an uncertain request becomes after KREABUS_UNCERTAIN_WAIT: reject (never pay twice) or resend (never go without)"`
 
-	ShutdownTimeout time.Duration `env:"KREABUS_SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"25s" usage:"how long a graceful stop waits for calls in flight to publish their events"`
+	// ShutdownTimeout is how long a graceful stop waits for calls in
+	// flight to publish their events. Not a setting of its own: programs
+	// set it from KREABUS_SHUTDOWN_TIMEOUT.
+	ShutdownTimeout time.Duration
 
 	// Create lets Run create the durable consumer when missing. Not a
 	// setting of its own: programs set it from KREABUS_CREATE_STREAMS.
 	Create bool
 }
 
-// setDefaults fills zero fields with the defaults, for configs built in code.
-func (c *Config) setDefaults() {
+// SetDefaults fills the zero fields from the Default* constants.
+func (c *Config) SetDefaults() {
 	if c.APIURL == "" {
 		c.APIURL = DefaultAPIURL
 	}
@@ -146,8 +153,8 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// Validate checks the settings; the error names the first bad one. Secrets
-// never appear in it.
+// Validate checks the settings, after SetDefaults; every problem is
+// reported, joined, each naming its setting. Secrets never appear in it.
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(name, format string, args ...any) {

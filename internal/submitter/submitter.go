@@ -76,7 +76,7 @@ type Deps struct {
 // KREABUS_PAUSE_BACKOFF_MAX. The program shares it with the reconciler and
 // runs it (Run) to follow other replicas.
 func NewAccountPause(cfg Config, js jetstream.JetStream, log *slog.Logger) (*accountpause.Pause, error) {
-	cfg.setDefaults()
+	cfg.SetDefaults()
 	return accountpause.New(cfg.PauseBackoffMin, cfg.PauseBackoffMax,
 		accountpause.WithConsumer(js, events.StreamRequests, cfg.Consumer),
 		accountpause.WithLogger(log))
@@ -112,7 +112,7 @@ type Submitter struct {
 // New checks cfg and returns a Submitter. Zero fields of cfg take their
 // defaults.
 func New(cfg Config, deps Deps) (*Submitter, error) {
-	cfg.setDefaults()
+	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -128,7 +128,7 @@ func New(cfg Config, deps Deps) (*Submitter, error) {
 	}
 	api := deps.Client
 	if api == nil {
-		c, err := newAPIClient(cfg, cfg.Concurrency)
+		c, err := NewAPIClient(cfg, cfg.Concurrency)
 		if err != nil {
 			return nil, err
 		}
@@ -169,9 +169,9 @@ func New(cfg Config, deps Deps) (*Submitter, error) {
 	return s, nil
 }
 
-// newAPIClient returns the Krea client of the settings, keeping up to
+// NewAPIClient returns the Krea client of the settings, keeping up to
 // conns connections alive.
-func newAPIClient(cfg Config, conns int) (*krea.Client, error) {
+func NewAPIClient(cfg Config, conns int) (*krea.Client, error) {
 	return krea.NewClient(cfg.APIToken,
 		krea.WithBaseURL(cfg.APIURL),
 		krea.WithTimeout(cfg.APITimeout),

@@ -21,7 +21,7 @@ func validConfig() Config {
 
 func TestConfigValidate(t *testing.T) {
 	c := validConfig()
-	c.setDefaults()
+	c.SetDefaults()
 	if err := c.Validate(); err != nil {
 		t.Fatalf("valid config: %v", err)
 	}
@@ -42,7 +42,7 @@ func TestConfigValidate(t *testing.T) {
 	}
 	for name, mutate := range cases {
 		c := validConfig()
-		c.setDefaults()
+		c.SetDefaults()
 		mutate(&c)
 		err := c.Validate()
 		if err == nil || !strings.Contains(err.Error(), name) {

@@ -1,4 +1,4 @@
-package submitter
+package submitterd
 
 import (
 	"bytes"
@@ -184,7 +184,7 @@ func TestExampleConfigLoads(t *testing.T) {
 	if err := s.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if s.PublicURL != "https://kreabus.example.com" || s.Config.Concurrency != 16 {
-		t.Errorf("loaded %+v", s.Config)
+	if s.Submitter.PublicURL != "https://kreabus.example.com" || s.Submitter.Concurrency != 16 {
+		t.Errorf("loaded %+v", s.Submitter)
 	}
 }

@@ -1,4 +1,4 @@
-package bridge
+package bridged
 
 import (
 	"context"
@@ -49,11 +49,11 @@ func (l *lateOwners) check(context.Context) error {
 // until it succeeds or ctx ends.
 func (p *Program) openLedger(ctx context.Context) {
 	defer p.bg.Done()
-	cfg := p.s.LedgerConfig
-	cfg.Create = p.s.CreateStreams
-	cfg.ReadTimeout = p.s.PublishTimeout
+	cfg := p.s.Ledger
+	cfg.Create = p.s.Streams.CreateStreams
+	cfg.ReadTimeout = p.s.Bridge.PublishTimeout
 	if cfg.Replicas == 0 {
-		cfg.Replicas = p.s.StreamsConfig.Replicas
+		cfg.Replicas = p.s.Streams.Replicas
 	}
 	for {
 		led, err := ledger.Open(ctx, p.js, cfg, ledger.WithLogger(p.log))

@@ -1,4 +1,9 @@
-package mirror
+// Package mirrord is cmd/mirror's wiring: its settings (settings.go), its
+// NATS connection, KREA_JOBS and the results bucket, the consumer of
+// krea.jobs.completed, the admin server with its readiness check, and the
+// order of start and stop (program.go). What the mirror does with a
+// completed job is package mirror.
+package mirrord
 
 import (
 	"context"
@@ -14,13 +19,15 @@ import (
 
 	"github.com/kreabus/kreabus/internal/admin"
 	"github.com/kreabus/kreabus/internal/logging"
+	"github.com/kreabus/kreabus/internal/mirror"
 	"github.com/kreabus/kreabus/internal/natsconn"
 	"github.com/kreabus/kreabus/internal/program"
+	"github.com/kreabus/kreabus/internal/retry"
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
-// ConnectionName is the mirror's NATS connection name.
-const ConnectionName = "kreabus-mirror"
+// connectionName is the mirror's NATS connection name.
+const connectionName = "kreabus-mirror"
 
 // Program is cmd/mirror running: its NATS connection, the results bucket,
 // the consumer of krea.jobs.completed and the admin server. Start it,
@@ -31,14 +38,13 @@ type Program struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	admin  *admin.Server
-	m      *metrics
 	closed chan struct{} // the NATS connection is closed
 	failed chan error
 	stop   context.CancelFunc
 	bg     sync.WaitGroup
 
 	mu       sync.Mutex
-	mirror   *Mirror
+	mirror   *mirror.Mirror
 	consumer *events.ConsumeContext
 	setupErr error // why the mirror is not consuming yet
 }
@@ -63,10 +69,7 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 		setupErr: errors.New("starting"),
 	}
 	var err error
-	if p.m, err = newMetrics(p.admin.Registry()); err != nil {
-		return nil, err
-	}
-	p.nc, err = natsconn.Connect(s.NATSConfig, ConnectionName, log, p.admin.Registry(),
+	p.nc, err = natsconn.Connect(s.NATS, connectionName, log, p.admin.Registry(),
 		nats.ClosedHandler(func(*nats.Conn) { close(p.closed) }))
 	if err != nil {
 		return nil, err
@@ -76,7 +79,7 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 		return nil, err
 	}
 	p.admin.AddCheck("mirror", p.checkReady)
-	if err := p.admin.Start(s.AdminConfig); err != nil {
+	if err := p.admin.Start(s.Admin); err != nil {
 		p.nc.Close()
 		return nil, fmt.Errorf("KREABUS_ADMIN_LISTEN: %w", err)
 	}
@@ -84,32 +87,29 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 	p.stop = cancel
 	p.bg.Add(1)
 	go p.setup(ctx)
-	log.Info("mirror started", "bucket", s.Bucket, "allow_hosts", s.AllowHosts, "allow_private", s.AllowPrivate,
-		"max_bytes", s.MaxBytes, "concurrency", s.Concurrency, "admin", p.admin.Addr())
+	log.Info("mirror started", "bucket", s.Mirror.Bucket, "allow_hosts", s.Mirror.AllowHosts, "allow_private", s.Mirror.AllowPrivate,
+		"max_bytes", s.Mirror.MaxBytes, "concurrency", s.Mirror.Concurrency, "admin", p.admin.Addr())
 	return p, nil
 }
+
+// setupBackoff paces the attempts to set the mirror up.
+var setupBackoff = events.Backoff{Min: 200 * time.Millisecond, Max: 5 * time.Second}
 
 // setup ensures the stream and the bucket and starts the consumer,
 // retrying until it succeeds or ctx ends.
 func (p *Program) setup(ctx context.Context) {
 	defer p.bg.Done()
-	wait := 200 * time.Millisecond
-	for {
+	_ = retry.Do(ctx, setupBackoff, func(ctx context.Context) error {
 		err := p.trySetup(ctx)
-		if err == nil || ctx.Err() != nil {
-			return
+		if err != nil && ctx.Err() == nil {
+			p.mu.Lock()
+			p.setupErr = err
+			p.mu.Unlock()
 		}
-		p.mu.Lock()
-		p.setupErr = err
-		p.mu.Unlock()
+		return err
+	}, func(err error, _ int, wait time.Duration) {
 		p.log.Warn("mirror not consuming yet", "err", err, "retry_in", wait.String())
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, 5*time.Second)
-	}
+	})
 }
 
 func (p *Program) trySetup(ctx context.Context) error {
@@ -118,11 +118,11 @@ func (p *Program) trySetup(ctx context.Context) error {
 	cfg := events.ResultsStoreConfig(p.s.ResultsOptions())
 	var obs jetstream.ObjectStore
 	var err error
-	if p.s.CreateStreams {
+	if p.s.Streams.CreateStreams {
 		// A KREA_JOBS made by an older release lacks its RePublish, which
 		// the mirror's user may not add: usable all the same (the bridge
 		// and the submitter log the command that adds it).
-		if _, err = events.EnsureStream(actx, p.js, events.JobsStreamConfig(p.s.StreamsConfig.Options())); err != nil && !errors.Is(err, events.ErrNoRePublish) {
+		if _, err = events.EnsureStream(actx, p.js, events.JobsStreamConfig(p.s.Streams.Options())); err != nil && !errors.Is(err, events.ErrNoRePublish) {
 			return err
 		}
 		obs, err = events.EnsureResultsStore(actx, p.js, cfg)
@@ -132,12 +132,12 @@ func (p *Program) trySetup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("results bucket %s: %w", cfg.Bucket, err)
 	}
-	mr, err := New(p.s.Config, p.js, obs, p.log, p.m)
+	mr, err := mirror.New(p.s.Mirror, p.js, obs, p.log, p.admin.Registry())
 	if err != nil {
 		return err
 	}
-	ccfg, err := events.JobsConsumerConfig(p.s.Consumer,
-		events.WithStatuses(events.StatusCompleted), events.WithAckWait(p.s.AckWait))
+	ccfg, err := events.JobsConsumerConfig(p.s.Mirror.Consumer,
+		events.WithStatuses(events.StatusCompleted), events.WithAckWait(p.s.Mirror.AckWait))
 	if err != nil {
 		mr.Close()
 		return err
@@ -145,10 +145,10 @@ func (p *Program) trySetup(ctx context.Context) error {
 	cons, err := p.js.CreateOrUpdateConsumer(actx, events.StreamJobs, ccfg)
 	if err != nil {
 		mr.Close()
-		return fmt.Errorf("consumer %q on %s: %w", p.s.Consumer, events.StreamJobs, err)
+		return fmt.Errorf("consumer %q on %s: %w", p.s.Mirror.Consumer, events.StreamJobs, err)
 	}
 	c, err := events.ConsumeJobs(p.nc, cons, mr.Handle,
-		events.WithConcurrency(p.s.Concurrency),
+		events.WithConcurrency(p.s.Mirror.Concurrency),
 		events.WithErrorHandler(func(err error) { p.log.Warn("mirror consumer", "err", err) }),
 	)
 	if err != nil {
@@ -158,14 +158,14 @@ func (p *Program) trySetup(ctx context.Context) error {
 	p.mu.Lock()
 	p.mirror, p.consumer, p.setupErr = mr, c, nil
 	p.mu.Unlock()
-	p.log.Info("mirror consuming", "stream", events.StreamJobs, "consumer", p.s.Consumer, "bucket", cfg.Bucket)
+	p.log.Info("mirror consuming", "stream", events.StreamJobs, "consumer", p.s.Mirror.Consumer, "bucket", cfg.Bucket)
 	p.bg.Add(1)
 	go func() {
 		defer p.bg.Done()
 		select {
 		case <-c.Closed():
 			if ctx.Err() == nil { // not our Shutdown: the consumer was deleted
-				p.failed <- fmt.Errorf("consumer %s on %s stopped", p.s.Consumer, events.StreamJobs)
+				p.failed <- fmt.Errorf("consumer %s on %s stopped", p.s.Mirror.Consumer, events.StreamJobs)
 			}
 		case <-ctx.Done():
 		}
@@ -189,9 +189,6 @@ func (p *Program) checkReady(context.Context) error {
 
 // AdminAddr is the admin listener's address ("" when off).
 func (p *Program) AdminAddr() string { return p.admin.Addr() }
-
-// Conn is the program's NATS connection.
-func (p *Program) Conn() *nats.Conn { return p.nc }
 
 // Failed delivers the error of a part that stopped by itself.
 func (p *Program) Failed() <-chan error { return p.failed }
@@ -230,13 +227,13 @@ func (p *Program) Shutdown(ctx context.Context) error {
 	return program.Finish(ctx, "mirror", p.log, p.nc, p.closed, p.admin, errs)
 }
 
+// ShutdownTimeout bounds Shutdown: KREABUS_SHUTDOWN_TIMEOUT.
+func (p *Program) ShutdownTimeout() time.Duration { return p.s.ShutdownTimeout }
+
 // Main is cmd/mirror: it loads the settings from args (without the
 // program name), env (os.LookupEnv when nil) and the optional YAML file,
 // and runs until ctx ends. A setting error is one line on stderr naming
 // the setting, and program.ExitConfig.
 func Main(ctx context.Context, args []string, env func(string) (string, bool), stderr io.Writer) int {
-	var s Settings
-	return program.Main(ctx, "mirror", args, env, stderr, &s,
-		func(log *slog.Logger) (program.Running, error) { return Start(s, log) },
-		func() time.Duration { return s.ShutdownTimeout })
+	return program.Main(ctx, "mirror", args, env, stderr, &Settings{})
 }

@@ -1,4 +1,9 @@
-package bridge
+// Package bridged is cmd/bridge's wiring: its settings (settings.go), its
+// NATS connection, the KREA_JOBS ensurer, the ledger opened in the
+// background (ledger.go), the admin server with its readiness checks, and
+// the order of start and stop (program.go). What the bridge does with a
+// webhook is package bridge.
+package bridged
 
 import (
 	"context"
@@ -14,14 +19,15 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kreabus/kreabus/internal/admin"
+	"github.com/kreabus/kreabus/internal/bridge"
 	"github.com/kreabus/kreabus/internal/logging"
 	"github.com/kreabus/kreabus/internal/natsconn"
 	"github.com/kreabus/kreabus/internal/program"
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
-// ConnectionName is the bridge's NATS connection name.
-const ConnectionName = "kreabus-bridge"
+// connectionName is the bridge's NATS connection name.
+const connectionName = "kreabus-bridge"
 
 // Program is cmd/bridge running: the bridge on its listener, its NATS
 // connection, the KREA_JOBS ensurer and the admin server. Start it, then
@@ -32,7 +38,7 @@ type Program struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	admin  *admin.Server
-	bridge *Bridge
+	bridge *bridge.Bridge
 	ln     net.Listener
 
 	closed   chan struct{} // the NATS connection is closed
@@ -58,7 +64,7 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 	if log == nil {
 		log = logging.Discard
 	}
-	if len(s.Secret) < 32 {
+	if len(s.Bridge.Secret) < 32 {
 		log.Warn("KREABUS_WEBHOOK_SECRET is shorter than 32 bytes; use a long random secret")
 	}
 	p := &Program{
@@ -69,10 +75,10 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 		serveErr: make(chan error, 1),
 		kick:     make(chan struct{}, 1),
 	}
-	nc, err := natsconn.Connect(s.NATSConfig, ConnectionName, log, p.admin.Registry(),
+	nc, err := natsconn.Connect(s.NATS, connectionName, log, p.admin.Registry(),
 		nats.ClosedHandler(func(*nats.Conn) { close(p.closed) }),
 		// A stalled socket must not hold a webhook past its bound.
-		nats.FlusherTimeout(s.PublishTimeout),
+		nats.FlusherTimeout(s.Bridge.PublishTimeout),
 	)
 	if err != nil {
 		return nil, err
@@ -88,7 +94,7 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 	if p.js, err = jetstream.New(nc); err != nil {
 		return fail(err)
 	}
-	p.bridge, err = New(s.Config, Deps{
+	p.bridge, err = bridge.New(s.Bridge, bridge.Deps{
 		Conn:          nc,
 		Logger:        log,
 		Registerer:    p.admin.Registry(),
@@ -100,16 +106,16 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 	}
 	p.admin.AddCheck("jetstream", p.checkJetStream)
 	p.admin.AddCheck("ledger", p.ledger.check)
-	if p.ln, err = net.Listen("tcp", s.Config.Listen); err != nil {
+	if p.ln, err = net.Listen("tcp", s.Bridge.Listen); err != nil {
 		return fail(fmt.Errorf("KREABUS_LISTEN: %w", err))
 	}
-	if err := p.admin.Start(s.AdminConfig); err != nil {
+	if err := p.admin.Start(s.Admin); err != nil {
 		return fail(fmt.Errorf("KREABUS_ADMIN_LISTEN: %w", err))
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	p.stop = cancel
-	if s.CreateStreams {
+	if s.Streams.CreateStreams {
 		p.ensureSoon()
 		p.bg.Add(1)
 		go p.ensureLoop(ctx)
@@ -118,7 +124,7 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 	go p.openLedger(ctx)
 	go func() { p.serveErr <- p.bridge.Serve(p.ln) }()
 	log.Info("bridge started", "listen", p.ln.Addr().String(), "admin", p.admin.Addr(),
-		"create_streams", s.CreateStreams, "duplicate_window", s.DuplicateWindow.String())
+		"create_streams", s.Streams.CreateStreams, "duplicate_window", s.Streams.DuplicateWindow.String())
 	return p, nil
 }
 
@@ -129,7 +135,7 @@ func (p *Program) Addr() string { return p.ln.Addr().String() }
 func (p *Program) AdminAddr() string { return p.admin.Addr() }
 
 // Bridge is the program's bridge.
-func (p *Program) Bridge() *Bridge { return p.bridge }
+func (p *Program) Bridge() *bridge.Bridge { return p.bridge }
 
 // Conn is the program's NATS connection.
 func (p *Program) Conn() *nats.Conn { return p.nc }
@@ -139,7 +145,7 @@ func (p *Program) Failed() <-chan error { return p.serveErr }
 
 // ensureSoon asks the ensurer to ensure KREA_JOBS; it never blocks.
 func (p *Program) ensureSoon() {
-	if !p.s.CreateStreams {
+	if !p.s.Streams.CreateStreams {
 		return
 	}
 	select {
@@ -152,14 +158,14 @@ func (p *Program) ensureSoon() {
 // publish found no stream, at most once a second.
 func (p *Program) ensureLoop(ctx context.Context) {
 	defer p.bg.Done()
-	cfg := events.JobsStreamConfig(p.s.StreamsConfig.Options())
+	cfg := events.JobsStreamConfig(p.s.Streams.Options())
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-p.kick:
 		}
-		err := natsconn.EnsureStreams(ctx, p.js, p.log, cfg)
+		err := natsconn.SetUpStreams(ctx, p.js, p.log, cfg)
 		switch {
 		case err == nil:
 			p.setStreamErr(nil)
@@ -167,9 +173,9 @@ func (p *Program) ensureLoop(ctx context.Context) {
 			// An event is the body plus headers: a body the server cannot
 			// take is refused with 413 (never a 503 forever), below the
 			// configured limit if need be.
-			if limit := p.bridge.MaxBody(); limit < p.s.MaxBody {
+			if limit := p.bridge.MaxBody(); limit < p.s.Bridge.MaxBody {
 				p.log.Warn("KREABUS_MAX_BODY is above what the NATS server takes; lowered: larger webhooks get 413",
-					"max_body", p.s.MaxBody, "max_payload", p.nc.MaxPayload(), "header_room", HeaderRoom, "body_limit", limit)
+					"max_body", p.s.Bridge.MaxBody, "max_payload", p.nc.MaxPayload(), "header_room", bridge.HeaderRoom, "body_limit", limit)
 			}
 		case errors.Is(err, events.ErrIncompatibleStream):
 			p.setStreamErr(err)
@@ -233,23 +239,13 @@ func (p *Program) Shutdown(ctx context.Context) error {
 	return program.Finish(ctx, "bridge", p.log, p.nc, p.closed, p.admin, errs)
 }
 
-// Run starts the program and runs it until ctx ends (the signal), then
-// shuts it down within the configured shutdown timeout.
-func Run(ctx context.Context, s Settings, log *slog.Logger) error {
-	p, err := Start(s, log)
-	if err != nil {
-		return err
-	}
-	return program.Run(ctx, p, p.s.ShutdownTimeout)
-}
+// ShutdownTimeout bounds Shutdown: KREABUS_SHUTDOWN_TIMEOUT.
+func (p *Program) ShutdownTimeout() time.Duration { return p.s.ShutdownTimeout }
 
 // Main is cmd/bridge: it loads the settings from args (without the program
 // name), env (os.LookupEnv when nil) and the optional YAML file, and runs
 // until ctx ends. A setting error is one line on stderr naming the setting,
 // and program.ExitConfig.
 func Main(ctx context.Context, args []string, env func(string) (string, bool), stderr io.Writer) int {
-	var s Settings
-	return program.Main(ctx, "bridge", args, env, stderr, &s,
-		func(log *slog.Logger) (program.Running, error) { return Start(s, log) },
-		func() time.Duration { return s.ShutdownTimeout })
+	return program.Main(ctx, "bridge", args, env, stderr, &Settings{})
 }

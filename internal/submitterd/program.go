@@ -1,4 +1,10 @@
-package submitter
+// Package submitterd is cmd/submitter's wiring: its settings
+// (settings.go), its NATS connection, the streams, the ledger with its
+// Recorder and open-jobs list, the reconciler, the submitter, the kreabus
+// NATS service, the admin server with its readiness checks, and the order
+// of start and stop (program.go). What the submitter does with a request
+// is package submitter.
+package submitterd
 
 import (
 	"context"
@@ -19,57 +25,12 @@ import (
 	"github.com/kreabus/kreabus/internal/program"
 	"github.com/kreabus/kreabus/internal/reconciler"
 	"github.com/kreabus/kreabus/internal/service"
+	"github.com/kreabus/kreabus/internal/submitter"
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
-// ConnectionName is the submitter's NATS connection name.
-const ConnectionName = "kreabus-submitter"
-
-// Aliases give the embedded groups of Settings distinct field names: they
-// are all called Config in their packages.
-type (
-	NATSConfig       = natsconn.Config
-	StreamsConfig    = natsconn.StreamsConfig
-	AdminConfig      = admin.Config
-	LogConfig        = logging.Config
-	LedgerConfig     = ledger.Config
-	ReconcilerConfig = reconciler.Config
-)
-
-// Settings is everything cmd/submitter reads: the submitter's own settings,
-// the ledger, the reconciler, the NATS connection, the streams, the admin
-// listener and logging. Load it with config.Load.
-type Settings struct {
-	Config
-	LedgerConfig
-	ReconcilerConfig
-	NATSConfig
-	StreamsConfig
-	AdminConfig
-	LogConfig
-}
-
-// Logging is the logging group, for internal/program.
-func (s *Settings) Logging() logging.Config { return s.LogConfig }
-
-// Validate checks every group.
-func (s *Settings) Validate() error {
-	c := s.Config
-	c.setDefaults()
-	if err := c.Validate(); err != nil {
-		return err
-	}
-	if err := s.LedgerConfig.Validate(); err != nil {
-		return err
-	}
-	if err := s.ReconcilerConfig.Validate(); err != nil {
-		return err
-	}
-	if ttl := s.LedgerConfig.TTL; ttl > 0 && s.ReconcilerConfig.JobMaxAge > 0 && ttl <= s.ReconcilerConfig.JobMaxAge {
-		return fmt.Errorf("KREABUS_LEDGER_TTL: %v must exceed KREABUS_JOB_MAX_AGE (%v)", ttl, s.ReconcilerConfig.JobMaxAge)
-	}
-	return s.NATSConfig.Validate()
-}
+// connectionName is the submitter's NATS connection name.
+const connectionName = "kreabus-submitter"
 
 // Program is cmd/submitter running: its NATS connection, the stream
 // ensurer, the ledger with its Recorder and open-jobs list, the reconciler, the
@@ -88,7 +49,7 @@ type Program struct {
 	bg     sync.WaitGroup
 
 	mu        sync.Mutex
-	sub       *Submitter
+	sub       *submitter.Submitter
 	svc       *service.Service
 	streamErr error
 }
@@ -99,14 +60,14 @@ type Program struct {
 // is off), opens the ledger, and runs the ledger Recorder, the reconciler
 // and the submitter.
 func Start(s Settings, log *slog.Logger) (*Program, error) {
-	s.Config.setDefaults()
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
-	s.Config.Create = s.CreateStreams
-	s.LedgerConfig.Create = s.CreateStreams
-	if s.LedgerConfig.Replicas == 0 {
-		s.LedgerConfig.Replicas = s.StreamsConfig.Replicas
+	s.Submitter.Create = s.Streams.CreateStreams
+	s.Submitter.ShutdownTimeout = s.ShutdownTimeout
+	s.Ledger.Create = s.Streams.CreateStreams
+	if s.Ledger.Replicas == 0 {
+		s.Ledger.Replicas = s.Streams.Replicas
 	}
 	if log == nil {
 		log = logging.Discard
@@ -118,7 +79,7 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 		closed: make(chan struct{}),
 		failed: make(chan error, 3),
 	}
-	nc, err := natsconn.Connect(s.NATSConfig, ConnectionName, log, p.admin.Registry(),
+	nc, err := natsconn.Connect(s.NATS, connectionName, log, p.admin.Registry(),
 		nats.ClosedHandler(func(*nats.Conn) { close(p.closed) }))
 	if err != nil {
 		return nil, err
@@ -130,7 +91,7 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 	}
 	p.admin.AddCheck("jetstream", p.checkJetStream)
 	p.admin.AddCheck("submitter", p.checkSubmitter)
-	if err := p.admin.Start(s.AdminConfig); err != nil {
+	if err := p.admin.Start(s.Admin); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("KREABUS_ADMIN_LISTEN: %w", err)
 	}
@@ -138,17 +99,17 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 	p.stop = cancel
 	p.bg.Add(1)
 	go p.run(ctx)
-	log.Info("submitter program started", "admin", p.admin.Addr(), "create_streams", s.CreateStreams,
-		"api_url", s.APIURL, "public_url", s.PublicURL)
+	log.Info("submitter program started", "admin", p.admin.Addr(), "create_streams", s.Streams.CreateStreams,
+		"api_url", s.Submitter.APIURL, "public_url", s.Submitter.PublicURL)
 	return p, nil
 }
 
 // run sets up what needs JetStream, then runs the parts until ctx ends.
 func (p *Program) run(ctx context.Context) {
 	defer p.bg.Done()
-	if p.s.CreateStreams {
-		o := p.s.StreamsConfig.Options()
-		err := natsconn.EnsureStreams(ctx, p.js, p.log, events.RequestsStreamConfig(o), events.JobsStreamConfig(o))
+	if p.s.Streams.CreateStreams {
+		o := p.s.Streams.Options()
+		err := natsconn.SetUpStreams(ctx, p.js, p.log, events.RequestsStreamConfig(o), events.JobsStreamConfig(o))
 		if err != nil {
 			if ctx.Err() == nil {
 				p.setStreamErr(err)
@@ -157,17 +118,16 @@ func (p *Program) run(ctx context.Context) {
 			return
 		}
 	}
-	led, err := ledger.Open(ctx, p.js, p.s.LedgerConfig, ledger.WithLogger(p.log))
+	led, err := ledger.Open(ctx, p.js, p.s.Ledger, ledger.WithLogger(p.log))
 	if err != nil {
 		if ctx.Err() == nil {
 			p.fail(err)
 		}
 		return
 	}
-	if ttl := led.TTL(); ttl <= p.s.ReconcilerConfig.JobMaxAge {
-		// An existing bucket keeps its own TTL: open jobs would expire
-		// before the reconciler could end them.
-		p.fail(fmt.Errorf("ledger bucket %s: TTL %v must exceed KREABUS_JOB_MAX_AGE (%v)", led.Bucket(), ttl, p.s.ReconcilerConfig.JobMaxAge))
+	if err := checkLedgerTTL(led.TTL(), p.s.Reconciler.JobMaxAge); err != nil {
+		// An existing bucket keeps its own TTL.
+		p.fail(fmt.Errorf("ledger bucket %s: %w", led.Bucket(), err))
 		return
 	}
 	rec, err := ledger.NewRecorder(led, p.admin.Registry())
@@ -175,20 +135,20 @@ func (p *Program) run(ctx context.Context) {
 		p.fail(err)
 		return
 	}
-	api, err := newAPIClient(p.s.Config, p.s.Config.Concurrency+p.s.ReconcilerConfig.Concurrency)
+	api, err := submitter.NewAPIClient(p.s.Submitter, p.s.Submitter.Concurrency+p.s.Reconciler.Concurrency)
 	if err != nil {
 		p.fail(err)
 		return
 	}
 	// One account pause for both: the requests consumer's, which every
 	// replica follows.
-	acct, err := NewAccountPause(p.s.Config, p.js, p.log)
+	acct, err := submitter.NewAccountPause(p.s.Submitter, p.js, p.log)
 	if err != nil {
 		p.fail(err)
 		return
 	}
 	open := led.WatchOpen(ctx)
-	rc, err := reconciler.New(p.s.ReconcilerConfig, reconciler.Deps{
+	rc, err := reconciler.New(p.s.Reconciler, reconciler.Deps{
 		JetStream: p.js,
 		Krea:      api,
 		Open:      open,
@@ -204,7 +164,7 @@ func (p *Program) run(ctx context.Context) {
 		p.fail(err)
 		return
 	}
-	sub, err := New(p.s.Config, Deps{JS: p.js, Ledger: led, Client: api, Log: p.log, Registerer: p.admin.Registry(), Pause: acct})
+	sub, err := submitter.New(p.s.Submitter, submitter.Deps{JS: p.js, Ledger: led, Client: api, Log: p.log, Registerer: p.admin.Registry(), Pause: acct})
 	if err != nil {
 		p.fail(err)
 		return
@@ -263,7 +223,7 @@ func (p *Program) setStreamErr(err error) {
 }
 
 // Submitter returns the running submitter, nil until it is set up.
-func (p *Program) Submitter() *Submitter {
+func (p *Program) Submitter() *submitter.Submitter {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.sub
@@ -278,9 +238,6 @@ func (p *Program) Service() *service.Service {
 
 // AdminAddr is the admin listener's address ("" when off).
 func (p *Program) AdminAddr() string { return p.admin.Addr() }
-
-// Conn is the program's NATS connection.
-func (p *Program) Conn() *nats.Conn { return p.nc }
 
 // Failed delivers the error of a part that stopped by itself.
 func (p *Program) Failed() <-chan error { return p.failed }
@@ -329,13 +286,14 @@ func (p *Program) Shutdown(ctx context.Context) error {
 // drainMargin is the time the NATS drain gets beyond the shutdown timeout.
 const drainMargin = 5 * time.Second
 
+// ShutdownTimeout bounds Shutdown: KREABUS_SHUTDOWN_TIMEOUT, which bounds
+// the requests in hand, plus the NATS drain.
+func (p *Program) ShutdownTimeout() time.Duration { return p.s.ShutdownTimeout + drainMargin }
+
 // Main is cmd/submitter: it loads the settings from args (without the
 // program name), env (os.LookupEnv when nil) and the optional YAML file,
 // and runs until ctx ends. A setting error is one line on stderr naming the
 // setting, and program.ExitConfig.
 func Main(ctx context.Context, args []string, env func(string) (string, bool), stderr io.Writer) int {
-	var s Settings
-	return program.Main(ctx, "submitter", args, env, stderr, &s,
-		func(log *slog.Logger) (program.Running, error) { return Start(s, log) },
-		func() time.Duration { return s.ShutdownTimeout + drainMargin })
+	return program.Main(ctx, "submitter", args, env, stderr, &Settings{})
 }

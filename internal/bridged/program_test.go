@@ -1,4 +1,4 @@
-package bridge
+package bridged
 
 import (
 	"bufio"
@@ -18,7 +18,9 @@ import (
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kreabus/kreabus/internal/bridge"
 	"github.com/kreabus/kreabus/internal/config"
+	"github.com/kreabus/kreabus/internal/ledger"
 	"github.com/kreabus/kreabus/internal/ledger/ledgertest"
 	"github.com/kreabus/kreabus/internal/natstest"
 	"github.com/kreabus/kreabus/internal/program"
@@ -152,7 +154,7 @@ func TestProgramNATSRestart(t *testing.T) {
 			t.Fatalf("NATS down: code %d Retry-After %q body %s", r.code, r.header.Get("Retry-After"), r.body)
 		}
 		r.errMsg(t)
-		if el := time.Since(start); el > s.PublishTimeout+5*time.Second {
+		if el := time.Since(start); el > s.Bridge.PublishTimeout+5*time.Second {
 			t.Errorf("503 after %v", el)
 		}
 	}
@@ -332,24 +334,6 @@ func TestProgramShutdown(t *testing.T) {
 	}
 }
 
-// TestRun: Run serves until its context ends, then shuts down cleanly.
-func TestRun(t *testing.T) {
-	srv := natstest.RunServer(t)
-	s := testSettings(t, srv.ClientURL(), nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, s, nil) }()
-	time.AfterFunc(200*time.Millisecond, cancel)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("Run did not return")
-	}
-}
-
 // TestMainMissingSecret: without KREABUS_WEBHOOK_SECRET the program stops
 // at once with one line naming it.
 func TestMainMissingSecret(t *testing.T) {
@@ -390,31 +374,21 @@ func TestMainBadSetting(t *testing.T) {
 	}
 }
 
-func TestConfigDefaults(t *testing.T) {
-	var c Config
-	if err := c.Validate(); !errors.Is(err, ErrNoSecret) {
-		t.Fatalf("Validate without secret: %v", err)
-	}
-	c.Secret = "x"
-	if err := c.Validate(); err != nil {
+// TestSettingsDefaults: loaded settings start from the groups' defaults,
+// and a zero domain setting means its default.
+func TestSettingsDefaults(t *testing.T) {
+	s := testSettings(t, "nats://127.0.0.1:4222", map[string]string{"KREABUS_LISTEN": "", "KREABUS_PUBLISH_TIMEOUT": bridge.DefaultPublishTimeout.String()})
+	if err := s.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	want := Config{Secret: "x", Listen: DefaultListen, MaxBody: DefaultMaxBody, PublishTimeout: DefaultPublishTimeout,
-		MaxInFlight: DefaultMaxInFlight, MaxInFlightPerToken: DefaultMaxInFlightPerToken, BodyBudget: DefaultBodyBudget,
-		MaxConns: DefaultMaxConns, ReadHeaderTimeout: DefaultReadHeaderTimeout, ReadTimeout: DefaultReadTimeout,
-		WriteTimeout: DefaultWriteTimeout, IdleTimeout: DefaultIdleTimeout, MaxHeaderBytes: DefaultMaxHeaderBytes,
-		ShutdownTimeout: DefaultShutdownTimeout}
-	if c != want {
-		t.Errorf("defaults %+v", c)
-	}
-	// The tag defaults agree with the code defaults.
-	s := testSettings(t, "nats://127.0.0.1:4222", map[string]string{"KREABUS_LISTEN": "", "KREABUS_PUBLISH_TIMEOUT": DefaultPublishTimeout.String()})
-	s.Config.Listen = DefaultListen
+	var want bridge.Config
+	want.SetDefaults()
 	want.Secret = testSecret
-	if s.Config != want {
-		t.Errorf("loaded %+v\nwant   %+v", s.Config, want)
+	if s.Bridge != want {
+		t.Errorf("loaded %+v\nwant   %+v", s.Bridge, want)
 	}
-	if s.AdminConfig.Listen != "127.0.0.1:0" || s.DuplicateWindow != time.Hour || !s.CreateStreams {
+	if s.Admin.Listen != "127.0.0.1:0" || s.Streams.DuplicateWindow != time.Hour || !s.Streams.CreateStreams ||
+		s.ShutdownTimeout != program.DefaultShutdownTimeout || s.Ledger.Bucket != ledger.DefaultBucket || s.DrainDelay != 0 {
 		t.Errorf("groups not loaded: %+v", s)
 	}
 	for _, st := range config.Settings(&s) {
