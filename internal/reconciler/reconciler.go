@@ -41,9 +41,9 @@ import (
 )
 
 // JobGetter reads one job from the Krea API; *krea.Client implements it.
-// The raw answer body is published as the event body.
+// The raw answer body (Job.Raw) is published as the event body.
 type JobGetter interface {
-	GetJob(ctx context.Context, id string) (*krea.Job, json.RawMessage, error)
+	GetJob(ctx context.Context, id string) (*krea.Job, error)
 }
 
 // Open is the list of jobs not terminal, in memory; *ledger.OpenJobs
@@ -319,7 +319,7 @@ func (r *Reconciler) poll(ctx context.Context, rec ledger.Record) {
 		return
 	}
 	called := time.Now()
-	job, raw, err := r.d.Krea.GetJob(ctx, rec.JobID)
+	job, err := r.d.Krea.GetJob(ctx, rec.JobID)
 	if ctx.Err() != nil {
 		r.reschedule(rec.JobID, 0, false)
 		return
@@ -336,7 +336,7 @@ func (r *Reconciler) poll(ctx context.Context, rec ledger.Record) {
 	case err == nil && job.Status.IsTerminal():
 		r.outcome(OutcomeTerminal)
 		log.Info("poll found a terminal job whose webhook did not come", "status", job.Status, "age", age.Round(time.Second))
-		r.publish(ctx, rec, job.Status, raw, "")
+		r.publish(ctx, rec, job.Status, job.Raw, "")
 	case err == nil:
 		if age > r.cfg.JobMaxAge {
 			r.outcome(OutcomeExpired)
