@@ -70,7 +70,7 @@ func TestNATSConfigMirrorPermissions(t *testing.T) {
 	// A completed job, as the bridge stores it.
 	sim := kreatest.NewServer(kreatest.Config{QueueTime: -1, RunTime: -1})
 	t.Cleanup(sim.Close)
-	res, err := sim.NewClient().Submit(ctx, "/generate/image/bfl/flux-1-dev", json.RawMessage(`{"prompt":"x"}`), "")
+	res, err := sim.NewClient().Submit(ctx, "/generate/image/bfl/flux-1-dev", json.RawMessage(`{"prompt":"x"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,10 +93,18 @@ func TestNATSConfigMirrorPermissions(t *testing.T) {
 
 	// The app waits for the mirrored event and reads the result over NATS.
 	got := make(chan *events.Event, 1)
-	jc, err := events.ConsumeJobs(ctx, app.js, "app-results", func(_ context.Context, ev *events.Event) error {
+	ccfg, err := events.JobsConsumerConfig("app-results", events.WithStatuses(events.StatusMirrored))
+	if err != nil {
+		t.Fatal(err)
+	}
+	appCons, err := app.js.CreateOrUpdateConsumer(ctx, events.StreamJobs, ccfg)
+	if err != nil {
+		t.Fatalf("app creates its consumer: %v", err)
+	}
+	jc, err := events.ConsumeJobs(app.js.Conn(), appCons, func(_ context.Context, ev *events.Event) error {
 		got <- ev
 		return nil
-	}, events.WithStatuses(events.StatusMirrored))
+	})
 	if err != nil {
 		t.Fatalf("app consumes mirrored events: %v", err)
 	}

@@ -374,7 +374,11 @@ func TestNATSConfigPermissions(t *testing.T) {
 
 	// App: reads the job events with its own consumer (events.ConsumeJobs).
 	got := make(chan struct{}, 8)
-	jc, err := events.ConsumeJobs(ctx, app.js, "app", func(context.Context, *events.Event) error {
+	ccfg, err := events.JobsConsumerConfig("app")
+	must("app consumer config", err)
+	appCons, err := app.js.CreateOrUpdateConsumer(ctx, events.StreamJobs, ccfg)
+	must("app creates its consumer", err)
+	jc, err := events.ConsumeJobs(app.js.Conn(), appCons, func(context.Context, *events.Event) error {
 		got <- struct{}{}
 		return nil
 	})

@@ -67,12 +67,12 @@ func TestRunServesAndStops(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := c.Submit(ctx, "/generate/image/bfl/flux-1-dev", json.RawMessage(`{"prompt":"x"}`), "")
+	res, err := c.Submit(ctx, "/generate/image/bfl/flux-1-dev", json.RawMessage(`{"prompt":"x"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	kreatest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-		j, _, err := c.GetJob(ctx, res.Job.JobID)
+		j, err := c.GetJob(ctx, res.Job.JobID)
 		if err != nil {
 			return err
 		}

@@ -98,7 +98,7 @@ func (w *world) mirror() *exec.Cmd {
 // completed runs a job on the simulator and publishes its completed event.
 func (w *world) completed() (jobID, url string) {
 	w.t.Helper()
-	res, err := w.sim.NewClient().Submit(ctx(w.t), "/generate/video/kling/kling-2.1", json.RawMessage(`{"prompt":"x"}`), "")
+	res, err := w.sim.NewClient().Submit(ctx(w.t), "/generate/video/kling/kling-2.1", json.RawMessage(`{"prompt":"x"}`))
 	if err != nil {
 		w.t.Fatal(err)
 	}

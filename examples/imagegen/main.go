@@ -92,7 +92,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// Consume before publishing, so that no event of this request can be
 	// missed. A one-off program uses an ephemeral consumer that starts with
 	// new events; a service would name a durable one and keep it.
-	c, err := events.ConsumeJobs(ctx, js, "", func(_ context.Context, ev *events.Event) error {
+	cfg, err := events.JobsConsumerConfig("",
+		events.WithDeliverPolicy(jetstream.DeliverNewPolicy),
+		events.WithStatuses(events.StatusSubmitted, events.StatusCompleted, events.StatusFailed, events.StatusCancelled, events.StatusRejected))
+	if err != nil {
+		return fail("%v", err)
+	}
+	cons, err := js.CreateConsumer(ctx, events.StreamJobs, cfg)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fail("no %s stream on %s: start the pipeline first (go run ./cmd/kreabus)", events.StreamJobs, url)
+	}
+	if err != nil {
+		return fail("%v", err)
+	}
+	c, err := events.ConsumeJobs(nc, cons, func(_ context.Context, ev *events.Event) error {
 		if ev.RequestID != req.RequestID {
 			return nil // someone else's job
 		}
@@ -104,14 +117,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			}
 		}
 		return nil
-	},
-		events.WithDeliverPolicy(jetstream.DeliverNewPolicy),
-		events.WithStatuses(events.StatusSubmitted, krea.StatusCompleted, krea.StatusFailed, krea.StatusCancelled, events.StatusRejected),
-		events.WithErrorHandler(func(err error) { fmt.Fprintln(stderr, "imagegen:", err) }),
-	)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return fail("no %s stream on %s: start the pipeline first (go run ./cmd/kreabus)", events.StreamJobs, url)
-	}
+	}, events.WithErrorHandler(func(err error) { fmt.Fprintln(stderr, "imagegen:", err) }))
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -124,7 +130,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	select {
 	case status := <-ended:
-		if status == krea.StatusCompleted {
+		if status == events.StatusCompleted {
 			return 0
 		}
 		return 1
@@ -146,7 +152,7 @@ func describe(ev *events.Event, since time.Duration) string {
 	}
 	fmt.Fprintf(&b, " after=%v", since.Round(time.Millisecond))
 	switch {
-	case ev.Status == krea.StatusCompleted && ev.Job.Result != nil:
+	case ev.Status == events.StatusCompleted && ev.Job.Result != nil:
 		for _, u := range ev.Job.Result.URLs {
 			fmt.Fprintf(&b, "\n  %s", u)
 		}

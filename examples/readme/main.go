@@ -11,7 +11,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kreabus/kreabus/pkg/events"
-	"github.com/kreabus/kreabus/pkg/krea"
 )
 
 func main() {
@@ -44,18 +43,35 @@ func run(ctx context.Context, url string) error {
 	// A durable consumer of finished jobs, made before publishing so no
 	// event is missed. DeliverNew: a new durable starts with the events
 	// stored from now on (the default, DeliverAll, first replays every
-	// event KREA_JOBS still holds). Acked when the handler returns nil,
-	// redelivered with backoff otherwise.
+	// event KREA_JOBS still holds). An operator may make the consumer
+	// instead: then bind to it with js.Consumer.
+	cfg, err := events.JobsConsumerConfig("thumbnailer",
+		events.WithStatuses(events.StatusCompleted, events.StatusFailed, events.StatusCancelled, events.StatusRejected),
+		events.WithDeliverPolicy(jetstream.DeliverNewPolicy))
+	if err != nil {
+		return err
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, events.StreamJobs, cfg)
+	if err != nil {
+		return err
+	}
+
+	// Acked when the handler returns nil, redelivered with backoff
+	// otherwise.
 	ended := make(chan struct{}, 1)
-	c, err := events.ConsumeJobs(ctx, js, "thumbnailer", func(ctx context.Context, ev *events.Event) error {
+	c, err := events.ConsumeJobs(nc, cons, func(ctx context.Context, ev *events.Event) error {
 		if ev.RequestID != req.RequestID {
 			return nil // another request's job
 		}
 		switch {
-		case ev.Status == krea.StatusCompleted && ev.Job.Result != nil:
+		case ev.Status == events.StatusCompleted && ev.Job.Result != nil:
 			log.Printf("%s: job %s done: %v", ev.RequestID, ev.JobID, ev.Job.Result.URLs)
 		case ev.Status == events.StatusRejected:
-			log.Printf("%s: rejected: %s", ev.RequestID, ev.Reason)
+			rej, err := ev.Rejection()
+			if err != nil {
+				return events.Terminate(err) // not a rejection: never will be
+			}
+			log.Printf("%s: rejected (%s): %s", ev.RequestID, rej.Kind, rej.Reason)
 		default:
 			log.Printf("%s: job %s %s: %s", ev.RequestID, ev.JobID, ev.Status, ev.Job.FailureReason())
 		}
@@ -64,8 +80,7 @@ func run(ctx context.Context, url string) error {
 		default:
 		}
 		return nil
-	}, events.WithStatuses(krea.StatusCompleted, krea.StatusFailed, krea.StatusCancelled, events.StatusRejected),
-		events.WithDeliverPolicy(jetstream.DeliverNewPolicy))
+	})
 	if err != nil {
 		return err
 	}

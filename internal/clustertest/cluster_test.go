@@ -164,12 +164,30 @@ func TestPipelineOnCluster(t *testing.T) {
 	})
 
 	got := &seen{completed: map[string]int{}, failed: map[string]int{}}
-	cons, err := events.ConsumeJobs(ctx, js, "clustertest", got.handle,
-		events.WithStatuses(krea.StatusCompleted, krea.StatusFailed))
+	ccfg, err := events.JobsConsumerConfig("clustertest", events.WithStatuses(events.StatusCompleted, events.StatusFailed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	jc, err := js.CreateOrUpdateConsumer(ctx, events.StreamJobs, ccfg)
+	if err != nil {
+		t.Fatalf("consumer: %v", err)
+	}
+	cons, err := events.ConsumeJobs(js.Conn(), jc, got.handle)
 	if err != nil {
 		t.Fatalf("consume jobs: %v", err)
 	}
-	t.Cleanup(func() { shutdown(t, "consumer", cons.Shutdown) })
+	t.Cleanup(func() {
+		shutdown(t, "consumer", func(ctx context.Context) error {
+			cons.Drain()
+			select {
+			case <-cons.Closed():
+				return nil
+			case <-ctx.Done():
+				cons.Stop()
+				return ctx.Err()
+			}
+		})
+	})
 
 	phase("streams R3")
 	first := publish(t, js, "before", batch)

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -119,61 +117,30 @@ func (r *Recorder) consumer(ctx context.Context) (jetstream.Consumer, error) {
 	return c, err
 }
 
-// recorderHeartbeat bounds a stall of Consume to two heartbeats: in
-// nats.go v1.55 Consume can skip its next pull when the last message it
-// asked for is handled before the goroutine that sent the pull has marked
-// it sent; only its heartbeat check then pulls again (by default after
-// 30 s, which would hold back the ledger, and the reconciler with it).
-const recorderHeartbeat = time.Second
-
-// consume runs one consumption of cons until ctx ends or it fails.
+// consume runs one consumption of cons until ctx ends or it fails: the
+// events of one job are applied in order, by one of Workers handlers
+// (events.Consume with WithOrderKey on the job ID).
 func (r *Recorder) consume(ctx context.Context, cons jetstream.Consumer) error {
-	workers := r.l.cfg.Workers
-	stop := make(chan struct{})
 	failed := make(chan error, 1)
-	queues := make([]chan jetstream.Msg, workers)
-	var wg sync.WaitGroup
-	for i := range queues {
-		q := make(chan jetstream.Msg, 16)
-		queues[i] = q
-		wg.Go(func() {
-			for m := range q {
-				r.handle(ctx, m)
+	cc, err := events.Consume(r.l.js.Conn(), cons, func(_ context.Context, m jetstream.Msg) { r.handle(ctx, m) },
+		events.WithConcurrency(r.l.cfg.Workers),
+		events.WithOrderKey(func(m jetstream.Msg) string { return m.Headers().Get(events.HeaderJobID) }),
+		events.WithErrorHandler(func(err error) {
+			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+				select {
+				case failed <- err:
+				default:
+				}
+				return
 			}
-		})
-	}
-	defer func() {
-		for _, q := range queues {
-			close(q)
-		}
-		wg.Wait()
-	}()
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		// Events of one job go to one worker, in order.
-		h := fnv.New32a()
-		h.Write([]byte(m.Headers().Get(events.HeaderJobID)))
-		select {
-		case queues[h.Sum32()%uint32(workers)] <- m:
-		case <-stop:
-		}
-	}, jetstream.PullMaxMessages(4*workers), jetstream.PullHeartbeat(recorderHeartbeat), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
-			select {
-			case failed <- err:
-			default:
-			}
-			return
-		}
-		r.l.log.Debug("ledger recorder consume", "err", err)
-	}))
+			r.l.log.Debug("ledger recorder consume", "err", err)
+		}))
 	if err != nil {
-		close(stop)
 		return err
 	}
 	r.live.Store(true)
 	defer func() {
-		cc.Stop()
-		close(stop) // unblocks a callback waiting on a full queue
+		cc.Drain() // the events in hand are applied (or, ctx ended, redelivered)
 		<-cc.Closed()
 	}()
 
@@ -188,6 +155,11 @@ func (r *Recorder) consume(ctx context.Context, cons jetstream.Consumer) error {
 		case err := <-failed:
 			return err
 		case <-cc.Closed():
+			select {
+			case err := <-failed:
+				return err
+			default:
+			}
 			return errors.New("consumption closed")
 		case <-tick.C:
 			if !r.synced.Load() {

@@ -1,8 +1,6 @@
 package ledger
 
 import (
-	"bytes"
-	"encoding/json"
 	"strconv"
 	"time"
 
@@ -20,26 +18,12 @@ var requestIDSpace = uuid.MustParse("6f1d2a8e-52a7-4d4c-9a43-6b1e2a3d9c10")
 // the ledger and names the request's events by it, and the service finds
 // a queued request by it, so both must read it the same way.
 func QueuedRequestID(data []byte, stream string, seq uint64, stored time.Time) string {
-	req, _ := events.DecodeRequest(data)
-	if req == nil {
-		return DerivedRequestID(stream, seq, stored)
-	}
-	// DecodeRequest fills a missing request_id with a random one, which
-	// would differ on each redelivery and defeat the ledger.
-	var peek struct {
-		RequestID json.RawMessage `json:"request_id"`
-	}
-	_ = json.Unmarshal(data, &peek)
-	var given string
-	givenOK := json.Unmarshal(peek.RequestID, &given) == nil
-	switch {
-	case len(peek.RequestID) == 0 || bytes.Equal(peek.RequestID, []byte("null")) || (givenOK && given == ""):
-		return DerivedRequestID(stream, seq, stored)
-	case events.ValidRequestID(req.RequestID):
+	// DecodeRequest leaves an absent request_id empty, and returns an
+	// invalid one as given: both are replaced by the derived ID.
+	if req, _ := events.DecodeRequest(data); req != nil && events.ValidRequestID(req.RequestID) {
 		return req.RequestID
-	default:
-		return DerivedRequestID(stream, seq, stored) // the given one cannot name a key or a message ID
 	}
+	return DerivedRequestID(stream, seq, stored)
 }
 
 // DerivedRequestID is a request ID for a request that has none (or an

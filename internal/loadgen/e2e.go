@@ -58,7 +58,9 @@ func E2E(ctx context.Context, js jetstream.JetStream, cfg Config, drain time.Dur
 	if err != nil {
 		return nil, fmt.Errorf("e2e consumer: %w", err)
 	}
-	cc, err := cons.Consume(func(m jetstream.Msg) {
+	// The one pull loop (events.Consume): many handlers, so a pull asks
+	// for many events at once.
+	cc, err := events.Consume(js.Conn(), cons, func(_ context.Context, m jetstream.Msg) {
 		now := time.Now()
 		id := m.Headers().Get(events.HeaderJobID)
 		mu.Lock()
@@ -71,7 +73,7 @@ func E2E(ctx context.Context, js jetstream.JetStream, cfg Config, drain time.Dur
 			hist.Record(now.Sub(t))
 			received.Add(1)
 		}
-	}, jetstream.PullHeartbeat(time.Second)) // bounds a Consume stall (nats.go v1.55 skipped pull) to 2 s
+	}, events.WithConcurrency(256))
 	if err != nil {
 		return nil, fmt.Errorf("e2e consume: %w", err)
 	}

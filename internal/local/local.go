@@ -90,7 +90,7 @@ type Pipeline struct {
 	mirror    *mirrord.Program
 	nc        *nats.Conn
 	js        jetstream.JetStream
-	printer   *events.JobConsumer
+	printer   *events.ConsumeContext
 
 	mu       sync.Mutex
 	started  map[string]time.Time // request id → publish time
@@ -201,8 +201,15 @@ func Start(ctx context.Context, o Options) (_ *Pipeline, err error) {
 	// Start the printer at the newest event: a rerun on the same data
 	// folder should not replay yesterday's jobs.
 	_ = p.js.DeleteConsumer(ctx, events.StreamJobs, printerDurable)
-	p.printer, err = events.ConsumeJobs(ctx, p.js, printerDurable, p.print,
-		events.WithDeliverPolicy(jetstream.DeliverNewPolicy))
+	ccfg, err := events.JobsConsumerConfig(printerDurable, events.WithDeliverPolicy(jetstream.DeliverNewPolicy))
+	if err != nil {
+		return nil, err
+	}
+	cons, err := p.js.CreateOrUpdateConsumer(ctx, events.StreamJobs, ccfg)
+	if err != nil {
+		return nil, fmt.Errorf("event printer: %w", err)
+	}
+	p.printer, err = events.ConsumeJobs(p.nc, cons, p.print)
 	if err != nil {
 		return nil, fmt.Errorf("event printer: %w", err)
 	}
@@ -352,7 +359,13 @@ func (p *Pipeline) Close() error {
 	defer cancel()
 	var errs []error
 	if p.printer != nil {
-		errs = append(errs, p.printer.Shutdown(ctx))
+		p.printer.Drain()
+		select {
+		case <-p.printer.Closed():
+		case <-ctx.Done():
+			p.printer.Stop()
+			errs = append(errs, ctx.Err())
+		}
 	}
 	if p.nc != nil {
 		p.nc.Close()

@@ -38,10 +38,18 @@ func TestPipelineEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := make(chan *events.Event, 16)
-	cons, err := events.ConsumeJobs(ctx, js, "e2e-test", func(_ context.Context, ev *events.Event) error {
+	ccfg, err := events.JobsConsumerConfig("e2e-test", events.WithStatuses(events.StatusCompleted, events.StatusFailed, events.StatusRejected))
+	if err != nil {
+		t.Fatal(err)
+	}
+	jc, err := js.CreateOrUpdateConsumer(ctx, events.StreamJobs, ccfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := events.ConsumeJobs(js.Conn(), jc, func(_ context.Context, ev *events.Event) error {
 		got <- ev
 		return nil
-	}, events.WithStatuses(krea.StatusCompleted, krea.StatusFailed, events.StatusRejected))
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -169,7 +169,7 @@ func (e *env) start(c Config) *running {
 // job runs one job on the simulator and returns its completed body.
 func (e *env) job(path string) (string, []byte) {
 	e.t.Helper()
-	res, err := e.sim.NewClient().Submit(testCtx(e.t), path, json.RawMessage(`{"prompt":"x"}`), "")
+	res, err := e.sim.NewClient().Submit(testCtx(e.t), path, json.RawMessage(`{"prompt":"x"}`))
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -24,7 +24,6 @@ import (
 	"github.com/kreabus/kreabus/internal/program"
 	"github.com/kreabus/kreabus/internal/retry"
 	"github.com/kreabus/kreabus/pkg/events"
-	"github.com/kreabus/kreabus/pkg/krea"
 )
 
 // connectionName is the mirror's NATS connection name.
@@ -46,7 +45,7 @@ type Program struct {
 
 	mu       sync.Mutex
 	mirror   *mirror.Mirror
-	consumer *events.JobConsumer
+	consumer *events.ConsumeContext
 	setupErr error // why the mirror is not consuming yet
 }
 
@@ -137,10 +136,19 @@ func (p *Program) trySetup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c, err := events.ConsumeJobs(actx, p.js, p.s.Mirror.Consumer, mr.Handle,
-		events.WithStatuses(krea.StatusCompleted),
+	ccfg, err := events.JobsConsumerConfig(p.s.Mirror.Consumer,
+		events.WithStatuses(events.StatusCompleted), events.WithAckWait(p.s.Mirror.AckWait))
+	if err != nil {
+		mr.Close()
+		return err
+	}
+	cons, err := p.js.CreateOrUpdateConsumer(actx, events.StreamJobs, ccfg)
+	if err != nil {
+		mr.Close()
+		return fmt.Errorf("consumer %q on %s: %w", p.s.Mirror.Consumer, events.StreamJobs, err)
+	}
+	c, err := events.ConsumeJobs(p.nc, cons, mr.Handle,
 		events.WithConcurrency(p.s.Mirror.Concurrency),
-		events.WithAckWait(p.s.Mirror.AckWait),
 		events.WithErrorHandler(func(err error) { p.log.Warn("mirror consumer", "err", err) }),
 	)
 	if err != nil {
@@ -203,8 +211,12 @@ func (p *Program) Shutdown(ctx context.Context) error {
 		defer cancel()
 	}
 	if c != nil {
-		if err := c.Shutdown(cctx); err != nil {
-			errs = append(errs, fmt.Errorf("copies in flight: %w", err))
+		c.Drain()
+		select {
+		case <-c.Closed():
+		case <-cctx.Done():
+			c.Stop()
+			errs = append(errs, fmt.Errorf("copies in flight: %w", cctx.Err()))
 		}
 	}
 	p.stop()

@@ -35,7 +35,7 @@ func (r *Reconciler) poll(ctx context.Context, rec ledger.Record) {
 		return
 	}
 	called := time.Now()
-	job, raw, err := r.d.Krea.GetJob(ctx, rec.JobID)
+	job, err := r.d.Krea.GetJob(ctx, rec.JobID)
 	if ctx.Err() != nil {
 		r.reschedule(rec.JobID, 0, false)
 		return
@@ -52,7 +52,7 @@ func (r *Reconciler) poll(ctx context.Context, rec ledger.Record) {
 	case err == nil && job.Status.IsTerminal():
 		r.outcome(OutcomeTerminal)
 		log.Info("poll found a terminal job whose webhook did not come", "status", job.Status, "age", age.Round(time.Second))
-		r.publish(ctx, rec, job.Status, raw, "")
+		r.publish(ctx, rec, job.Status, job.Raw, "")
 	case err == nil:
 		if age > r.cfg.JobMaxAge {
 			r.outcome(OutcomeExpired)

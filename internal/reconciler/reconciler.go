@@ -24,7 +24,6 @@ package reconciler
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"log/slog"
 	"sync"
@@ -43,9 +42,9 @@ import (
 )
 
 // JobGetter reads one job from the Krea API; *krea.Client implements it.
-// The raw answer body is published as the event body.
+// The raw answer body (Job.Raw) is published as the event body.
 type JobGetter interface {
-	GetJob(ctx context.Context, id string) (*krea.Job, json.RawMessage, error)
+	GetJob(ctx context.Context, id string) (*krea.Job, error)
 }
 
 // Open is the list of jobs not terminal, in memory; *ledger.OpenJobs

@@ -180,11 +180,11 @@ func (r *replica) submit(prompt string) (requestID, jobID string) {
 	t.Helper()
 	rid := events.NewRequestID()
 	input, _ := json.Marshal(map[string]string{"prompt": prompt})
-	res, err := r.e.sim.NewClient().Submit(r.e.ctx, flux, input, r.e.tok.URL(r.bridge.URL, rid))
+	res, err := r.e.sim.NewClient().Submit(r.e.ctx, flux, input, krea.WithWebhook(r.e.tok.URL(r.bridge.URL, rid)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.record(rid, res.Job.JobID, res.Raw)
+	r.record(rid, res.Job.JobID, res.Job.Raw)
 	return rid, res.Job.JobID
 }
 
@@ -725,8 +725,8 @@ type nopJS struct{ jetstream.JetStream }
 
 type nopKrea struct{}
 
-func (nopKrea) GetJob(context.Context, string) (*krea.Job, json.RawMessage, error) {
-	return nil, nil, errors.New("nop")
+func (nopKrea) GetJob(context.Context, string) (*krea.Job, error) {
+	return nil, errors.New("nop")
 }
 
 type countingStore struct {
@@ -744,7 +744,7 @@ type countingKrea struct {
 	polls atomic.Int64
 }
 
-func (c *countingKrea) GetJob(ctx context.Context, id string) (*krea.Job, json.RawMessage, error) {
+func (c *countingKrea) GetJob(ctx context.Context, id string) (*krea.Job, error) {
 	c.polls.Add(1)
 	return c.JobGetter.GetJob(ctx, id)
 }

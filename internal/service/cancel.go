@@ -128,19 +128,10 @@ func (s *Service) cancelRequest(ctx context.Context, requestID string) (*events.
 	return nil, errorf(events.CodeConflict, "request %s is changing under the cancel (a submitter is taking it); retry", requestID)
 }
 
-// rejection is the body of the rejected event of a cancelled request, in
-// the submitter's rejection shape.
-type rejection struct {
-	RequestID string `json:"request_id"`
-	Path      string `json:"path,omitempty"`
-	Reason    string `json:"reason"`
-	Kind      string `json:"kind"`
-}
-
 // rejectQueued records the request as rejected (cancelled) if its record
 // is still at rev, then publishes its one rejected event.
 func (s *Service) rejectQueued(ctx context.Context, prev *ledger.Record, rev uint64) (_ *events.CancelResult, published bool, _ error) {
-	body, _ := json.Marshal(rejection{RequestID: prev.RequestID, Path: prev.Path, Reason: events.ReasonCancelled, Kind: events.ReasonCancelled})
+	body, _ := json.Marshal(events.Rejection{RequestID: prev.RequestID, Path: prev.Path, Reason: events.ReasonCancelled, Kind: events.RejectCancelled})
 	rec := ledger.Record{
 		RequestID: prev.RequestID, Path: prev.Path, Metadata: prev.Metadata,
 		Status: events.StatusRejected, Terminal: true, Source: events.SourceSubmitter,

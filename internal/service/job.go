@@ -43,11 +43,11 @@ func (s *Service) job(ctx context.Context, jobID string) (*events.JobInfo, error
 	if err := s.wait(ctx); err != nil {
 		return nil, err
 	}
-	job, raw, err := s.d.Krea.GetJob(ctx, jobID)
+	job, err := s.d.Krea.GetJob(ctx, jobID)
 	if err != nil {
 		return nil, kreaErr(jobID, err)
 	}
-	out.From, out.Status, out.Job = "krea", job.Status, raw
+	out.From, out.Status, out.Job = "krea", job.Status, job.Raw
 	return out, nil
 }
 

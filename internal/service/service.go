@@ -53,7 +53,7 @@ type Ledger interface {
 // Krea is the part of the Krea client the service calls; *krea.Client
 // implements it.
 type Krea interface {
-	GetJob(ctx context.Context, id string) (*krea.Job, json.RawMessage, error)
+	GetJob(ctx context.Context, id string) (*krea.Job, error)
 	CancelJob(ctx context.Context, id string) error
 }
 

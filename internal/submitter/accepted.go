@@ -45,7 +45,7 @@ func (s *Submitter) submitted(ctx context.Context, d *delivery, res *krea.Submit
 		TraceParent: d.traceParent,
 		Time:        at,
 		ExtraJob:    extra,
-	}, res.Raw)
+	}, res.Job.Raw)
 	patience := defaultPublishPatience
 	if !recorded {
 		// Handing the request back now would find it "sending" and wait

@@ -68,7 +68,7 @@ func (s *Submitter) send(ctx context.Context, d *delivery, prev *ledger.Record, 
 
 	started := time.Now()
 	stopBeats := s.beatDuring(d)
-	res, err := s.api.Submit(ctx, d.req.Path, d.req.Input, s.tok.URL(s.cfg.PublicURL, d.id))
+	res, err := s.api.Submit(ctx, d.req.Path, d.req.Input, krea.WithWebhook(s.tok.URL(s.cfg.PublicURL, d.id)))
 	stopBeats()
 	s.m.apiDuration.Observe(time.Since(started).Seconds())
 	s.m.apiCalls.WithLabelValues(apiCode(err)).Inc()

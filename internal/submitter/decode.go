@@ -26,9 +26,9 @@ func (s *Submitter) decode(msg jetstream.Msg, md *jetstream.MsgMetadata) (d *del
 	data := msg.Data()
 	req, err := events.DecodeRequest(data)
 	d.id = ledger.QueuedRequestID(data, md.Stream, md.Sequence.Stream, md.Timestamp)
-	if req != nil && req.RequestID != d.id && events.ValidRequestID(req.RequestID) {
-		// DecodeRequest's random ID for a request without one: the derived
-		// one is the same on every redelivery.
+	if req != nil && req.RequestID == "" {
+		// A request without an ID is named by the derived one, the same on
+		// every redelivery.
 		req.RequestID = d.id
 	}
 	var peek struct {

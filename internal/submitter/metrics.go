@@ -4,16 +4,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kreabus/kreabus/internal/promreg"
+	"github.com/kreabus/kreabus/pkg/events"
 )
 
 // Rejection reasons, the values of kreabus_submitter_rejections_total's
-// reason label and of the "kind" field of a rejected event's body.
+// reason label and of the Kind of a rejected event's body (events.Rejection).
 const (
-	RejectInvalid          = "invalid_request"   // the request failed validation
-	RejectRefused          = "api_refused"       // the API answered 400/404/409/422
-	RejectModelUnavailable = "model_unavailable" // the API answered 410
-	RejectOutOfRetries     = "out_of_retries"    // retryable failures until KREABUS_MAX_DELIVERIES
-	RejectUncertain        = "uncertain"         // a call's outcome stayed unknown past KREABUS_UNCERTAIN_WAIT
+	RejectInvalid          = events.RejectInvalid          // the request failed validation
+	RejectRefused          = events.RejectRefused          // the API answered 400/404/409/422
+	RejectModelUnavailable = events.RejectModelUnavailable // the API answered 410
+	RejectOutOfRetries     = events.RejectOutOfRetries     // retryable failures until KREABUS_MAX_DELIVERIES
+	RejectUncertain        = events.RejectUncertain        // a call's outcome stayed unknown past KREABUS_UNCERTAIN_WAIT
 )
 
 type metrics struct {

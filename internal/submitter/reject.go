@@ -13,26 +13,10 @@ import (
 	"github.com/kreabus/kreabus/pkg/krea"
 )
 
-// rejection is the body of a krea.jobs.rejected event.
-type rejection struct {
-	RequestID string `json:"request_id"`
-	Path      string `json:"path,omitempty"`
-	Reason    string `json:"reason"`
-	// Kind is the reason's category (invalid_request, api_refused,
-	// model_unavailable, out_of_retries, uncertain).
-	Kind string `json:"kind"`
-	// Status is the HTTP status of the API's refusal, when it refused.
-	HTTPStatus int `json:"http_status,omitempty"`
-	// Error is the API's error body, when it refused.
-	Error json.RawMessage `json:"error,omitempty"`
-	// Replacement is the model to use instead of a retired one (410).
-	Replacement string `json:"replacement,omitempty"`
-}
-
 // reject publishes the request's krea.jobs.rejected event and acks it.
 func (s *Submitter) reject(ctx context.Context, d *delivery, kind, reason string, apiErr *krea.APIError) {
 	reason = clip.String(reason, maxReasonLen)
-	body := rejection{RequestID: d.id, Path: d.path, Reason: reason, Kind: kind}
+	body := events.Rejection{RequestID: d.id, Path: d.path, Reason: reason, Kind: kind}
 	if apiErr != nil {
 		body.HTTPStatus = apiErr.StatusCode
 		body.Error = errorBody(apiErr.Body)
@@ -40,7 +24,7 @@ func (s *Submitter) reject(ctx context.Context, d *delivery, kind, reason string
 	}
 	data, err := json.Marshal(body)
 	if err != nil { // cannot happen: Error is valid JSON
-		data, _ = json.Marshal(rejection{RequestID: d.id, Reason: reason, Kind: kind})
+		data, _ = json.Marshal(events.Rejection{RequestID: d.id, Reason: reason, Kind: kind})
 	}
 	{
 		// Record the rejection first, so a redelivery after a lost ack,

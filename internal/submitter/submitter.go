@@ -24,7 +24,7 @@ import (
 // API is the part of the Krea client the submitter uses; *krea.Client
 // implements it.
 type API interface {
-	Submit(ctx context.Context, path string, input json.RawMessage, webhookURL string) (*krea.SubmitResult, error)
+	Submit(ctx context.Context, path string, input json.RawMessage, opts ...krea.SubmitOpt) (*krea.SubmitResult, error)
 	// ListJobs is how an uncertain call is checked for the job it may
 	// have made.
 	ListJobs(ctx context.Context, opts krea.ListOptions) (*krea.JobList, error)

@@ -138,7 +138,7 @@ func TestChaosExactlyOnce(t *testing.T) {
 		if !strings.Contains(ev.Reason, what) || ev.Header.Get(events.HeaderMsgID) != "rejected:"+id {
 			t.Errorf("%s: rejected with reason %q, msg id %q", id, ev.Reason, ev.Header.Get(events.HeaderMsgID))
 		}
-		var body rejection
+		var body events.Rejection
 		if err := json.Unmarshal(ev.Raw, &body); err != nil || body.RequestID != id || body.Kind != RejectInvalid || body.Reason != ev.Reason {
 			t.Errorf("%s: rejected body %s (%v)", id, ev.Raw, err)
 		}
@@ -191,7 +191,7 @@ func TestOutOfRetries(t *testing.T) {
 	if !strings.Contains(ev.Reason, "out of retries after 3 attempts") {
 		t.Errorf("reason %q", ev.Reason)
 	}
-	var body rejection
+	var body events.Rejection
 	_ = json.Unmarshal(ev.Raw, &body)
 	if body.Kind != RejectOutOfRetries || body.Path != "/generate/image/bfl/flux-1-dev" {
 		t.Errorf("body %s", ev.Raw)
@@ -273,14 +273,14 @@ func TestAPIRefusals(t *testing.T) {
 	})
 	evs := byRequest(e.events())
 	ev := evs["retired"]["rejected"][0]
-	var body rejection
+	var body events.Rejection
 	_ = json.Unmarshal(ev.Raw, &body)
 	if body.Kind != RejectModelUnavailable || body.HTTPStatus != 410 || body.Replacement != "/generate/image/bfl/flux-1-dev" ||
 		!strings.Contains(ev.Reason, "replacement: /generate/image/bfl/flux-1-dev") || !strings.Contains(string(body.Error), "model_unavailable") {
 		t.Errorf("410: reason %q, body %s", ev.Reason, ev.Raw)
 	}
 	ev = evs["bad-input"]["rejected"][0]
-	body = rejection{}
+	body = events.Rejection{}
 	_ = json.Unmarshal(ev.Raw, &body)
 	if body.Kind != RejectRefused || body.HTTPStatus != 400 || !strings.Contains(ev.Reason, "steps: must be at most 100") {
 		t.Errorf("400: reason %q, body %s", ev.Reason, ev.Raw)
@@ -915,7 +915,7 @@ func TestUncertainWaitBound(t *testing.T) {
 				if len(evs["rejected"]) != 1 || jobs != 1 {
 					t.Fatalf("%d rejected events, %d jobs; want 1, 1", len(evs["rejected"]), jobs)
 				}
-				var body rejection
+				var body events.Rejection
 				_ = json.Unmarshal(evs["rejected"][0].Raw, &body)
 				lost := e.sim.SubmissionLog()[0].JobID
 				if body.Kind != RejectUncertain || !strings.Contains(body.Reason, lost) {

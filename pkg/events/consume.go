@@ -4,175 +4,53 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/kreabus/kreabus/pkg/krea"
 )
 
-// Consumer defaults.
-const (
-	// DefaultBackoffMin is the redelivery delay after a handler's first
-	// failure; it doubles with every delivery up to DefaultBackoffMax.
-	DefaultBackoffMin = time.Second
-	// DefaultBackoffMax caps the redelivery delay.
-	DefaultBackoffMax = time.Minute
-	// DefaultAckWait is how long a handler has before JetStream redelivers
-	// its message; the handler's context ends then.
-	DefaultAckWait = 30 * time.Second
-)
+// MsgHandler handles one message of Consume and settles it itself (Ack,
+// Nak, NakWithDelay, Term, or nothing to have it redelivered after the ack
+// wait), in the handler or later. ctx ends one ack wait after the message
+// was delivered (InProgress starts the wait over) and when the consumption
+// is stopped (Stop); MsgMetadata(ctx) tells its delivery count and stream
+// sequence.
+type MsgHandler func(ctx context.Context, msg jetstream.Msg)
 
-// ErrMalformedEvent is matched (errors.Is) by the error reported for a job
-// event whose body cannot be decoded. Such a message is terminated: the
-// handler never sees it and it is not redelivered.
-var ErrMalformedEvent = errors.New("events: malformed job event")
-
-// JobHandler handles one job event. Returning nil acknowledges the event;
-// returning an error has it redelivered after a backoff, unless the error
-// is wrapped with Terminate. ctx ends when the ack wait runs out or the
-// consumer is shut down without waiting further; MsgMetadata(ctx) tells the
-// delivery count and stream sequence.
-//
-// The same event can be delivered more than once (after a crash, a
-// timeout, or a lost ack): handlers should be idempotent, for example keyed
-// on ev.JobID and ev.Status.
-type JobHandler func(ctx context.Context, ev *Event) error
-
-// Terminate wraps err so that a JobHandler returning it has its event
-// terminated instead of redelivered: for events that can never succeed.
-// errors.Is and errors.As see through it to err.
-func Terminate(err error) error {
-	if err == nil {
-		return nil
-	}
-	return &terminateError{err}
-}
-
-type terminateError struct{ err error }
-
-func (e *terminateError) Error() string { return e.err.Error() }
-func (e *terminateError) Unwrap() error { return e.err }
-
-// MessageError is reported to the error handler (see WithErrorHandler) for
-// a job event that was not acknowledged: its body was malformed
-// (Err matches ErrMalformedEvent), or the handler failed or panicked.
-type MessageError struct {
-	Subject      string
-	Sequence     uint64 // stream sequence
-	NumDelivered uint64 // 1 on the first delivery
-	JobID        string
-	RequestID    string
-	// Terminated says the event will not be delivered again: it was
-	// malformed, the handler returned a Terminate error, or this was the
-	// last delivery WithMaxDeliver allows.
-	Terminated bool
-	// Retry is the delay before the event is delivered again, when not
-	// Terminated.
-	Retry time.Duration
-	// Err is what went wrong: the decoding error or the handler's error.
-	Err error
-}
-
-func (e *MessageError) Error() string {
-	what := fmt.Sprintf("redelivery in %v", e.Retry)
-	if e.Terminated {
-		what = "terminated"
-	}
-	return fmt.Sprintf("events: %s seq %d (job %q, delivery %d): %v; %s",
-		e.Subject, e.Sequence, e.JobID, e.NumDelivered, e.Err, what)
-}
-
-// Unwrap returns Err.
-func (e *MessageError) Unwrap() error { return e.Err }
-
-// ConsumeOpt configures ConsumeJobs. An option given a value it cannot use
-// makes ConsumeJobs fail with an error matching ErrInvalidOption.
+// ConsumeOpt configures Consume and ConsumeJobs. An option given a value
+// it cannot use makes them fail with an error matching ErrInvalidOption.
 type ConsumeOpt func(*consumeOpts) error
 
 type consumeOpts struct {
-	statuses    []krea.Status
-	deliver     jetstream.DeliverPolicy
-	backoffMin  time.Duration
-	backoffMax  time.Duration
-	maxDeliver  int
+	backoff     Backoff
 	concurrency int
-	ackWait     time.Duration
+	orderKey    func(jetstream.Msg) string
 	onError     func(error)
 }
 
-// WithStatuses consumes only the events of these statuses (for example
-// krea.StatusCompleted, krea.StatusFailed, StatusRejected), by filtering
-// the consumer on their krea.jobs.<status> subjects. The default is every
-// event.
-func WithStatuses(statuses ...krea.Status) ConsumeOpt {
+// WithBackoff sets the redelivery delay after a JobHandler's error:
+// b.Delay(n) after delivery n failed. The default is DefaultBackoff.
+// Consume leaves the redelivery of a message to its MsgHandler.
+func WithBackoff(b Backoff) ConsumeOpt {
 	return func(o *consumeOpts) error {
-		if len(statuses) == 0 {
-			return invalidOption("WithStatuses needs at least one status")
+		if err := b.Validate(); err != nil {
+			return invalidOption("%v", err)
 		}
-		o.statuses = o.statuses[:0]
-		for _, s := range statuses {
-			if !s.Valid() {
-				return invalidOption("status %q is not well formed", s)
-			}
-			if !slices.Contains(o.statuses, s) {
-				o.statuses = append(o.statuses, s)
-			}
-		}
+		o.backoff = b
 		return nil
 	}
 }
 
-// WithDeliverPolicy sets where a newly created consumer starts:
-// jetstream.DeliverAllPolicy (the default: every event the stream still
-// holds), jetstream.DeliverNewPolicy (only events stored from now on) or
-// jetstream.DeliverLastPerSubjectPolicy. JetStream cannot change the policy
-// of an existing durable consumer: use a new durable name instead.
-func WithDeliverPolicy(p jetstream.DeliverPolicy) ConsumeOpt {
-	return func(o *consumeOpts) error {
-		switch p {
-		case jetstream.DeliverAllPolicy, jetstream.DeliverNewPolicy, jetstream.DeliverLastPerSubjectPolicy:
-			o.deliver = p
-			return nil
-		}
-		return invalidOption("deliver policy %v is not supported", p)
-	}
-}
-
-// WithBackoff sets the redelivery delay after a handler error: min after
-// the first delivery, doubling with each further delivery, at most max.
-// The default is DefaultBackoffMin to DefaultBackoffMax.
-func WithBackoff(min, max time.Duration) ConsumeOpt {
-	return func(o *consumeOpts) error {
-		if min <= 0 || max < min {
-			return invalidOption("backoff needs 0 < min <= max, got %v, %v", min, max)
-		}
-		o.backoffMin, o.backoffMax = min, max
-		return nil
-	}
-}
-
-// WithMaxDeliver bounds how often an event is delivered; after the last
-// failed delivery it is terminated and reported. The default, -1, retries
-// forever (with backoff), so no event is dropped silently.
-func WithMaxDeliver(n int) ConsumeOpt {
-	return func(o *consumeOpts) error {
-		if n < 1 && n != -1 {
-			return invalidOption("max deliver must be at least 1, or -1 for no limit; got %d", n)
-		}
-		o.maxDeliver = n
-		return nil
-	}
-}
-
-// WithConcurrency sets how many handlers may run at once. The default, 1,
-// handles events one after the other in the order they are delivered
-// (a redelivered event comes back after its backoff, behind later ones).
+// WithConcurrency sets how many handlers may run at once; the consumer
+// pulls no more messages than it has handlers free for, so no message
+// waits in a client buffer while its ack wait runs. The default, 1,
+// handles messages one after the other in the order they are delivered
+// (a redelivered one comes back after its backoff, behind later ones).
 func WithConcurrency(n int) ConsumeOpt {
 	return func(o *consumeOpts) error {
 		if n < 1 {
@@ -183,26 +61,29 @@ func WithConcurrency(n int) ConsumeOpt {
 	}
 }
 
-// WithAckWait sets the consumer's ack wait: how long a handler may take
-// before JetStream delivers its event again. The handler's context ends at
-// that point, unless the handler calls InProgress, which starts the wait
-// over. The default is DefaultAckWait.
-func WithAckWait(d time.Duration) ConsumeOpt {
+// WithOrderKey keeps the messages of one key in order under
+// WithConcurrency: messages with the same key(msg) are handled one after
+// the other, in the order they were delivered, by one of the concurrency
+// handlers (chosen by a hash of the key). ConsumeJobs' handlers, keyed on
+// the Krea-Job-Id header, see the events of one job in order, say. The
+// default hands each message to whichever handler is free.
+func WithOrderKey(key func(msg jetstream.Msg) string) ConsumeOpt {
 	return func(o *consumeOpts) error {
-		if d <= 0 {
-			return invalidOption("ack wait must be positive, got %v", d)
+		if key == nil {
+			return invalidOption("order key is nil")
 		}
-		o.ackWait = d
+		o.orderKey = key
 		return nil
 	}
 }
 
-// WithErrorHandler receives what goes wrong while consuming: a
-// *MessageError for every event not acknowledged (malformed, handler
-// failure), failed acknowledgements, and the JetStream client's consume
-// errors (missed heartbeats, connection closed). It may be called from
-// several goroutines at once. The default logs with slog.Default at level
-// Warn; nil discards.
+// WithErrorHandler receives what goes wrong while consuming: for
+// ConsumeJobs a *MessageError for every event not acknowledged (malformed,
+// handler failure) and failed acknowledgements; for both, failed pulls
+// (the last error reported when the consumer is deleted matches
+// jetstream.ErrConsumerDeleted; when the connection closes,
+// nats.ErrConnectionClosed). It may be called from several goroutines at
+// once. The default logs with slog.Default at level Warn; nil discards.
 func WithErrorHandler(f func(error)) ConsumeOpt {
 	return func(o *consumeOpts) error {
 		if f == nil {
@@ -214,31 +95,38 @@ func WithErrorHandler(f func(error)) ConsumeOpt {
 }
 
 func defaultErrorHandler(err error) {
-	slog.Default().Warn("kreabus job events consumer", "error", err)
+	slog.Default().Warn("kreabus consumer", "error", err)
 }
 
-// JobConsumer consumes job events; see ConsumeJobs.
-type JobConsumer struct {
+// ConsumeContext is a running consumption (Consume, ConsumeJobs). Like
+// jetstream.ConsumeContext, which it implements, it ends with Stop or
+// Drain, or by itself when the connection closes or the JetStream consumer
+// is deleted; Closed tells when.
+type ConsumeContext struct {
 	cons    jetstream.Consumer
 	nc      *nats.Conn
-	handler JobHandler
+	handler MsgHandler
 	o       consumeOpts
+	ackWait time.Duration
 
+	// baseCtx is the parent of every handler's context; Stop ends it.
 	baseCtx    context.Context
 	cancelBase context.CancelFunc
 
-	// fetchCtx ends every pull: on Stop, and when the connection closes.
+	// fetchCtx ends every pull: on Stop or Drain, and when the connection
+	// closes.
 	fetchCtx    context.Context
 	cancelFetch context.CancelFunc
 	// pullMu guards cancelPull, which ends the current pull alone, so that
 	// after a reconnect the (possibly restarted) server is asked at once
-	// instead of when the lost pull's heartbeats are found missing.
+	// instead of when the lost pull's expiry comes.
 	pullMu     sync.Mutex
 	cancelPull context.CancelFunc
 
 	reconnected chan struct{} // signalled by watch on every reconnect
 
-	slots    chan struct{} // one per handler that may run
+	slots    chan struct{}        // one per handler that may run
+	shards   []chan jetstream.Msg // WithOrderKey: one queue per handler
 	wg       sync.WaitGroup
 	stopping atomic.Bool
 	stopCh   chan struct{}
@@ -246,47 +134,44 @@ type JobConsumer struct {
 	done     chan struct{}
 }
 
-// ConsumeJobs consumes job events from KREA_JOBS through the durable
-// consumer named durable, created or updated to match the options, and
-// calls handler for each event, decoded with DecodeEvent:
+// Consume pulls messages from cons and calls handler for each: the one
+// pull loop of kreabus, which ConsumeJobs and kreabus's own consumers use.
+// It pulls one batch at a time for as many messages as there are free
+// handlers (WithConcurrency), so no message waits in a client buffer while
+// its ack wait runs.
 //
-//   - handler returns nil: the event is acknowledged;
-//   - handler returns an error (or panics): the event is redelivered after
-//     an exponential backoff on its delivery count (WithBackoff), until
-//     WithMaxDeliver deliveries; an error wrapped with Terminate ends it at
-//     once;
-//   - the body is malformed: handler is not called, the event is
-//     terminated and reported (ErrMalformedEvent).
+// nc is the connection cons works over (js.Conn()): Consume watches it to
+// send no pull while it is disconnected (such a pull would reach the
+// server after its inbox is gone), to pull again at once after a
+// reconnect, and to stop when it closes. cons is a pull consumer (an
+// ordered consumer too); its ack wait bounds each handler's context.
 //
-// A krea.jobs.rejected event's body is the submitter's rejection rather
-// than a job object; it reaches the handler whenever it is JSON, in ev.Raw,
-// with ev.Job left empty when it does not decode as a job.
-//
-// Every event not acknowledged is reported to the error handler
-// (WithErrorHandler). Several processes may consume through the same
-// durable: JetStream shares the events among them. An empty durable creates
-// an ephemeral consumer that the server removes once unused.
-//
-// While NATS is unreachable the consumer waits for the connection to come
-// back (nats.go reconnects); it stops by itself when the connection is
-// closed or the
-// JetStream consumer is deleted (Closed tells when; the last error
-// reported then matches jetstream.ErrConsumerDeleted).
-//
-// ctx bounds the creation of the consumer; handlers get a context carrying
-// its values but not its cancellation. Stop the consumer with Stop or
-// Shutdown.
-func ConsumeJobs(ctx context.Context, js jetstream.JetStream, durable string, handler JobHandler, opts ...ConsumeOpt) (*JobConsumer, error) {
+// Consume does not use jetstream's Consume: in nats.go v1.55 that skips
+// its next pull when a message is handled before the goroutine that sent
+// the previous pull has marked it sent, and then stalls until its
+// heartbeat check fires, up to 30 s later (seen under CI load with one
+// message in flight).
+func Consume(nc *nats.Conn, cons jetstream.Consumer, handler MsgHandler, opts ...ConsumeOpt) (*ConsumeContext, error) {
 	if handler == nil {
 		return nil, invalidOption("handler is nil")
 	}
+	c, err := newConsumeContext(nc, cons, opts)
+	if err != nil {
+		return nil, err
+	}
+	c.handler = handler
+	go c.run()
+	return c, nil
+}
+
+// newConsumeContext checks the options and the consumer; run starts it.
+func newConsumeContext(nc *nats.Conn, cons jetstream.Consumer, opts []ConsumeOpt) (*ConsumeContext, error) {
+	if nc == nil || cons == nil {
+		return nil, invalidOption("connection or consumer is nil")
+	}
 	o := consumeOpts{
-		deliver:     jetstream.DeliverAllPolicy,
-		backoffMin:  DefaultBackoffMin,
-		backoffMax:  DefaultBackoffMax,
-		maxDeliver:  -1,
+		backoff:     DefaultBackoff,
 		concurrency: 1,
-		ackWait:     DefaultAckWait,
 		onError:     defaultErrorHandler,
 	}
 	for _, opt := range opts {
@@ -297,74 +182,47 @@ func ConsumeJobs(ctx context.Context, js jetstream.JetStream, durable string, ha
 			return nil, err
 		}
 	}
-
-	cfg := jetstream.ConsumerConfig{
-		Durable:       durable,
-		Description:   "kreabus job events",
-		DeliverPolicy: o.deliver,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       o.ackWait,
-		MaxDeliver:    o.maxDeliver,
+	ackWait := DefaultAckWait // the server's default
+	if info := cons.CachedInfo(); info != nil && info.Config.AckWait > 0 {
+		ackWait = info.Config.AckWait
 	}
-	switch len(o.statuses) {
-	case 0:
-	case 1:
-		cfg.FilterSubject = JobSubject(o.statuses[0])
-	default:
-		for _, s := range o.statuses {
-			cfg.FilterSubjects = append(cfg.FilterSubjects, JobSubject(s))
-		}
-	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, StreamJobs, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("events: consumer %q on %s: %w", durable, StreamJobs, err)
-	}
-
-	c := &JobConsumer{
+	c := &ConsumeContext{
 		cons:    cons,
-		nc:      js.Conn(),
-		handler: handler,
+		nc:      nc,
 		o:       o,
+		ackWait: ackWait,
 		slots:   make(chan struct{}, o.concurrency),
 
 		reconnected: make(chan struct{}, 1),
 		stopCh:      make(chan struct{}),
 		done:        make(chan struct{}),
 	}
-	c.baseCtx, c.cancelBase = context.WithCancel(context.WithoutCancel(ctx))
+	c.baseCtx, c.cancelBase = context.WithCancel(context.Background())
 	c.fetchCtx, c.cancelFetch = context.WithCancel(context.Background())
-	go c.run()
 	return c, nil
 }
 
-// Consumer returns the underlying JetStream consumer, for its Info.
-func (c *JobConsumer) Consumer() jetstream.Consumer { return c.cons }
+// Consumer returns the JetStream consumer, for its Info.
+func (c *ConsumeContext) Consumer() jetstream.Consumer { return c.cons }
 
-// Stop stops fetching events, hands the ones already fetched but not
-// started back to JetStream for redelivery, and waits for the handlers in
-// flight to return (each at most its ack wait). An event the server sends
-// in the instant Stop ends the pending pull comes back only after its ack
-// wait. Stop is safe to call more than once and from several goroutines,
-// but not from a handler, which it would wait for.
-func (c *JobConsumer) Stop() { _ = c.Shutdown(context.Background()) }
+// Drain stops pulling and lets the handlers in flight finish (each within
+// its ack wait); messages pulled but not started yet go back to JetStream
+// at once. Closed is closed once the last handler has returned. Drain does
+// not wait; it is safe to call more than once, and from a handler.
+func (c *ConsumeContext) Drain() { c.stop() }
 
-// Shutdown is Stop with a bound: when ctx ends before the handlers in
-// flight have returned, their contexts are cancelled and Shutdown returns
-// ctx.Err() without waiting further (their events are redelivered unless
-// they still return nil).
-func (c *JobConsumer) Shutdown(ctx context.Context) error {
+// Stop is Drain that also ends the contexts of the handlers in flight, so
+// they return early; a message whose handler did not settle it is
+// delivered again after its ack wait (ConsumeJobs: a handler that returns
+// an error has its event redelivered after its backoff). Stop does not
+// wait; Closed tells when the last handler has returned.
+func (c *ConsumeContext) Stop() {
 	c.stop()
-	select {
-	case <-c.done:
-		return nil
-	case <-ctx.Done():
-		c.cancelBase()
-		return ctx.Err()
-	}
+	c.cancelBase()
 }
 
-// stop ends fetching; the handlers in flight go on.
-func (c *JobConsumer) stop() {
+// stop ends pulling; the handlers in flight go on.
+func (c *ConsumeContext) stop() {
 	c.stopOnce.Do(func() {
 		c.stopping.Store(true)
 		close(c.stopCh)
@@ -372,31 +230,48 @@ func (c *JobConsumer) stop() {
 	})
 }
 
-// Closed returns a channel closed once the consumer has stopped, through
-// Stop, Shutdown, the connection closing or the consumer being deleted,
-// and no handler runs any more.
-func (c *JobConsumer) Closed() <-chan struct{} { return c.done }
+// Closed returns a channel closed once the consumption has ended, through
+// Stop, Drain, the connection closing or the consumer being deleted, and
+// no handler runs any more.
+func (c *ConsumeContext) Closed() <-chan struct{} { return c.done }
+
+var _ jetstream.ConsumeContext = (*ConsumeContext)(nil)
 
 // Pull timing. A pull waits at the server up to fetchWait and is then
 // sent again, which bounds the wait after a pull was lost (a consumer
 // leader change) without heartbeats: nats.go keeps a fetch's heartbeat
 // timer, and so the fetch, alive for two heartbeats after it ended, which
-// adds up at thousands of events a second. A pull lost with its server is
-// replaced at once on reconnect (watch).
+// adds up at thousands of messages a second. A pull lost with its server
+// is replaced at once on reconnect (watch).
 const (
 	fetchWait          = 5 * time.Second
 	fetchErrorPauseMin = 100 * time.Millisecond
 	fetchErrorPauseMax = 5 * time.Second
 )
 
-// run pulls events one Fetch at a time, for as many events as there are
-// free handler slots, so no event waits in a client buffer while its ack
-// wait runs. It does not use jetstream's Consume: in nats.go v1.55 Consume
-// skips its next pull when a message is handled before the goroutine that
-// sent the previous pull has marked it sent, and then stalls until its
-// heartbeat check fires, up to 30 s later (seen under CI load with one
-// event in flight).
-func (c *JobConsumer) run() {
+// run pulls one Fetch at a time, for as many messages as there are free
+// handler slots.
+func (c *ConsumeContext) run() {
+	if c.o.orderKey != nil && c.o.concurrency > 1 {
+		var workers sync.WaitGroup
+		c.shards = make([]chan jetstream.Msg, c.o.concurrency)
+		for i := range c.shards {
+			// Never full: no more messages are in hand than slots.
+			q := make(chan jetstream.Msg, c.o.concurrency)
+			c.shards[i] = q
+			workers.Go(func() {
+				for msg := range q {
+					c.handleInSlot(msg)
+				}
+			})
+		}
+		defer func() {
+			for _, q := range c.shards {
+				close(q)
+			}
+			workers.Wait()
+		}()
+	}
 	defer func() {
 		c.stop()    // when it ended by itself
 		c.wg.Wait() // handlers still running when concurrency > 1
@@ -407,6 +282,7 @@ func (c *JobConsumer) run() {
 	defer c.nc.RemoveStatusListener(status)
 	go c.watch(status)
 	if c.nc.IsClosed() {
+		c.o.onError(fmt.Errorf("events: consume %s: %w", c.name(), nats.ErrConnectionClosed))
 		c.stop()
 	}
 
@@ -418,8 +294,6 @@ func (c *JobConsumer) run() {
 		default:
 		}
 		if !c.nc.IsConnected() {
-			// A pull sent now would wait in the reconnect buffer and reach
-			// the server after its inbox is gone: wait for the connection.
 			select {
 			case <-c.reconnected:
 			case <-c.stopCh:
@@ -456,7 +330,7 @@ func (c *JobConsumer) run() {
 			errors.Is(err, context.DeadlineExceeded): // the server's expiry answer was lost
 			continue
 		}
-		c.o.onError(fmt.Errorf("events: fetch from %s: %w", StreamJobs, err))
+		c.o.onError(fmt.Errorf("events: fetch from %s: %w", c.name(), err))
 		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, nats.ErrConnectionClosed) || c.gone(err) {
 			return
 		}
@@ -469,10 +343,19 @@ func (c *JobConsumer) run() {
 	}
 }
 
+// name is the consumer's stream and name, for errors.
+func (c *ConsumeContext) name() string {
+	info := c.cons.CachedInfo()
+	if info == nil { // an ordered consumer before its first pull
+		return "consumer"
+	}
+	return fmt.Sprintf("%s consumer %q", info.Stream, info.Name)
+}
+
 // gone reports, and reports to the error handler, that the JetStream
 // consumer no longer exists: a pull to a deleted consumer is not answered
 // (its heartbeats stop) or finds no responders.
-func (c *JobConsumer) gone(err error) bool {
+func (c *ConsumeContext) gone(err error) bool {
 	if !c.nc.IsConnected() || !(errors.Is(err, jetstream.ErrNoHeartbeat) ||
 		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrConsumerNotFound)) {
 		return false
@@ -482,14 +365,14 @@ func (c *JobConsumer) gone(err error) bool {
 	if _, err := c.cons.Info(ctx); !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return false
 	}
-	c.o.onError(fmt.Errorf("events: consumer %q on %s: %w", c.cons.CachedInfo().Name, StreamJobs, jetstream.ErrConsumerDeleted))
+	c.o.onError(fmt.Errorf("events: %s: %w", c.name(), jetstream.ErrConsumerDeleted))
 	return true
 }
 
-// fetch pulls up to n events and handles each as it arrives, inline when
+// fetch pulls up to n messages and handles each as it arrives, inline when
 // concurrency is 1, else in a goroutine holding one slot until its handler
 // returns. It returns how many arrived.
-func (c *JobConsumer) fetch(n int) (int, error) {
+func (c *ConsumeContext) fetch(n int) (int, error) {
 	// The deadline sets the pull's expiry (FetchContext takes it from
 	// there; it cannot be combined with FetchMaxWait).
 	ctx, cancel := context.WithTimeout(c.fetchCtx, fetchWait)
@@ -505,32 +388,38 @@ func (c *JobConsumer) fetch(n int) (int, error) {
 	got := 0
 	for msg := range batch.Messages() {
 		got++
-		if c.stopping.Load() {
-			_ = msg.Nak() // fetched, not started: let another consumer have it now
-			<-c.slots
-			continue
-		}
 		c.wg.Add(1)
-		if c.o.concurrency == 1 {
-			c.handle(msg)
-			<-c.slots
-			c.wg.Done()
-			continue
+		switch {
+		case c.o.concurrency == 1:
+			c.handleInSlot(msg)
+		case c.shards != nil:
+			h := fnv.New32a()
+			h.Write([]byte(c.o.orderKey(msg)))
+			c.shards[h.Sum32()%uint32(len(c.shards))] <- msg
+		default:
+			go c.handleInSlot(msg)
 		}
-		go func() {
-			defer func() {
-				<-c.slots
-				c.wg.Done()
-			}()
-			c.handle(msg)
-		}()
 	}
 	return got, batch.Error()
 }
 
+// handleInSlot handles msg and then frees its slot; a message fetched but
+// not started when the consumption stops goes back to JetStream at once.
+func (c *ConsumeContext) handleInSlot(msg jetstream.Msg) {
+	defer func() {
+		<-c.slots
+		c.wg.Done()
+	}()
+	if c.stopping.Load() {
+		_ = msg.Nak() // let another consumer have it now
+		return
+	}
+	c.handle(msg)
+}
+
 // watch ends the current pull when the connection is re-established, and
 // all pulling when it is closed for good.
-func (c *JobConsumer) watch(status <-chan nats.Status) {
+func (c *ConsumeContext) watch(status <-chan nats.Status) {
 	for {
 		select {
 		case s, ok := <-status:
@@ -538,7 +427,7 @@ func (c *JobConsumer) watch(status <-chan nats.Status) {
 				return
 			}
 			if s == nats.CLOSED {
-				c.o.onError(fmt.Errorf("events: consume %s: %w", StreamJobs, nats.ErrConnectionClosed))
+				c.o.onError(fmt.Errorf("events: consume %s: %w", c.name(), nats.ErrConnectionClosed))
 				c.stop()
 				return
 			}
@@ -555,6 +444,18 @@ func (c *JobConsumer) watch(status <-chan nats.Status) {
 			return
 		}
 	}
+}
+
+// handle calls the handler with the message's lease as its context.
+func (c *ConsumeContext) handle(msg jetstream.Msg) {
+	md, err := msg.Metadata()
+	if err != nil { // not a JetStream message: cannot ack it either
+		c.o.onError(fmt.Errorf("events: message on %s without JetStream metadata: %w", msg.Subject(), err))
+		return
+	}
+	ctx, cancel := newLease(context.WithValue(c.baseCtx, msgMetadataKey{}, md), msg, c.ackWait)
+	defer cancel()
+	c.handler(ctx, msg)
 }
 
 // takeSlots takes up to n free slots without waiting and returns how many
@@ -579,85 +480,10 @@ func releaseSlots(slots chan struct{}, n int) {
 
 type msgMetadataKey struct{}
 
-// MsgMetadata returns the JetStream metadata of the event a JobHandler is
-// handling (delivery count, stream sequence, timestamp), from the handler's
-// context.
+// MsgMetadata returns the JetStream metadata of the message a handler
+// (JobHandler, MsgHandler) is handling (delivery count, stream sequence,
+// timestamp), from the handler's context.
 func MsgMetadata(ctx context.Context) (*jetstream.MsgMetadata, bool) {
 	md, ok := ctx.Value(msgMetadataKey{}).(*jetstream.MsgMetadata)
 	return md, ok && md != nil
-}
-
-func (c *JobConsumer) handle(msg jetstream.Msg) {
-	md, err := msg.Metadata()
-	if err != nil { // not a JetStream message: cannot ack it either
-		c.o.onError(fmt.Errorf("events: message on %s without JetStream metadata: %w", msg.Subject(), err))
-		return
-	}
-	merr := &MessageError{
-		Subject:      msg.Subject(),
-		Sequence:     md.Sequence.Stream,
-		NumDelivered: md.NumDelivered,
-	}
-	// DecodeEvent fails a rejected event only when its body is not JSON:
-	// the submitter's rejection is not decoded as a job object.
-	ev, err := DecodeEvent(msg.Subject(), msg.Headers(), msg.Data())
-	if err != nil {
-		merr.JobID = msg.Headers().Get(HeaderJobID)
-		merr.RequestID = msg.Headers().Get(HeaderRequestID)
-		merr.Terminated = true
-		merr.Err = fmt.Errorf("%w: %w", ErrMalformedEvent, err)
-		c.settle(msg.TermWithReason("malformed job event"), merr)
-		return
-	}
-	merr.JobID, merr.RequestID = ev.JobID, ev.RequestID
-
-	ctx, cancel := newLease(context.WithValue(c.baseCtx, msgMetadataKey{}, md), msg, c.o.ackWait)
-	herr := c.call(ctx, ev)
-	cancel()
-	if herr == nil {
-		if err := msg.Ack(); err != nil {
-			c.o.onError(fmt.Errorf("events: ack %s seq %d: %w", msg.Subject(), md.Sequence.Stream, err))
-		}
-		return
-	}
-	merr.Err = herr
-	var term *terminateError
-	if errors.As(herr, &term) || (c.o.maxDeliver > 0 && md.NumDelivered >= uint64(c.o.maxDeliver)) {
-		merr.Terminated = true
-		c.settle(msg.TermWithReason("handler failed"), merr)
-		return
-	}
-	merr.Retry = backoff(c.o.backoffMin, c.o.backoffMax, md.NumDelivered)
-	c.settle(msg.NakWithDelay(merr.Retry), merr)
-}
-
-// settle reports merr, and the error of the term or nak that settled it.
-func (c *JobConsumer) settle(ackErr error, merr *MessageError) {
-	c.o.onError(merr)
-	if ackErr != nil {
-		c.o.onError(fmt.Errorf("events: settle %s seq %d: %w", merr.Subject, merr.Sequence, ackErr))
-	}
-}
-
-// call runs the handler, turning a panic into an error.
-func (c *JobConsumer) call(ctx context.Context, ev *Event) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("events: job handler panicked: %v", r)
-		}
-	}()
-	return c.handler(ctx, ev)
-}
-
-// backoff is the redelivery delay after delivery n (1-based) failed: min,
-// doubled for every further delivery, at most max.
-func backoff(min, max time.Duration, n uint64) time.Duration {
-	d := min
-	for i := uint64(1); i < n; i++ {
-		if d >= max/2 {
-			return max
-		}
-		d *= 2
-	}
-	return d
 }

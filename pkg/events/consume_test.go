@@ -1,4 +1,4 @@
-package events
+package events_test
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kreabus/kreabus/internal/natstest"
+	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
 
@@ -21,12 +22,12 @@ import (
 func publishEvent(t *testing.T, js jetstream.JetStream, jobID string, status krea.Status) {
 	t.Helper()
 	body := fmt.Sprintf(`{"job_id":%q,"status":%q,"result":{"urls":["https://example.com/%s.png"]}}`, jobID, status, jobID)
-	h := EventHeaders{JobID: jobID, Status: status, RequestID: "req-" + jobID, Source: SourceWebhook, Metadata: []byte(`{"user":"42"}`)}
-	if status == StatusRejected {
+	h := events.EventHeaders{JobID: jobID, Status: status, RequestID: "req-" + jobID, Source: events.SourceWebhook, Metadata: []byte(`{"user":"42"}`)}
+	if status == events.StatusRejected {
 		h.JobID = ""
 		body = `{"reason":"refused"}`
 	}
-	if _, err := js.PublishMsg(testCtx(t), NewJobMsg(h, []byte(body))); err != nil {
+	if _, err := js.PublishMsg(testCtx(t), events.NewJobMsg(h, []byte(body))); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -49,12 +50,12 @@ func (l *errorLog) all() []error {
 	return slices.Clone(l.errs)
 }
 
-func (l *errorLog) messageErrors() []*MessageError {
+func (l *errorLog) messageErrors() []*events.MessageError {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var out []*MessageError
+	var out []*events.MessageError
 	for _, err := range l.errs {
-		var me *MessageError
+		var me *events.MessageError
 		if errors.As(err, &me) {
 			out = append(out, me)
 		}
@@ -65,14 +66,26 @@ func (l *errorLog) messageErrors() []*MessageError {
 // recorder is a JobHandler keeping the events it saw.
 type recorder struct {
 	mu     sync.Mutex
-	events []*Event
+	events []*events.Event
 	mds    []*jetstream.MsgMetadata
 	times  []time.Time
-	fail   func(ev *Event, md *jetstream.MsgMetadata) error
+	// deadlines: how far each handler's context deadline was.
+	deadlines []time.Duration
+	fail      func(ev *events.Event, md *jetstream.MsgMetadata) error
 }
 
-func (r *recorder) handle(ctx context.Context, ev *Event) error {
-	md, ok := MsgMetadata(ctx)
+// ctxDeadline is how far the deadline of handler call i was.
+func (r *recorder) ctxDeadline(i int) (time.Duration, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if i >= len(r.deadlines) || r.deadlines[i] < 0 {
+		return 0, false
+	}
+	return r.deadlines[i], true
+}
+
+func (r *recorder) handle(ctx context.Context, ev *events.Event) error {
+	md, ok := events.MsgMetadata(ctx)
 	if !ok {
 		return errors.New("no metadata in handler context")
 	}
@@ -80,6 +93,12 @@ func (r *recorder) handle(ctx context.Context, ev *Event) error {
 	r.events = append(r.events, ev)
 	r.mds = append(r.mds, md)
 	r.times = append(r.times, time.Now())
+	dl, ok := ctx.Deadline()
+	if ok {
+		r.deadlines = append(r.deadlines, time.Until(dl))
+	} else {
+		r.deadlines = append(r.deadlines, -1)
+	}
 	fail := r.fail
 	r.mu.Unlock()
 	if fail != nil {
@@ -104,7 +123,7 @@ func (r *recorder) waitFor(t *testing.T, n int) {
 	})
 }
 
-func consumerInfo(t *testing.T, c *JobConsumer) *jetstream.ConsumerInfo {
+func consumerInfo(t *testing.T, c *events.ConsumeContext) *jetstream.ConsumerInfo {
 	t.Helper()
 	info, err := c.Consumer().Info(testCtx(t))
 	if err != nil {
@@ -114,7 +133,7 @@ func consumerInfo(t *testing.T, c *JobConsumer) *jetstream.ConsumerInfo {
 }
 
 // waitSettled waits until the consumer has nothing pending or unacked.
-func waitSettled(t *testing.T, c *JobConsumer) {
+func waitSettled(t *testing.T, c *events.ConsumeContext) {
 	t.Helper()
 	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		info := consumerInfo(t, c)
@@ -125,30 +144,59 @@ func waitSettled(t *testing.T, c *JobConsumer) {
 	})
 }
 
-func consume(t *testing.T, js jetstream.JetStream, durable string, h JobHandler, opts ...ConsumeOpt) *JobConsumer {
+// jobsConsumer creates (or updates) the consumer durable on KREA_JOBS.
+func jobsConsumer(t *testing.T, js jetstream.JetStream, durable string, opts ...events.JobsConsumerOpt) jetstream.Consumer {
 	t.Helper()
-	c, err := ConsumeJobs(testCtx(t), js, durable, h, opts...)
+	cfg, err := events.JobsConsumerConfig(durable, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(c.Stop)
+	cons, err := js.CreateOrUpdateConsumer(testCtx(t), events.StreamJobs, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cons
+}
+
+// consume creates the consumer durable with the JobsConsumerOpts among
+// opts and consumes it with the ConsumeOpts; the test's end stops it and
+// waits for its handlers.
+func consume(t *testing.T, js jetstream.JetStream, durable string, h events.JobHandler, opts ...any) *events.ConsumeContext {
+	t.Helper()
+	var copts []events.JobsConsumerOpt
+	var ropts []events.ConsumeOpt
+	for _, o := range opts {
+		switch o := o.(type) {
+		case events.JobsConsumerOpt:
+			copts = append(copts, o)
+		case events.ConsumeOpt:
+			ropts = append(ropts, o)
+		default:
+			t.Fatalf("option %T", o)
+		}
+	}
+	c, err := events.ConsumeJobs(js.Conn(), jobsConsumer(t, js, durable, copts...), h, ropts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Stop(); <-c.Closed() })
 	return c
 }
 
 func TestConsumeJobsFilteredByStatus(t *testing.T) {
 	js := startStreams(t)
-	publishEvent(t, js, "j1", StatusSubmitted)
+	publishEvent(t, js, "j1", events.StatusSubmitted)
 	publishEvent(t, js, "j1", krea.StatusProcessing)
 	publishEvent(t, js, "j1", krea.StatusCompleted)
 	publishEvent(t, js, "j2", krea.StatusFailed)
 	publishEvent(t, js, "j3", krea.StatusCancelled)
-	publishEvent(t, js, "r4", StatusRejected)
+	publishEvent(t, js, "r4", events.StatusRejected)
 
 	var rec recorder
 	var log errorLog
 	c := consume(t, js, "svc", rec.handle,
-		WithStatuses(krea.StatusCompleted, krea.StatusFailed, StatusRejected, krea.StatusCompleted),
-		WithErrorHandler(log.add))
+		events.WithStatuses(krea.StatusCompleted, krea.StatusFailed, events.StatusRejected, krea.StatusCompleted),
+		events.WithErrorHandler(log.add))
 	rec.waitFor(t, 3)
 	waitSettled(t, c)
 	time.Sleep(50 * time.Millisecond) // nothing else arrives
@@ -166,13 +214,13 @@ func TestConsumeJobsFilteredByStatus(t *testing.T) {
 
 	ev := rec.events[0]
 	if ev.Subject != "krea.jobs.completed" || ev.Status != krea.StatusCompleted || ev.JobID != "j1" || ev.RequestID != "req-j1" ||
-		ev.Source != SourceWebhook || string(ev.Metadata) != `{"user":"42"}` || ev.Time.IsZero() {
+		ev.Source != events.SourceWebhook || string(ev.Metadata) != `{"user":"42"}` || ev.Time.IsZero() {
 		t.Errorf("event = %+v", ev)
 	}
 	if ev.Job.JobID != "j1" || ev.Job.Result == nil || len(ev.Job.Result.URLs) != 1 {
 		t.Errorf("decoded job = %+v", ev.Job)
 	}
-	if rec.events[1].Status != krea.StatusFailed || rec.events[2].Status != StatusRejected || rec.events[2].RequestID != "req-r4" {
+	if rec.events[1].Status != krea.StatusFailed || rec.events[2].Status != events.StatusRejected || rec.events[2].RequestID != "req-r4" {
 		t.Errorf("events 2, 3 = %+v %+v", rec.events[1], rec.events[2])
 	}
 	if errs := log.all(); len(errs) != 0 {
@@ -182,11 +230,11 @@ func TestConsumeJobsFilteredByStatus(t *testing.T) {
 
 func TestConsumeJobsSingleStatusAndAll(t *testing.T) {
 	js := startStreams(t)
-	publishEvent(t, js, "j1", StatusSubmitted)
+	publishEvent(t, js, "j1", events.StatusSubmitted)
 	publishEvent(t, js, "j1", krea.StatusCompleted)
 
 	var one, all recorder
-	c1 := consume(t, js, "one", one.handle, WithStatuses(krea.StatusCompleted))
+	c1 := consume(t, js, "one", one.handle, events.WithStatuses(krea.StatusCompleted))
 	c2 := consume(t, js, "all", all.handle)
 	all.waitFor(t, 2)
 	one.waitFor(t, 1)
@@ -198,7 +246,7 @@ func TestConsumeJobsSingleStatusAndAll(t *testing.T) {
 	if f := consumerInfo(t, c1).Config.FilterSubject; f != "krea.jobs.completed" {
 		t.Errorf("FilterSubject = %q", f)
 	}
-	if all.count() != 2 || all.events[0].Status != StatusSubmitted {
+	if all.count() != 2 || all.events[0].Status != events.StatusSubmitted {
 		t.Errorf("unfiltered consumer got %d events", all.count())
 	}
 }
@@ -207,7 +255,7 @@ func TestConsumeJobsRedeliversWithBackoff(t *testing.T) {
 	js := startStreams(t)
 	publishEvent(t, js, "j1", krea.StatusCompleted)
 
-	rec := recorder{fail: func(ev *Event, md *jetstream.MsgMetadata) error {
+	rec := recorder{fail: func(ev *events.Event, md *jetstream.MsgMetadata) error {
 		if md.NumDelivered < 4 {
 			return errors.New("downstream unavailable")
 		}
@@ -215,7 +263,7 @@ func TestConsumeJobsRedeliversWithBackoff(t *testing.T) {
 	}}
 	var log errorLog
 	const min = 100 * time.Millisecond
-	c := consume(t, js, "retry", rec.handle, WithBackoff(min, 2*min), WithErrorHandler(log.add))
+	c := consume(t, js, "retry", rec.handle, events.WithBackoff(events.Backoff{Min: min, Max: 2 * min}), events.WithErrorHandler(log.add))
 	rec.waitFor(t, 4)
 	waitSettled(t, c)
 
@@ -229,19 +277,20 @@ func TestConsumeJobsRedeliversWithBackoff(t *testing.T) {
 			t.Errorf("call %d: stream seq = %d", i, md.Sequence.Stream)
 		}
 	}
-	// Delays: min, 2*min, then capped at 2*min.
-	for i, want := range []time.Duration{min, 2 * min, 2 * min} {
-		if gap := rec.times[i+1].Sub(rec.times[i]); gap < want {
-			t.Errorf("redelivery %d after %v, want at least %v", i+1, gap, want)
+	// Delays (events.Backoff, jittered into the upper half of each
+	// ceiling): min, 2*min, then capped at 2*min.
+	for i, ceiling := range []time.Duration{min, 2 * min, 2 * min} {
+		if gap := rec.times[i+1].Sub(rec.times[i]); gap < ceiling/2 {
+			t.Errorf("redelivery %d after %v, want at least %v", i+1, gap, ceiling/2)
 		}
 	}
 	mes := log.messageErrors()
 	if len(mes) != 3 {
 		t.Fatalf("reported %d message errors, want 3: %v", len(mes), log.all())
 	}
-	for i, want := range []time.Duration{min, 2 * min, 2 * min} {
+	for i, ceiling := range []time.Duration{min, 2 * min, 2 * min} {
 		me := mes[i]
-		if me.Retry != want || me.Terminated || me.NumDelivered != uint64(i+1) || me.JobID != "j1" || me.RequestID != "req-j1" || me.Err.Error() != "downstream unavailable" {
+		if me.Retry < ceiling/2 || me.Retry > ceiling || me.Terminated || me.NumDelivered != uint64(i+1) || me.JobID != "j1" || me.RequestID != "req-j1" || me.Err.Error() != "downstream unavailable" {
 			t.Errorf("message error %d = %+v", i, me)
 		}
 	}
@@ -255,14 +304,14 @@ func TestConsumeJobsMaxDeliver(t *testing.T) {
 	publishEvent(t, js, "j1", krea.StatusCompleted)
 	publishEvent(t, js, "j2", krea.StatusCompleted)
 
-	rec := recorder{fail: func(ev *Event, _ *jetstream.MsgMetadata) error {
+	rec := recorder{fail: func(ev *events.Event, _ *jetstream.MsgMetadata) error {
 		if ev.JobID == "j1" {
 			return errors.New("always")
 		}
 		return nil
 	}}
 	var log errorLog
-	c := consume(t, js, "max", rec.handle, WithBackoff(10*time.Millisecond, 10*time.Millisecond), WithMaxDeliver(3), WithErrorHandler(log.add))
+	c := consume(t, js, "max", rec.handle, events.WithBackoff(events.Backoff{Min: 10 * time.Millisecond, Max: 10 * time.Millisecond}), events.WithMaxDeliver(3), events.WithErrorHandler(log.add))
 	rec.waitFor(t, 4) // j1 three times, j2 once
 	waitSettled(t, c)
 	time.Sleep(100 * time.Millisecond)
@@ -282,9 +331,9 @@ func TestConsumeJobsTerminate(t *testing.T) {
 	js := startStreams(t)
 	publishEvent(t, js, "j1", krea.StatusCompleted)
 	errBad := errors.New("not for us")
-	rec := recorder{fail: func(*Event, *jetstream.MsgMetadata) error { return Terminate(errBad) }}
+	rec := recorder{fail: func(*events.Event, *jetstream.MsgMetadata) error { return events.Terminate(errBad) }}
 	var log errorLog
-	c := consume(t, js, "term", rec.handle, WithBackoff(10*time.Millisecond, 10*time.Millisecond), WithErrorHandler(log.add))
+	c := consume(t, js, "term", rec.handle, events.WithBackoff(events.Backoff{Min: 10 * time.Millisecond, Max: 10 * time.Millisecond}), events.WithErrorHandler(log.add))
 	rec.waitFor(t, 1)
 	waitSettled(t, c)
 	time.Sleep(100 * time.Millisecond)
@@ -295,7 +344,7 @@ func TestConsumeJobsTerminate(t *testing.T) {
 	if len(mes) != 1 || !mes[0].Terminated || !errors.Is(mes[0], errBad) {
 		t.Fatalf("message errors %v", mes)
 	}
-	if Terminate(nil) != nil {
+	if events.Terminate(nil) != nil {
 		t.Error("Terminate(nil) != nil")
 	}
 }
@@ -303,14 +352,14 @@ func TestConsumeJobsTerminate(t *testing.T) {
 func TestConsumeJobsPanicIsRedelivered(t *testing.T) {
 	js := startStreams(t)
 	publishEvent(t, js, "j1", krea.StatusCompleted)
-	rec := recorder{fail: func(_ *Event, md *jetstream.MsgMetadata) error {
+	rec := recorder{fail: func(_ *events.Event, md *jetstream.MsgMetadata) error {
 		if md.NumDelivered == 1 {
 			panic("boom")
 		}
 		return nil
 	}}
 	var log errorLog
-	c := consume(t, js, "panic", rec.handle, WithBackoff(10*time.Millisecond, 10*time.Millisecond), WithErrorHandler(log.add))
+	c := consume(t, js, "panic", rec.handle, events.WithBackoff(events.Backoff{Min: 10 * time.Millisecond, Max: 10 * time.Millisecond}), events.WithErrorHandler(log.add))
 	rec.waitFor(t, 2)
 	waitSettled(t, c)
 	if mes := log.messageErrors(); len(mes) != 1 || mes[0].Terminated {
@@ -321,11 +370,11 @@ func TestConsumeJobsPanicIsRedelivered(t *testing.T) {
 func TestConsumeJobsTerminatesMalformed(t *testing.T) {
 	js := startStreams(t)
 	ctx := testCtx(t)
-	bad := NewJobMsg(EventHeaders{JobID: "bad", Status: krea.StatusCompleted, Source: SourceWebhook, RequestID: "req-bad"}, []byte(`{"job_id": `))
+	bad := events.NewJobMsg(events.EventHeaders{JobID: "bad", Status: krea.StatusCompleted, Source: events.SourceWebhook, RequestID: "req-bad"}, []byte(`{"job_id": `))
 	if _, err := js.PublishMsg(ctx, bad); err != nil {
 		t.Fatal(err)
 	}
-	notObject := NewJobMsg(EventHeaders{JobID: "arr", Status: krea.StatusCompleted, Source: SourceWebhook}, []byte(`[1,2]`))
+	notObject := events.NewJobMsg(events.EventHeaders{JobID: "arr", Status: krea.StatusCompleted, Source: events.SourceWebhook}, []byte(`[1,2]`))
 	if _, err := js.PublishMsg(ctx, notObject); err != nil {
 		t.Fatal(err)
 	}
@@ -333,7 +382,7 @@ func TestConsumeJobsTerminatesMalformed(t *testing.T) {
 
 	var rec recorder
 	var log errorLog
-	c := consume(t, js, "malformed", rec.handle, WithBackoff(10*time.Millisecond, 10*time.Millisecond), WithErrorHandler(log.add))
+	c := consume(t, js, "malformed", rec.handle, events.WithBackoff(events.Backoff{Min: 10 * time.Millisecond, Max: 10 * time.Millisecond}), events.WithErrorHandler(log.add))
 	rec.waitFor(t, 1)
 	waitSettled(t, c)
 	time.Sleep(100 * time.Millisecond)
@@ -345,7 +394,7 @@ func TestConsumeJobsTerminatesMalformed(t *testing.T) {
 		t.Fatalf("message errors %v", log.all())
 	}
 	for _, me := range mes {
-		if !errors.Is(me, ErrMalformedEvent) || !me.Terminated || me.NumDelivered != 1 {
+		if !errors.Is(me, events.ErrMalformedEvent) || !me.Terminated || me.NumDelivered != 1 {
 			t.Errorf("message error %+v", me)
 		}
 	}
@@ -364,7 +413,7 @@ func TestConsumeJobsInOrderByDefault(t *testing.T) {
 		publishEvent(t, js, fmt.Sprintf("j%02d", i), krea.StatusCompleted)
 	}
 	var inFlight, maxInFlight atomic.Int32
-	rec := recorder{fail: func(*Event, *jetstream.MsgMetadata) error {
+	rec := recorder{fail: func(*events.Event, *jetstream.MsgMetadata) error {
 		cur := inFlight.Add(1)
 		defer inFlight.Add(-1)
 		if cur > maxInFlight.Load() {
@@ -394,7 +443,7 @@ func TestConsumeJobsConcurrency(t *testing.T) {
 	}
 	var inFlight, maxInFlight atomic.Int32
 	release := make(chan struct{})
-	rec := recorder{fail: func(*Event, *jetstream.MsgMetadata) error {
+	rec := recorder{fail: func(*events.Event, *jetstream.MsgMetadata) error {
 		cur := inFlight.Add(1)
 		defer inFlight.Add(-1)
 		for {
@@ -406,7 +455,7 @@ func TestConsumeJobsConcurrency(t *testing.T) {
 		<-release
 		return nil
 	}}
-	c := consume(t, js, "parallel", rec.handle, WithConcurrency(workers))
+	c := consume(t, js, "parallel", rec.handle, events.WithConcurrency(workers))
 	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if m := inFlight.Load(); m != workers {
 			return fmt.Errorf("%d handlers in flight, want %d", m, workers)
@@ -421,7 +470,9 @@ func TestConsumeJobsConcurrency(t *testing.T) {
 	}
 }
 
-func TestConsumeJobsStopWaitsForHandlers(t *testing.T) {
+// TestConsumeJobsDrainWaitsForHandlers: Drain stops pulling at once, lets
+// the handler in flight finish and acks its event; Closed waits for it.
+func TestConsumeJobsDrainWaitsForHandlers(t *testing.T) {
 	for _, workers := range []int{1, 3} {
 		t.Run(fmt.Sprint("concurrency ", workers), func(t *testing.T) {
 			js := startStreams(t)
@@ -429,41 +480,37 @@ func TestConsumeJobsStopWaitsForHandlers(t *testing.T) {
 			started := make(chan struct{})
 			release := make(chan struct{})
 			var handled atomic.Bool
-			c, err := ConsumeJobs(testCtx(t), js, "stop", func(ctx context.Context, ev *Event) error {
+			cons := jobsConsumer(t, js, "stop", events.WithAckWait(2*time.Second))
+			c, err := events.ConsumeJobs(js.Conn(), cons, func(ctx context.Context, ev *events.Event) error {
 				close(started)
 				<-release
 				handled.Store(true)
 				return ctx.Err()
-			}, WithConcurrency(workers), WithAckWait(2*time.Second))
+			}, events.WithConcurrency(workers))
 			if err != nil {
 				t.Fatal(err)
 			}
 			<-started
-			stopped := make(chan struct{})
-			go func() { c.Stop(); close(stopped) }()
+			c.Drain() // does not wait
 			select {
-			case <-stopped:
-				t.Fatal("Stop returned while a handler was running")
+			case <-c.Closed():
+				t.Fatal("closed while a handler was running")
 			case <-time.After(100 * time.Millisecond):
 			}
-			publishEvent(t, js, "j2", krea.StatusCompleted) // not handled: stopping
+			publishEvent(t, js, "j2", krea.StatusCompleted) // not handled: draining
 			close(release)
 			select {
-			case <-stopped:
+			case <-c.Closed():
 			case <-time.After(10 * time.Second):
-				t.Fatal("Stop did not return")
+				t.Fatal("not closed after the handler returned")
 			}
-			<-c.Closed()
 			if !handled.Load() {
 				t.Fatal("handler did not finish")
 			}
-			c.Stop() // again: no-op
+			c.Drain() // again: no-op
+			c.Stop()
 
 			// The event in flight was acked; j2 is still there for the next run.
-			cons, err := js.Consumer(testCtx(t), StreamJobs, "stop")
-			if err != nil {
-				t.Fatal(err)
-			}
 			natstest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 				info, err := cons.Info(testCtx(t))
 				if err != nil {
@@ -477,7 +524,7 @@ func TestConsumeJobsStopWaitsForHandlers(t *testing.T) {
 			var rec recorder
 			// A short ack wait: j2 may have gone to the stopped consumer's
 			// pull before the server heard it was cancelled.
-			c2 := consume(t, js, "stop", rec.handle, WithAckWait(2*time.Second))
+			c2 := consume(t, js, "stop", rec.handle, events.WithAckWait(2*time.Second))
 			rec.waitFor(t, 1)
 			waitSettled(t, c2)
 			if rec.count() != 1 || rec.events[0].JobID != "j2" {
@@ -487,26 +534,24 @@ func TestConsumeJobsStopWaitsForHandlers(t *testing.T) {
 	}
 }
 
-func TestConsumeJobsShutdownGivesUp(t *testing.T) {
+// TestConsumeJobsStopCancelsHandlers: Stop ends the contexts of the
+// handlers in flight; Closed follows once they have returned.
+func TestConsumeJobsStopCancelsHandlers(t *testing.T) {
 	js := startStreams(t)
 	publishEvent(t, js, "j1", krea.StatusCompleted)
 	started := make(chan struct{})
 	cancelled := make(chan error, 1)
-	c, err := ConsumeJobs(testCtx(t), js, "shutdown", func(ctx context.Context, ev *Event) error {
+	c, err := events.ConsumeJobs(js.Conn(), jobsConsumer(t, js, "shutdown"), func(ctx context.Context, ev *events.Event) error {
 		close(started)
 		<-ctx.Done()
 		cancelled <- ctx.Err()
 		return ctx.Err()
-	}, WithErrorHandler(nil))
+	}, events.WithErrorHandler(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
 	<-started
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	if err := c.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Shutdown = %v, want deadline exceeded", err)
-	}
+	c.Stop()
 	select {
 	case err := <-cancelled:
 		if !errors.Is(err, context.Canceled) {
@@ -525,29 +570,19 @@ func TestConsumeJobsShutdownGivesUp(t *testing.T) {
 func TestConsumeJobsHandlerContext(t *testing.T) {
 	js := startStreams(t)
 	publishEvent(t, js, "j1", krea.StatusCompleted)
-	type key struct{}
-	setupCtx, cancel := context.WithCancel(context.WithValue(context.Background(), key{}, "v"))
 	got := make(chan context.Context, 1)
-	c, err := ConsumeJobs(setupCtx, js, "ctx", func(ctx context.Context, ev *Event) error {
+	c := consume(t, js, "ctx", func(ctx context.Context, ev *events.Event) error {
 		got <- ctx
 		return nil
-	}, WithAckWait(2*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Stop()
-	cancel() // only bounded the set-up
+	}, events.WithAckWait(2*time.Second))
 	ctx := <-got
-	if ctx.Value(key{}) != "v" {
-		t.Error("handler context lost the set-up context's values")
-	}
 	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > 2*time.Second {
 		t.Errorf("handler deadline %v, want within the 2s ack wait", dl)
 	}
 	if cfg := consumerInfo(t, c).Config; cfg.AckWait != 2*time.Second {
 		t.Errorf("AckWait = %v", cfg.AckWait)
 	}
-	if _, ok := MsgMetadata(context.Background()); ok {
+	if _, ok := events.MsgMetadata(context.Background()); ok {
 		t.Error("MsgMetadata outside a handler")
 	}
 }
@@ -556,7 +591,7 @@ func TestConsumeJobsDeliverNew(t *testing.T) {
 	js := startStreams(t)
 	publishEvent(t, js, "old", krea.StatusCompleted)
 	var rec recorder
-	c := consume(t, js, "new", rec.handle, WithDeliverPolicy(jetstream.DeliverNewPolicy))
+	c := consume(t, js, "new", rec.handle, events.WithDeliverPolicy(jetstream.DeliverNewPolicy))
 	publishEvent(t, js, "fresh", krea.StatusCompleted)
 	rec.waitFor(t, 1)
 	waitSettled(t, c)
@@ -580,14 +615,15 @@ func TestConsumeJobsUpdatesFilter(t *testing.T) {
 	js := startStreams(t)
 	publishEvent(t, js, "j1", krea.StatusCompleted)
 	var rec recorder
-	c := consume(t, js, "upd", rec.handle, WithStatuses(krea.StatusCompleted))
+	c := consume(t, js, "upd", rec.handle, events.WithStatuses(krea.StatusCompleted))
 	rec.waitFor(t, 1)
 	waitSettled(t, c)
 	c.Stop()
+	<-c.Closed()
 
 	publishEvent(t, js, "j2", krea.StatusFailed)
 	var rec2 recorder
-	c2 := consume(t, js, "upd", rec2.handle, WithStatuses(krea.StatusCompleted, krea.StatusFailed))
+	c2 := consume(t, js, "upd", rec2.handle, events.WithStatuses(krea.StatusCompleted, krea.StatusFailed))
 	rec2.waitFor(t, 1)
 	waitSettled(t, c2)
 	if rec2.events[0].JobID != "j2" {
@@ -602,10 +638,10 @@ func TestConsumeJobsConnectionClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := EnsureStreams(testCtx(t), js, StreamOptions{}); err != nil {
+	if err := events.EnsureStreams(testCtx(t), js, events.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	c, err := ConsumeJobs(testCtx(t), js, "closing", func(context.Context, *Event) error { return nil }, WithErrorHandler(nil))
+	c, err := events.ConsumeJobs(nc, jobsConsumer(t, js, "closing"), func(context.Context, *events.Event) error { return nil }, events.WithErrorHandler(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -620,70 +656,147 @@ func TestConsumeJobsConnectionClosed(t *testing.T) {
 
 func TestConsumeJobsInvalidOptions(t *testing.T) {
 	js := startStreams(t)
-	h := func(context.Context, *Event) error { return nil }
-	for name, opt := range map[string]ConsumeOpt{
-		"no statuses":          WithStatuses(),
-		"bad status":           WithStatuses("completed.x"),
-		"wildcard status":      WithStatuses(">"),
-		"deliver by start seq": WithDeliverPolicy(jetstream.DeliverByStartSequencePolicy),
-		"backoff zero":         WithBackoff(0, time.Second),
-		"backoff inverted":     WithBackoff(time.Second, time.Millisecond),
-		"max deliver 0":        WithMaxDeliver(0),
-		"concurrency 0":        WithConcurrency(0),
-		"ack wait 0":           WithAckWait(0),
+	for name, opt := range map[string]events.JobsConsumerOpt{
+		"no statuses":          events.WithStatuses(),
+		"bad status":           events.WithStatuses("completed.x"),
+		"wildcard status":      events.WithStatuses(">"),
+		"deliver by start seq": events.WithDeliverPolicy(jetstream.DeliverByStartSequencePolicy),
+		"max deliver 0":        events.WithMaxDeliver(0),
+		"ack wait 0":           events.WithAckWait(0),
 	} {
-		if _, err := ConsumeJobs(testCtx(t), js, "x", h, opt); !errors.Is(err, ErrInvalidOption) {
+		if _, err := events.JobsConsumerConfig("x", opt); !errors.Is(err, events.ErrInvalidOption) {
 			t.Errorf("%s: err = %v, want ErrInvalidOption", name, err)
 		}
 	}
-	if _, err := ConsumeJobs(testCtx(t), js, "x", nil); !errors.Is(err, ErrInvalidOption) {
+	cons := jobsConsumer(t, js, "x")
+	h := func(context.Context, *events.Event) error { return nil }
+	for name, opt := range map[string]events.ConsumeOpt{
+		"backoff zero":     events.WithBackoff(events.Backoff{Max: time.Second}),
+		"backoff inverted": events.WithBackoff(events.Backoff{Min: time.Second, Max: time.Millisecond}),
+		"concurrency 0":    events.WithConcurrency(0),
+	} {
+		if _, err := events.ConsumeJobs(js.Conn(), cons, h, opt); !errors.Is(err, events.ErrInvalidOption) {
+			t.Errorf("%s: err = %v, want ErrInvalidOption", name, err)
+		}
+	}
+	if _, err := events.ConsumeJobs(js.Conn(), cons, nil); !errors.Is(err, events.ErrInvalidOption) {
 		t.Errorf("nil handler: err = %v", err)
 	}
-	if _, err := ConsumeJobs(testCtx(t), js, "a.b", h); err == nil {
-		t.Error("durable with a dot accepted")
+	if _, err := events.ConsumeJobs(nil, cons, h); !errors.Is(err, events.ErrInvalidOption) {
+		t.Errorf("nil connection: err = %v", err)
 	}
-	names, err := js.Stream(testCtx(t), StreamJobs)
+	// A consumer that acks nothing cannot be consumed: its events would be
+	// gone whether the handler succeeded or not.
+	noAck, err := js.CreateConsumer(testCtx(t), events.StreamJobs, jetstream.ConsumerConfig{Durable: "no-ack", AckPolicy: jetstream.AckNonePolicy})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info, _ := names.Info(testCtx(t)); info.State.Consumers != 0 {
-		t.Errorf("%d consumers created by failed calls", info.State.Consumers)
+	if _, err := events.ConsumeJobs(js.Conn(), noAck, h); !errors.Is(err, events.ErrInvalidOption) {
+		t.Errorf("ack none consumer: err = %v", err)
 	}
 }
 
-func TestConsumeJobsWithoutStream(t *testing.T) {
-	js := startJS(t)
-	_, err := ConsumeJobs(testCtx(t), js, "x", func(context.Context, *Event) error { return nil })
-	if !errors.Is(err, jetstream.ErrStreamNotFound) {
-		t.Fatalf("err = %v, want ErrStreamNotFound", err)
+func TestJobsConsumerConfig(t *testing.T) {
+	cfg, err := events.JobsConsumerConfig("d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Durable != "d" || cfg.AckPolicy != jetstream.AckExplicitPolicy || cfg.AckWait != events.DefaultAckWait ||
+		cfg.MaxDeliver != -1 || cfg.DeliverPolicy != jetstream.DeliverAllPolicy || cfg.FilterSubject != "" || len(cfg.FilterSubjects) != 0 {
+		t.Errorf("defaults: %+v", cfg)
+	}
+	cfg, err = events.JobsConsumerConfig("d",
+		events.WithStatuses(events.StatusCompleted, events.StatusFailed, events.StatusCompleted),
+		events.WithMaxDeliver(5), events.WithAckWait(time.Minute), events.WithDeliverPolicy(jetstream.DeliverNewPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(cfg.FilterSubjects, []string{"krea.jobs.completed", "krea.jobs.failed"}) || cfg.FilterSubject != "" ||
+		cfg.MaxDeliver != 5 || cfg.AckWait != time.Minute || cfg.DeliverPolicy != jetstream.DeliverNewPolicy {
+		t.Errorf("with options: %+v", cfg)
+	}
+	cfg, _ = events.JobsConsumerConfig("d", events.WithStatuses(events.StatusFailed, events.StatusCompleted), events.WithStatuses(events.StatusMirrored))
+	if cfg.FilterSubject != "krea.jobs.mirrored" || cfg.FilterSubjects != nil {
+		t.Errorf("the last WithStatuses wins: %+v", cfg)
 	}
 }
 
-func TestBackoff(t *testing.T) {
-	const s = time.Second
-	for _, tc := range []struct {
-		min, max time.Duration
-		n        uint64
-		want     time.Duration
-	}{
-		{s, time.Minute, 0, s},
-		{s, time.Minute, 1, s},
-		{s, time.Minute, 2, 2 * s},
-		{s, time.Minute, 6, 32 * s},
-		{s, time.Minute, 7, time.Minute},
-		{s, time.Minute, 1 << 62, time.Minute},
-		{s, 1<<63 - 1, 200, 1<<63 - 1},
-		{s, s, 5, s},
-		{3 * s, 5 * s, 2, 5 * s},
-	} {
-		if got := backoff(tc.min, tc.max, tc.n); got != tc.want {
-			t.Errorf("backoff(%v, %v, %d) = %v, want %v", tc.min, tc.max, tc.n, got, tc.want)
+// TestConsumeJobsOperatorConsumer: ConsumeJobs consumes through a consumer
+// an operator made, as it is: it neither creates nor updates one, so two
+// deployments with their own durables cannot overwrite each other.
+func TestConsumeJobsOperatorConsumer(t *testing.T) {
+	js := startStreams(t)
+	made, err := js.CreateConsumer(testCtx(t), events.StreamJobs, jetstream.ConsumerConfig{
+		Durable: "operators", AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: "krea.jobs.failed",
+		AckWait: 3 * time.Second, Description: "made by hand",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishEvent(t, js, "j1", krea.StatusCompleted)
+	publishEvent(t, js, "j2", krea.StatusFailed)
+	bound, err := js.Consumer(testCtx(t), events.StreamJobs, "operators")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec recorder
+	c, err := events.ConsumeJobs(js.Conn(), bound, rec.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Stop(); <-c.Closed() })
+	rec.waitFor(t, 1)
+	waitSettled(t, c)
+	if rec.count() != 1 || rec.events[0].JobID != "j2" {
+		t.Errorf("got %d events", rec.count())
+	}
+	info, err := made.Info(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.Description != "made by hand" || info.Config.FilterSubject != "krea.jobs.failed" || info.Config.AckWait != 3*time.Second {
+		t.Errorf("consumer changed: %+v", info.Config)
+	}
+	if dl, ok := rec.ctxDeadline(0); !ok || dl > 3*time.Second {
+		t.Errorf("handler deadline in %v, want within the consumer's 3s ack wait", dl)
+	}
+}
+
+// TestConsume: the message-level loop hands each message to its handler,
+// which settles it itself.
+func TestConsume(t *testing.T) {
+	js := startStreams(t)
+	for _, id := range []string{"j1", "j2", "j3"} {
+		publishEvent(t, js, id, krea.StatusCompleted)
+	}
+	var mu sync.Mutex
+	var subjects []string
+	c, err := events.Consume(js.Conn(), jobsConsumer(t, js, "raw"), func(ctx context.Context, msg jetstream.Msg) {
+		md, ok := events.MsgMetadata(ctx)
+		if !ok {
+			t.Error("no metadata in the handler's context")
+			return
 		}
+		mu.Lock()
+		subjects = append(subjects, fmt.Sprintf("%s:%d", msg.Headers().Get(events.HeaderJobID), md.Sequence.Stream))
+		mu.Unlock()
+		_ = msg.Ack()
+	}, events.WithConcurrency(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Stop(); <-c.Closed() })
+	waitSettled(t, c)
+	mu.Lock()
+	defer mu.Unlock()
+	slices.Sort(subjects)
+	if !slices.Equal(subjects, []string{"j1:1", "j2:2", "j3:3"}) {
+		t.Errorf("handled %v", subjects)
 	}
 }
 
 func TestMessageErrorText(t *testing.T) {
-	e := &MessageError{Subject: "krea.jobs.completed", Sequence: 7, NumDelivered: 2, JobID: "j", Retry: time.Second, Err: errors.New("x")}
+	e := &events.MessageError{Subject: "krea.jobs.completed", Sequence: 7, NumDelivered: 2, JobID: "j", Retry: time.Second, Err: errors.New("x")}
 	if got := e.Error(); got != `events: krea.jobs.completed seq 7 (job "j", delivery 2): x; redelivery in 1s` {
 		t.Errorf("Error() = %q", got)
 	}
@@ -699,25 +812,25 @@ func TestConsumeJobsRejectedBodyIsNotAJob(t *testing.T) {
 	js := startStreams(t)
 	ctx := testCtx(t)
 	body := `{"request_id":"req-9","path":"/generate/image/bfl/flux-1-dev","reason":"refused by the API","kind":"api_refused","status":402,"error":"Payment required"}`
-	m := NewJobMsg(EventHeaders{Status: StatusRejected, RequestID: "req-9", Source: SourceSubmitter, Reason: "refused by the API"}, []byte(body))
+	m := events.NewJobMsg(events.EventHeaders{Status: events.StatusRejected, RequestID: "req-9", Source: events.SourceSubmitter, Reason: "refused by the API"}, []byte(body))
 	if _, err := js.PublishMsg(ctx, m); err != nil {
 		t.Fatal(err)
 	}
 	// A rejected event whose body is not JSON at all is still malformed.
-	m = NewJobMsg(EventHeaders{Status: StatusRejected, RequestID: "req-10", Source: SourceSubmitter}, []byte(`not json`))
+	m = events.NewJobMsg(events.EventHeaders{Status: events.StatusRejected, RequestID: "req-10", Source: events.SourceSubmitter}, []byte(`not json`))
 	if _, err := js.PublishMsg(ctx, m); err != nil {
 		t.Fatal(err)
 	}
 	var rec recorder
 	var log errorLog
-	c := consume(t, js, "rejections", rec.handle, WithStatuses(StatusRejected), WithErrorHandler(log.add))
+	c := consume(t, js, "rejections", rec.handle, events.WithStatuses(events.StatusRejected), events.WithErrorHandler(log.add))
 	rec.waitFor(t, 1)
 	waitSettled(t, c)
 	ev := rec.events[0]
-	if ev.Status != StatusRejected || ev.RequestID != "req-9" || ev.Reason != "refused by the API" || string(ev.Raw) != body || ev.Job.Status != "" {
+	if ev.Status != events.StatusRejected || ev.RequestID != "req-9" || ev.Reason != "refused by the API" || string(ev.Raw) != body || ev.Job.Status != "" {
 		t.Errorf("event %+v", ev)
 	}
-	if mes := log.messageErrors(); len(mes) != 1 || mes[0].RequestID != "req-10" || !errors.Is(mes[0], ErrMalformedEvent) {
+	if mes := log.messageErrors(); len(mes) != 1 || mes[0].RequestID != "req-10" || !errors.Is(mes[0], events.ErrMalformedEvent) {
 		t.Errorf("message errors %v", log.all())
 	}
 }
@@ -768,7 +881,7 @@ func TestConsumeJobsServerRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := EnsureStreams(testCtx(t), js, StreamOptions{}); err != nil {
+	if err := events.EnsureStreams(testCtx(t), js, events.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	var rec recorder
@@ -776,7 +889,7 @@ func TestConsumeJobsServerRestart(t *testing.T) {
 	// A short ack wait: the kill may lose the server's record of the first
 	// ack (consumer state is flushed lazily), and then that event comes
 	// again once its ack wait is over: at least once, as documented.
-	c := consume(t, js, "restart", rec.handle, WithErrorHandler(log.add), WithAckWait(time.Second))
+	c := consume(t, js, "restart", rec.handle, events.WithErrorHandler(log.add), events.WithAckWait(time.Second))
 	publishEvent(t, js, "before", krea.StatusCompleted)
 	rec.waitFor(t, 1)
 
@@ -791,7 +904,7 @@ func TestConsumeJobsServerRestart(t *testing.T) {
 	// While the server is away the consumer sends no pulls: each would wait
 	// in the reconnect buffer with a subscription of its own and reach the
 	// server after its inbox is gone. Watch longer than a pull lasts.
-	for deadline := time.Now().Add(fetchWait + time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(events.FetchWait + time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if n := nc.NumSubscriptions(); n > subs {
 			t.Fatalf("%d subscriptions while disconnected, %d before", n, subs)
 		}
@@ -848,8 +961,8 @@ func TestConsumeJobsServerRestart(t *testing.T) {
 func TestConsumeJobsConsumerDeleted(t *testing.T) {
 	js := startStreams(t)
 	var log errorLog
-	c := consume(t, js, "doomed", func(context.Context, *Event) error { return nil }, WithErrorHandler(log.add))
-	if err := js.DeleteConsumer(testCtx(t), StreamJobs, "doomed"); err != nil {
+	c := consume(t, js, "doomed", func(context.Context, *events.Event) error { return nil }, events.WithErrorHandler(log.add))
+	if err := js.DeleteConsumer(testCtx(t), events.StreamJobs, "doomed"); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -860,5 +973,77 @@ func TestConsumeJobsConsumerDeleted(t *testing.T) {
 	errs := log.all()
 	if len(errs) == 0 || !errors.Is(errs[len(errs)-1], jetstream.ErrConsumerDeleted) {
 		t.Errorf("errors reported: %v", errs)
+	}
+}
+
+// TestConsumeOrderKey: under concurrency, the messages of one key are
+// handled one at a time and in order.
+func TestConsumeOrderKey(t *testing.T) {
+	js := startStreams(t)
+	jobs := []string{"a", "b", "c"}
+	const per = 6
+	for i := range per {
+		for _, j := range jobs {
+			publishEvent(t, js, j, krea.Status(fmt.Sprintf("step-%d", i)))
+		}
+	}
+	var mu sync.Mutex
+	seen := map[string][]uint64{}
+	busy := map[string]bool{}
+	c, err := events.Consume(js.Conn(), jobsConsumer(t, js, "ordered"), func(ctx context.Context, msg jetstream.Msg) {
+		md, _ := events.MsgMetadata(ctx)
+		job := msg.Headers().Get(events.HeaderJobID)
+		mu.Lock()
+		if busy[job] {
+			t.Errorf("two messages of job %s at once", job)
+		}
+		busy[job] = true
+		mu.Unlock()
+		time.Sleep(time.Duration(md.Sequence.Stream%3) * time.Millisecond)
+		mu.Lock()
+		busy[job] = false
+		seen[job] = append(seen[job], md.Sequence.Stream)
+		mu.Unlock()
+		_ = msg.Ack()
+	}, events.WithConcurrency(4), events.WithOrderKey(func(m jetstream.Msg) string { return m.Headers().Get(events.HeaderJobID) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Stop(); <-c.Closed() })
+	waitSettled(t, c)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, j := range jobs {
+		if len(seen[j]) != per || !slices.IsSorted(seen[j]) {
+			t.Errorf("job %s handled in the order %v", j, seen[j])
+		}
+	}
+}
+
+// TestConsumeOrderedConsumer: Consume takes an ordered consumer too (no
+// acks, no information before its first pull).
+func TestConsumeOrderedConsumer(t *testing.T) {
+	js := startStreams(t)
+	cons, err := js.OrderedConsumer(testCtx(t), events.StreamJobs, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got atomic.Int64
+	c, err := events.Consume(js.Conn(), cons, func(context.Context, jetstream.Msg) { got.Add(1) }, events.WithConcurrency(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Stop(); <-c.Closed() })
+	for _, id := range []string{"j1", "j2", "j3"} {
+		publishEvent(t, js, id, krea.StatusCompleted)
+	}
+	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if n := got.Load(); n != 3 {
+			return fmt.Errorf("handled %d messages, want 3", n)
+		}
+		return nil
+	})
+	if _, err := events.ConsumeJobs(js.Conn(), cons, func(context.Context, *events.Event) error { return nil }); !errors.Is(err, events.ErrInvalidOption) {
+		t.Errorf("ConsumeJobs of an ordered consumer: %v", err)
 	}
 }

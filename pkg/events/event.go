@@ -137,9 +137,12 @@ type Event struct {
 	ExtraJob bool
 	// TraceParent is the W3C traceparent the event carries, if any.
 	TraceParent string
-	// Job is the decoded body; Raw the body as stored.
-	Job  krea.Job
-	Raw  []byte
+	// Job is the decoded body of a job event (Job.Raw is the body too);
+	// empty for a rejected or mirrored event.
+	Job krea.Job
+	// Raw is the body as stored, whatever the event: a job object, a
+	// Rejection (see Rejection) or a Mirrored (see Objects).
+	Raw  json.RawMessage
 	Time time.Time
 	// Mirrored is the body of a krea.jobs.mirrored event (Job is empty
 	// then); see Objects.
@@ -182,7 +185,7 @@ func DecodeEvent(subject string, h nats.Header, data []byte) (*Event, error) {
 	}
 	if len(data) > 0 {
 		if e.Status == StatusRejected {
-			// The body is the submitter's rejection, not a job object.
+			// The body is a Rejection, not a job object.
 			if !json.Valid(data) {
 				return e, fmt.Errorf("events: decode %s event body: not JSON", subject)
 			}
@@ -199,6 +202,9 @@ func DecodeEvent(subject string, h nats.Header, data []byte) (*Event, error) {
 				return e, fmt.Errorf("events: decode %s event body: %w", subject, err)
 			}
 			e.Job = krea.Job{JobID: min.JobID, Status: min.Status}
+		}
+		if e.Status != StatusRejected {
+			e.Job.Raw = e.Raw
 		}
 	}
 	return e, nil

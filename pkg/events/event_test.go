@@ -1,4 +1,4 @@
-package events
+package events_test
 
 import (
 	"encoding/json"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
 
@@ -24,24 +25,24 @@ func TestJobMsgIDs(t *testing.T) {
 		{krea.StatusCompleted, testJobID},
 		{krea.StatusFailed, testJobID},
 		{krea.StatusCancelled, testJobID},
-		{StatusSubmitted, testJobID + ":submitted"},
+		{events.StatusSubmitted, testJobID + ":submitted"},
 		{krea.StatusProcessing, testJobID + ":processing"},
 		{krea.StatusIntermediateComplete, testJobID + ":intermediate-complete"},
 		{"some-new-status", testJobID + ":some-new-status"},
 	} {
-		if got := JobMsgID(testJobID, tc.status); got != tc.want {
+		if got := events.JobMsgID(testJobID, tc.status); got != tc.want {
 			t.Errorf("JobMsgID(%s) = %q, want %q", tc.status, got, tc.want)
 		}
-		h := EventHeaders{JobID: testJobID, Status: tc.status, RequestID: "req-1"}
+		h := events.EventHeaders{JobID: testJobID, Status: tc.status, RequestID: "req-1"}
 		if got := h.MsgID(); got != tc.want {
 			t.Errorf("EventHeaders.MsgID(%s) = %q, want %q", tc.status, got, tc.want)
 		}
 	}
-	h := EventHeaders{Status: StatusRejected, RequestID: "req-1"}
-	if got := h.MsgID(); got != "rejected:req-1" || RejectedMsgID("req-1") != "rejected:req-1" {
+	h := events.EventHeaders{Status: events.StatusRejected, RequestID: "req-1"}
+	if got := h.MsgID(); got != "rejected:req-1" || events.RejectedMsgID("req-1") != "rejected:req-1" {
 		t.Errorf("rejected MsgID = %q", got)
 	}
-	if JobSubject(krea.StatusCompleted) != "krea.jobs.completed" || JobSubject(StatusRejected) != "krea.jobs.rejected" {
+	if events.JobSubject(krea.StatusCompleted) != "krea.jobs.completed" || events.JobSubject(events.StatusRejected) != "krea.jobs.rejected" {
 		t.Error("JobSubject")
 	}
 }
@@ -49,11 +50,11 @@ func TestJobMsgIDs(t *testing.T) {
 func TestNewJobMsgHeaders(t *testing.T) {
 	at := time.Date(2026, 3, 1, 12, 30, 45, 123456789, time.FixedZone("CET", 3600))
 	body := []byte(`{"job_id":"` + testJobID + `","status":"completed","result":{"urls":["https://x/1.png"]},"extra":true}`)
-	m := NewJobMsg(EventHeaders{
+	m := events.NewJobMsg(events.EventHeaders{
 		JobID:       testJobID,
 		Status:      krea.StatusCompleted,
 		RequestID:   "req-1",
-		Source:      SourceWebhook,
+		Source:      events.SourceWebhook,
 		Metadata:    json.RawMessage(`{"user":"42"}`),
 		TraceParent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
 		Time:        at,
@@ -87,7 +88,7 @@ func TestNewJobMsgHeaders(t *testing.T) {
 
 func TestNewJobMsgVariants(t *testing.T) {
 	// Non-terminal, no request ID, metadata or trace: those headers absent.
-	m := NewJobMsg(EventHeaders{JobID: testJobID, Status: krea.StatusProcessing, Source: SourcePoll, CESource: "kreabus/reconciler"}, nil)
+	m := events.NewJobMsg(events.EventHeaders{JobID: testJobID, Status: krea.StatusProcessing, Source: events.SourcePoll, CESource: "kreabus/reconciler"}, nil)
 	if got := m.Header.Get("Nats-Msg-Id"); got != testJobID+":processing" {
 		t.Errorf("Nats-Msg-Id = %q", got)
 	}
@@ -108,13 +109,13 @@ func TestNewJobMsgVariants(t *testing.T) {
 	}
 
 	// Submitted.
-	m = NewJobMsg(EventHeaders{JobID: testJobID, Status: StatusSubmitted, RequestID: "req-1", Source: SourceSubmitter}, nil)
+	m = events.NewJobMsg(events.EventHeaders{JobID: testJobID, Status: events.StatusSubmitted, RequestID: "req-1", Source: events.SourceSubmitter}, nil)
 	if m.Subject != "krea.jobs.submitted" || m.Header.Get("Nats-Msg-Id") != testJobID+":submitted" || m.Header.Get("ce-type") != "ai.krea.job.submitted" {
 		t.Errorf("submitted: %s %v", m.Subject, m.Header)
 	}
 
 	// Rejected: no job, reason on one line, null metadata left out.
-	m = NewJobMsg(EventHeaders{Status: StatusRejected, RequestID: "req-9", Source: SourceSubmitter, Reason: "path: not allowed\r\nX-Evil: 1", Metadata: json.RawMessage("null")}, []byte(`{}`))
+	m = events.NewJobMsg(events.EventHeaders{Status: events.StatusRejected, RequestID: "req-9", Source: events.SourceSubmitter, Reason: "path: not allowed\r\nX-Evil: 1", Metadata: json.RawMessage("null")}, []byte(`{}`))
 	if m.Subject != "krea.jobs.rejected" || m.Header.Get("Nats-Msg-Id") != "rejected:req-9" || m.Header.Get("ce-id") != "rejected:req-9" || m.Header.Get("ce-type") != "ai.krea.job.rejected" {
 		t.Errorf("rejected: %s %v", m.Subject, m.Header)
 	}
@@ -127,19 +128,19 @@ func TestNewJobMsgVariants(t *testing.T) {
 	if r := m.Header.Get("Kreabus-Reason"); r != "path: not allowed  X-Evil: 1" {
 		t.Errorf("reason %q", r)
 	}
-	if long := NewJobMsg(EventHeaders{Status: StatusRejected, RequestID: "r", Reason: strings.Repeat("x", 5000)}, nil); len(long.Header.Get("Kreabus-Reason")) != 1024 {
+	if long := events.NewJobMsg(events.EventHeaders{Status: events.StatusRejected, RequestID: "r", Reason: strings.Repeat("x", 5000)}, nil); len(long.Header.Get("Kreabus-Reason")) != 1024 {
 		t.Errorf("long reason kept %d bytes", len(long.Header.Get("Kreabus-Reason")))
 	}
 }
 
 func TestDecodeEvent(t *testing.T) {
 	body := []byte(`{"job_id":"` + testJobID + `","status":"completed","completed_at":"2026-03-01T11:30:46Z","result":{"urls":["https://x/1.png","https://x/2.png"]},"unknown":{"a":1}}`)
-	m := NewJobMsg(EventHeaders{JobID: testJobID, Status: krea.StatusCompleted, RequestID: "req-1", Source: SourceWebhook, Metadata: json.RawMessage(`{"user":"42"}`), Reason: "r"}, body)
-	ev, err := DecodeEvent(m.Subject, m.Header, m.Data)
+	m := events.NewJobMsg(events.EventHeaders{JobID: testJobID, Status: krea.StatusCompleted, RequestID: "req-1", Source: events.SourceWebhook, Metadata: json.RawMessage(`{"user":"42"}`), Reason: "r"}, body)
+	ev, err := events.DecodeEvent(m.Subject, m.Header, m.Data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ev.Status != krea.StatusCompleted || ev.JobID != testJobID || ev.RequestID != "req-1" || ev.Source != SourceWebhook || ev.Reason != "r" ||
+	if ev.Status != krea.StatusCompleted || ev.JobID != testJobID || ev.RequestID != "req-1" || ev.Source != events.SourceWebhook || ev.Reason != "r" ||
 		string(ev.Metadata) != `{"user":"42"}` || ev.Time.IsZero() || string(ev.Raw) != string(body) {
 		t.Errorf("event %+v", ev)
 	}
@@ -148,13 +149,13 @@ func TestDecodeEvent(t *testing.T) {
 	}
 
 	// No body (a rejected event may have none), no headers.
-	ev, err = DecodeEvent("krea.jobs.rejected", nil, nil)
-	if err != nil || ev.Status != StatusRejected {
+	ev, err = events.DecodeEvent("krea.jobs.rejected", nil, nil)
+	if err != nil || ev.Status != events.StatusRejected {
 		t.Errorf("empty event: %+v, %v", ev, err)
 	}
 
 	for _, bad := range []string{`{"job_id":`, `[1]`, `"x"`, `{"status":5}`} {
-		if _, err := DecodeEvent("krea.jobs.completed", nil, []byte(bad)); err == nil {
+		if _, err := events.DecodeEvent("krea.jobs.completed", nil, []byte(bad)); err == nil {
 			t.Errorf("DecodeEvent(%s) accepted", bad)
 		}
 	}
@@ -164,8 +165,8 @@ func TestDecodeEvent(t *testing.T) {
 // valid UTF-8 in the header (the cut character becomes U+FFFD).
 func TestNewJobMsgLongReasonStaysUTF8(t *testing.T) {
 	reason := strings.Repeat("x", 1023) + "é and more"
-	m := NewJobMsg(EventHeaders{Status: StatusRejected, RequestID: "r", Reason: reason}, nil)
-	if got := m.Header.Get(HeaderReason); !utf8.ValidString(got) || !strings.HasPrefix(got, strings.Repeat("x", 1023)) {
+	m := events.NewJobMsg(events.EventHeaders{Status: events.StatusRejected, RequestID: "r", Reason: reason}, nil)
+	if got := m.Header.Get(events.HeaderReason); !utf8.ValidString(got) || !strings.HasPrefix(got, strings.Repeat("x", 1023)) {
 		t.Errorf("Kreabus-Reason = %q", got[len(got)-8:])
 	}
 }
@@ -174,13 +175,13 @@ func TestNewJobMsgLongReasonStaysUTF8(t *testing.T) {
 // has none) must not share a Nats-Msg-Id with every other such event, or
 // JetStream would drop all but the first within the duplicate window.
 func TestRejectedWithoutRequestIDIsNotDeduplicated(t *testing.T) {
-	a := NewJobMsg(EventHeaders{Status: StatusRejected, Reason: "body: not JSON"}, nil)
-	b := NewJobMsg(EventHeaders{Status: StatusRejected, Reason: "body: not an object"}, nil)
-	if id := a.Header.Get(HeaderMsgID); id != "" || b.Header.Get(HeaderMsgID) != "" {
+	a := events.NewJobMsg(events.EventHeaders{Status: events.StatusRejected, Reason: "body: not JSON"}, nil)
+	b := events.NewJobMsg(events.EventHeaders{Status: events.StatusRejected, Reason: "body: not an object"}, nil)
+	if id := a.Header.Get(events.HeaderMsgID); id != "" || b.Header.Get(events.HeaderMsgID) != "" {
 		t.Errorf("rejected event without request ID has Nats-Msg-Id %q", id)
 	}
-	if a.Header.Get(HeaderCEID) == "" || a.Header.Get(HeaderCEID) == b.Header.Get(HeaderCEID) {
-		t.Errorf("ce-id not unique: %q", a.Header.Get(HeaderCEID))
+	if a.Header.Get(events.HeaderCEID) == "" || a.Header.Get(events.HeaderCEID) == b.Header.Get(events.HeaderCEID) {
+		t.Errorf("ce-id not unique: %q", a.Header.Get(events.HeaderCEID))
 	}
 }
 
@@ -188,8 +189,8 @@ func TestRejectedWithoutRequestIDIsNotDeduplicated(t *testing.T) {
 // its "status" may be an HTTP status number; DecodeEvent must accept it.
 func TestDecodeEventRejectedBody(t *testing.T) {
 	body := `{"request_id":"req-9","reason":"refused by the API","kind":"api_refused","status":402,"error":"Payment required"}`
-	m := NewJobMsg(EventHeaders{Status: StatusRejected, RequestID: "req-9", Source: SourceSubmitter, Reason: "refused by the API"}, []byte(body))
-	ev, err := DecodeEvent(m.Subject, m.Header, m.Data)
+	m := events.NewJobMsg(events.EventHeaders{Status: events.StatusRejected, RequestID: "req-9", Source: events.SourceSubmitter, Reason: "refused by the API"}, []byte(body))
+	ev, err := events.DecodeEvent(m.Subject, m.Header, m.Data)
 	if err != nil {
 		t.Fatalf("DecodeEvent refuses a well-formed rejected event: %v", err)
 	}
@@ -199,12 +200,12 @@ func TestDecodeEventRejectedBody(t *testing.T) {
 }
 
 func BenchmarkNewJobMsg(b *testing.B) {
-	h := EventHeaders{JobID: "0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11", Status: "completed", RequestID: "req-1",
-		Source: SourceWebhook, Metadata: []byte(`{"user":"42"}`)}
+	h := events.EventHeaders{JobID: "0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11", Status: "completed", RequestID: "req-1",
+		Source: events.SourceWebhook, Metadata: []byte(`{"user":"42"}`)}
 	body := []byte(`{"job_id":"0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11","status":"completed"}`)
 	b.ReportAllocs()
 	for b.Loop() {
-		_ = NewJobMsg(h, body)
+		_ = events.NewJobMsg(h, body)
 	}
 }
 
@@ -216,8 +217,8 @@ func TestDecodeEventToleratesOddFields(t *testing.T) {
 		`{"job_id":"0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11","status":"completed","completed_at":""}`,
 		`{"job_id":"0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11","status":"completed","result":[]}`,
 	} {
-		m := NewJobMsg(EventHeaders{JobID: "0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11", Status: "completed", Source: SourceWebhook}, []byte(body))
-		ev, err := DecodeEvent(m.Subject, m.Header, m.Data)
+		m := events.NewJobMsg(events.EventHeaders{JobID: "0b9d6c1e-5f0a-4f57-a8f1-2a6f0f8b9a11", Status: "completed", Source: events.SourceWebhook}, []byte(body))
+		ev, err := events.DecodeEvent(m.Subject, m.Header, m.Data)
 		if err != nil {
 			t.Errorf("%s: %v", body, err)
 			continue
@@ -226,7 +227,56 @@ func TestDecodeEventToleratesOddFields(t *testing.T) {
 			t.Errorf("%s: event %+v", body, ev)
 		}
 	}
-	if _, err := DecodeEvent("krea.jobs.completed", nil, []byte(`{"job_id":`)); err == nil {
+	if _, err := events.DecodeEvent("krea.jobs.completed", nil, []byte(`{"job_id":`)); err == nil {
 		t.Error("a body that is not JSON decoded")
+	}
+}
+
+func TestEventRejection(t *testing.T) {
+	body := `{"request_id":"r1","path":"/generate/image/bfl/flux-1","reason":"model unavailable (410)","kind":"model_unavailable","http_status":410,"error":{"error":"model_unavailable"},"replacement":"/generate/image/bfl/flux-1-dev"}`
+	ev, err := events.DecodeEvent("krea.jobs.rejected", nats.Header{}, []byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := ev.Rejection()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.RequestID != "r1" || r.Kind != events.RejectModelUnavailable || r.HTTPStatus != 410 || r.Replacement != "/generate/image/bfl/flux-1-dev" || string(r.Error) != `{"error":"model_unavailable"}` {
+		t.Errorf("rejection %+v", r)
+	}
+	out, err := json.Marshal(r)
+	if err != nil || string(out) != body {
+		t.Errorf("round trip: %s (%v)", out, err)
+	}
+	done, err := events.DecodeEvent("krea.jobs.completed", nats.Header{}, []byte(`{"job_id":"`+testJobID+`","status":"completed"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := done.Rejection(); err == nil {
+		t.Error("a completed event has a rejection")
+	}
+	if string(done.Job.Raw) != string(done.Raw) {
+		t.Errorf("Job.Raw %s, Raw %s", done.Job.Raw, done.Raw)
+	}
+}
+
+func TestStatuses(t *testing.T) {
+	all := events.Statuses()
+	for _, s := range append(krea.Statuses(), events.StatusSubmitted, events.StatusRejected, events.StatusMirrored) {
+		if !slices.Contains(all, s) || !s.Valid() {
+			t.Errorf("status %q: listed %v, valid %v", s, slices.Contains(all, s), s.Valid())
+		}
+		if events.IsKreabusStatus(s) == slices.Contains(krea.Statuses(), s) {
+			t.Errorf("IsKreabusStatus(%q) = %v", s, events.IsKreabusStatus(s))
+		}
+	}
+	if len(all) != len(krea.Statuses())+3 {
+		t.Errorf("Statuses() = %v", all)
+	}
+	for _, s := range []krea.Status{events.StatusCompleted, events.StatusFailed, events.StatusCancelled} {
+		if !s.IsTerminal() {
+			t.Errorf("%s is not terminal", s)
+		}
 	}
 }

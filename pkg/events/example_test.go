@@ -16,7 +16,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kreabus/kreabus/pkg/events"
-	"github.com/kreabus/kreabus/pkg/krea"
 )
 
 // Publish a generation request. The request ID becomes the message's
@@ -72,9 +71,21 @@ func ExampleConsumeJobs() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 
-	c, err := events.ConsumeJobs(ctx, js, "thumbnailer",
+	// The consumer: created here, or by an operator (then bind to it with
+	// js.Consumer). Its filter and ack wait are the consumer's own.
+	cfg, err := events.JobsConsumerConfig("thumbnailer",
+		events.WithStatuses(events.StatusCompleted, events.StatusFailed))
+	if err != nil {
+		log.Fatal(err)
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, events.StreamJobs, cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	c, err := events.ConsumeJobs(nc, cons,
 		func(ctx context.Context, ev *events.Event) error {
-			if ev.Status == krea.StatusFailed {
+			if ev.Status == events.StatusFailed {
 				fmt.Printf("job %s (request %s) failed: %s\n", ev.JobID, ev.RequestID, ev.Job.FailureReason())
 				return nil
 			}
@@ -90,14 +101,14 @@ func ExampleConsumeJobs() {
 			}
 			return nil
 		},
-		events.WithStatuses(krea.StatusCompleted, krea.StatusFailed),
-		events.WithBackoff(time.Second, time.Minute),
+		events.WithBackoff(events.Backoff{Min: time.Second, Max: time.Minute}),
 	)
 	if err != nil {
 		log.Fatal(err)
 	}
 	<-ctx.Done()
-	c.Stop() // waits for the handler in flight
+	c.Drain()    // the handler in flight finishes, no new event starts
+	<-c.Closed() // (Stop would end the handler's context too)
 }
 
 func makeThumbnail(ctx context.Context, url string) error { return nil }
@@ -168,7 +179,15 @@ func ExampleOpenResult() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 
-	c, err := events.ConsumeJobs(ctx, js, "thumbnailer",
+	cfg, err := events.JobsConsumerConfig("thumbnailer", events.WithStatuses(events.StatusMirrored))
+	if err != nil {
+		log.Fatal(err)
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, events.StreamJobs, cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	c, err := events.ConsumeJobs(nc, cons,
 		func(ctx context.Context, ev *events.Event) error {
 			for _, obj := range ev.Objects() {
 				if !obj.OK() {
@@ -199,7 +218,7 @@ func ExampleOpenResult() {
 					ev.JobID, obj.Name, obj.Size, thumb.Bounds().Dx(), thumb.Bounds().Dy())
 			}
 			return nil
-		}, events.WithStatuses(events.StatusMirrored))
+		})
 	if err != nil {
 		log.Fatal(err)
 	}

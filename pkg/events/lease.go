@@ -10,10 +10,10 @@ import (
 )
 
 // ErrNotHandling is returned by InProgress called with a context that is
-// not a JobHandler's.
+// not a handler's (JobHandler, MsgHandler).
 var ErrNotHandling = errors.New("events: InProgress outside a job handler")
 
-// lease is a JobHandler's context: it ends one ack wait after the event
+// lease is a handler's context: it ends one ack wait after the message
 // was delivered, or after the handler last called InProgress, which is
 // when JetStream would deliver the event again.
 type lease struct {
@@ -63,7 +63,7 @@ func (l *lease) Err() error {
 // A handler doing long work (downloading a large file, say) calls it more
 // often than once per ack wait. Contexts derived from ctx with their own
 // deadline keep it. It fails once ctx has ended, and with ErrNotHandling
-// outside a JobHandler.
+// outside a handler (JobHandler, MsgHandler).
 func InProgress(ctx context.Context) error {
 	l, ok := ctx.Value(leaseKey{}).(*lease)
 	if !ok {

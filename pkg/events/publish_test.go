@@ -1,4 +1,4 @@
-package events
+package events_test
 
 import (
 	"bytes"
@@ -8,13 +8,15 @@ import (
 	"testing"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kreabus/kreabus/pkg/events"
 )
 
 const testTraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 func requestsStream(t *testing.T, js jetstream.JetStream) jetstream.Stream {
 	t.Helper()
-	s, err := js.Stream(testCtx(t), StreamRequests)
+	s, err := js.Stream(testCtx(t), events.StreamRequests)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,20 +35,20 @@ func streamMsgs(t *testing.T, s jetstream.Stream) uint64 {
 func TestPublishRequestStoresOnce(t *testing.T) {
 	js := startStreams(t)
 	ctx := testCtx(t)
-	req := &Request{
+	req := &events.Request{
 		RequestID: "req-1",
 		Path:      "/generate/image/bfl/flux-1-dev",
 		Input:     json.RawMessage(`{"prompt": "a serene mountain landscape", "width": 1024}`),
 		Metadata:  json.RawMessage(`{ "user": "42" }`),
 	}
-	ack, err := PublishRequest(ctx, js, req, WithTraceParent(testTraceParent))
+	ack, err := events.PublishRequest(ctx, js, req, events.WithTraceParent(testTraceParent))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ack.Stream != StreamRequests || ack.Duplicate {
+	if ack.Stream != events.StreamRequests || ack.Duplicate {
 		t.Fatalf("first ack = %+v", ack)
 	}
-	ack2, err := PublishRequest(ctx, js, req)
+	ack2, err := events.PublishRequest(ctx, js, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +76,7 @@ func TestPublishRequestStoresOnce(t *testing.T) {
 			t.Errorf("header %s = %q, want %q", name, got, want)
 		}
 	}
-	got, err := DecodeRequest(raw.Data)
+	got, err := events.DecodeRequest(raw.Data)
 	if err != nil {
 		t.Fatalf("stored request does not decode: %v\n%s", err, raw.Data)
 	}
@@ -106,26 +108,26 @@ func jsonEqual(t *testing.T, a, b []byte) bool {
 func TestPublishRequestFillsRequestID(t *testing.T) {
 	js := startStreams(t)
 	ctx := testCtx(t)
-	req, err := NewRequest("/generate/video/kling/kling-2.1", map[string]any{"prompt": "waves"})
+	req, err := events.NewRequest("/generate/video/kling/kling-2.1", map[string]any{"prompt": "waves"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.RequestID = ""
-	ack, err := PublishRequest(ctx, js, req)
+	ack, err := events.PublishRequest(ctx, js, req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !ValidRequestID(req.RequestID) {
+	if !events.ValidRequestID(req.RequestID) {
 		t.Fatalf("request ID not filled in: %q", req.RequestID)
 	}
 	raw, err := requestsStream(t, js).GetMsg(ctx, ack.Sequence)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if raw.Subject != "krea.requests.video" || raw.Header.Get(HeaderMsgID) != req.RequestID {
-		t.Errorf("subject %q msg id %q, want krea.requests.video and %q", raw.Subject, raw.Header.Get(HeaderMsgID), req.RequestID)
+	if raw.Subject != "krea.requests.video" || raw.Header.Get(events.HeaderMsgID) != req.RequestID {
+		t.Errorf("subject %q msg id %q, want krea.requests.video and %q", raw.Subject, raw.Header.Get(events.HeaderMsgID), req.RequestID)
 	}
-	if raw.Header.Get(HeaderTraceParent) != "" {
+	if raw.Header.Get(events.HeaderTraceParent) != "" {
 		t.Errorf("traceparent set without WithTraceParent")
 	}
 }
@@ -135,18 +137,18 @@ func TestPublishRequestSubjects(t *testing.T) {
 	ctx := testCtx(t)
 	for i, tc := range []struct {
 		path string
-		opts []PublishOpt
+		opts []events.PublishOpt
 		want string
 	}{
 		{"/generate/image/krea/krea-2/medium", nil, "krea.requests.image"},
 		{"/generate/video/google/veo-3", nil, "krea.requests.video"},
 		{"/generate/enhance/topaz/standard-enhance", nil, "krea.requests.enhance"},
 		{"/styles/train", nil, "krea.requests.styles"},
-		{"/generate/image/bfl/flux-1-dev", []PublishOpt{WithSubject("krea.requests.priority.image")}, "krea.requests.priority.image"},
-		{"/generate/image/bfl/flux-1-dev", []PublishOpt{WithSubject("krea.requests.x"), nil}, "krea.requests.x"},
+		{"/generate/image/bfl/flux-1-dev", []events.PublishOpt{events.WithSubject("krea.requests.priority.image")}, "krea.requests.priority.image"},
+		{"/generate/image/bfl/flux-1-dev", []events.PublishOpt{events.WithSubject("krea.requests.x"), nil}, "krea.requests.x"},
 	} {
-		req := &Request{RequestID: "r" + string(rune('a'+i)), Path: tc.path, Input: json.RawMessage(`{}`)}
-		ack, err := PublishRequest(ctx, js, req, tc.opts...)
+		req := &events.Request{RequestID: "r" + string(rune('a'+i)), Path: tc.path, Input: json.RawMessage(`{}`)}
+		ack, err := events.PublishRequest(ctx, js, req, tc.opts...)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.path, err)
 		}
@@ -163,32 +165,32 @@ func TestPublishRequestSubjects(t *testing.T) {
 func TestPublishRequestInvalid(t *testing.T) {
 	js := startStreams(t)
 	ctx := testCtx(t)
-	ok := func() *Request {
-		return &Request{RequestID: "ok", Path: "/generate/image/bfl/flux-1-dev", Input: json.RawMessage(`{"prompt":"x"}`)}
+	ok := func() *events.Request {
+		return &events.Request{RequestID: "ok", Path: "/generate/image/bfl/flux-1-dev", Input: json.RawMessage(`{"prompt":"x"}`)}
 	}
-	big := `{"k":"` + strings.Repeat("x", MaxMetadataSize) + `"}`
+	big := `{"k":"` + strings.Repeat("x", events.MaxMetadataSize) + `"}`
 	for _, tc := range []struct {
 		name  string
-		req   *Request
+		req   *events.Request
 		field string
 	}{
 		{"nil", nil, "request"},
-		{"bad request id", func() *Request { r := ok(); r.RequestID = "a.b"; return r }(), "request_id"},
-		{"long request id", func() *Request { r := ok(); r.RequestID = strings.Repeat("a", 65); return r }(), "request_id"},
-		{"path not allowed", func() *Request { r := ok(); r.Path = "/jobs"; return r }(), "path"},
-		{"path traversal", func() *Request { r := ok(); r.Path = "/generate/image/../x"; return r }(), "path"},
-		{"no input", func() *Request { r := ok(); r.Input = nil; return r }(), "input"},
-		{"input array", func() *Request { r := ok(); r.Input = json.RawMessage(`[1]`); return r }(), "input"},
-		{"input broken", func() *Request { r := ok(); r.Input = json.RawMessage(`{"a":`); return r }(), "input"},
-		{"metadata string", func() *Request { r := ok(); r.Metadata = json.RawMessage(`"x"`); return r }(), "metadata"},
-		{"metadata too big", func() *Request { r := ok(); r.Metadata = json.RawMessage(big); return r }(), "metadata"},
+		{"bad request id", func() *events.Request { r := ok(); r.RequestID = "a.b"; return r }(), "request_id"},
+		{"long request id", func() *events.Request { r := ok(); r.RequestID = strings.Repeat("a", 65); return r }(), "request_id"},
+		{"path not allowed", func() *events.Request { r := ok(); r.Path = "/jobs"; return r }(), "path"},
+		{"path traversal", func() *events.Request { r := ok(); r.Path = "/generate/image/../x"; return r }(), "path"},
+		{"no input", func() *events.Request { r := ok(); r.Input = nil; return r }(), "input"},
+		{"input array", func() *events.Request { r := ok(); r.Input = json.RawMessage(`[1]`); return r }(), "input"},
+		{"input broken", func() *events.Request { r := ok(); r.Input = json.RawMessage(`{"a":`); return r }(), "input"},
+		{"metadata string", func() *events.Request { r := ok(); r.Metadata = json.RawMessage(`"x"`); return r }(), "metadata"},
+		{"metadata too big", func() *events.Request { r := ok(); r.Metadata = json.RawMessage(big); return r }(), "metadata"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := PublishRequest(ctx, js, tc.req)
-			if !errors.Is(err, ErrInvalidRequest) {
+			_, err := events.PublishRequest(ctx, js, tc.req)
+			if !errors.Is(err, events.ErrInvalidRequest) {
 				t.Fatalf("err = %v, want ErrInvalidRequest", err)
 			}
-			var re *RequestError
+			var re *events.RequestError
 			if !errors.As(err, &re) || re.Field != tc.field {
 				t.Fatalf("err = %#v, want a *RequestError on %q", err, tc.field)
 			}
@@ -203,11 +205,11 @@ func TestPublishRequestMetadataLimitIsOnCompactJSON(t *testing.T) {
 	js := startStreams(t)
 	// 4000 bytes compact, over 4 KiB pretty-printed.
 	md := "{\n" + strings.Repeat(" ", 200) + `"k": "` + strings.Repeat("x", 3990) + "\"\n}"
-	if len(md) <= MaxMetadataSize {
+	if len(md) <= events.MaxMetadataSize {
 		t.Fatal("test metadata too small")
 	}
-	req := &Request{Path: "/generate/image/bfl/flux-1-dev", Input: json.RawMessage(`{}`), Metadata: json.RawMessage(md)}
-	if _, err := PublishRequest(testCtx(t), js, req); err != nil {
+	req := &events.Request{Path: "/generate/image/bfl/flux-1-dev", Input: json.RawMessage(`{}`), Metadata: json.RawMessage(md)}
+	if _, err := events.PublishRequest(testCtx(t), js, req); err != nil {
 		t.Fatalf("metadata under the limit once compact rejected: %v", err)
 	}
 	// The caller's request is left as it was, but for the filled-in ID.
@@ -219,21 +221,21 @@ func TestPublishRequestMetadataLimitIsOnCompactJSON(t *testing.T) {
 func TestPublishRequestInvalidOptions(t *testing.T) {
 	js := startStreams(t)
 	ctx := testCtx(t)
-	for _, opt := range []PublishOpt{
-		WithSubject("krea.jobs.completed"),
-		WithSubject("krea.requests."),
-		WithSubject("krea.requests"),
-		WithSubject("krea.requests.*"),
-		WithSubject("krea.requests.>"),
-		WithSubject("krea.requests.a..b"),
-		WithSubject("krea.requests.a b"),
-		WithSubject("krea.requests.a."),
-		WithTraceParent("not-a-traceparent"),
-		WithTraceParent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+	for _, opt := range []events.PublishOpt{
+		events.WithSubject("krea.jobs.completed"),
+		events.WithSubject("krea.requests."),
+		events.WithSubject("krea.requests"),
+		events.WithSubject("krea.requests.*"),
+		events.WithSubject("krea.requests.>"),
+		events.WithSubject("krea.requests.a..b"),
+		events.WithSubject("krea.requests.a b"),
+		events.WithSubject("krea.requests.a."),
+		events.WithTraceParent("not-a-traceparent"),
+		events.WithTraceParent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
 	} {
-		req := &Request{RequestID: "r1", Path: "/styles/train", Input: json.RawMessage(`{}`)}
-		_, err := PublishRequest(ctx, js, req, opt)
-		if !errors.Is(err, ErrInvalidOption) {
+		req := &events.Request{RequestID: "r1", Path: "/styles/train", Input: json.RawMessage(`{}`)}
+		_, err := events.PublishRequest(ctx, js, req, opt)
+		if !errors.Is(err, events.ErrInvalidOption) {
 			t.Errorf("err = %v, want ErrInvalidOption", err)
 		}
 	}
@@ -244,12 +246,12 @@ func TestPublishRequestInvalidOptions(t *testing.T) {
 
 func TestPublishRequestWithoutStream(t *testing.T) {
 	js := startJS(t)
-	req := &Request{Path: "/styles/train", Input: json.RawMessage(`{}`)}
-	_, err := PublishRequest(testCtx(t), js, req)
+	req := &events.Request{Path: "/styles/train", Input: json.RawMessage(`{}`)}
+	_, err := events.PublishRequest(testCtx(t), js, req)
 	if err == nil {
 		t.Fatal("published with no stream")
 	}
-	if errors.Is(err, ErrInvalidRequest) || !errors.Is(err, jetstream.ErrNoStreamResponse) {
+	if errors.Is(err, events.ErrInvalidRequest) || !errors.Is(err, jetstream.ErrNoStreamResponse) {
 		t.Errorf("err = %v, want jetstream.ErrNoStreamResponse", err)
 	}
 }
@@ -267,17 +269,17 @@ func TestValidTraceParent(t *testing.T) {
 		"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01":        false,
 		"":   false,
 		"00": false,
-		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0":                                               false,
-		"00-00000000000000000000000000000000-00f067aa0ba902b7-01":                                              false, // zero trace-id
-		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x":                                             false, // no "-" before the next field
-		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-a b":                                          false,
-		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-a\tb":                                         false,
-		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-a\x01b":                                       false,
-		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-\u00e9":                                       false,
-		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-" + strings.Repeat("a", MaxTraceParentLen-56): true,
-		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-" + strings.Repeat("a", MaxTraceParentLen-55): false,
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0":                                                      false,
+		"00-00000000000000000000000000000000-00f067aa0ba902b7-01":                                                     false, // zero trace-id
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x":                                                    false, // no "-" before the next field
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-a b":                                                 false,
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-a\tb":                                                false,
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-a\x01b":                                              false,
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-\u00e9":                                              false,
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-" + strings.Repeat("a", events.MaxTraceParentLen-56): true,
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-" + strings.Repeat("a", events.MaxTraceParentLen-55): false,
 	} {
-		if got := ValidTraceParent(tp); got != want {
+		if got := events.ValidTraceParent(tp); got != want {
 			t.Errorf("ValidTraceParent(%q) = %v, want %v", tp, got, want)
 		}
 	}

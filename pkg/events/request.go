@@ -5,9 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 
 	"github.com/google/uuid"
+
+	"github.com/kreabus/kreabus/pkg/krea"
 )
 
 // Limits on generation requests.
@@ -22,7 +23,7 @@ const (
 // krea.requests.
 type Request struct {
 	// RequestID identifies the request end to end: [A-Za-z0-9_-]{1,64}.
-	// NewRequest fills it in; the submitter generates one when absent.
+	// NewRequest fills it in; the submitter derives one when absent.
 	RequestID string `json:"request_id,omitempty"`
 	// Path is the Krea API path, e.g. "/generate/image/bfl/flux-1-dev".
 	Path string `json:"path"`
@@ -62,14 +63,6 @@ func (e *RequestError) Is(target error) bool { return target == ErrInvalidReques
 
 func invalid(field, reason string) error { return &RequestError{Field: field, Reason: reason} }
 
-// pathRE is the allow-list of Krea API paths a request may name: the
-// submitter is no open proxy. Segments start with a letter or digit, so "."
-// and ".." cannot appear.
-var pathRE = regexp.MustCompile(`^(/generate/(image|video|enhance)/[a-z0-9][a-z0-9._-]{0,63}/[a-z0-9][a-z0-9._-]{0,63}(/[a-z0-9][a-z0-9._-]{0,63})?|/styles/train)$`)
-
-// ValidPath reports whether path is one a request may name.
-func ValidPath(path string) bool { return pathRE.MatchString(path) }
-
 // ValidRequestID reports whether id matches [A-Za-z0-9_-]{1,64}.
 func ValidRequestID(id string) bool {
 	if len(id) == 0 || len(id) > MaxRequestIDLen {
@@ -84,18 +77,21 @@ func ValidRequestID(id string) bool {
 	return true
 }
 
-// DecodeRequest parses and validates a request. A missing request ID is
-// filled in with a fresh one; metadata is compacted. The error, when not
-// nil, matches ErrInvalidRequest and says which field is wrong.
+// DecodeRequest parses and validates a request; metadata is compacted.
+// The error, when not nil, matches ErrInvalidRequest and says which field
+// is wrong; the request is returned with it whenever the body is a JSON
+// object, so its fields can name what was refused.
+//
+// A request without a request ID (absent, null or "") keeps an empty
+// RequestID and is valid otherwise: the receiver names it (the submitter
+// derives an ID from the message's place in the stream, the same on every
+// redelivery). DecodeRequest never invents one.
 func DecodeRequest(data []byte) (*Request, error) {
 	var r Request
 	if err := json.Unmarshal(data, &r); err != nil {
 		return nil, invalid("body", "not a JSON request object: "+err.Error())
 	}
-	if r.RequestID == "" {
-		r.RequestID = NewRequestID()
-	}
-	if err := r.Validate(); err != nil {
+	if err := r.validate(r.RequestID == ""); err != nil {
 		return &r, err
 	}
 	if len(r.Metadata) > 0 {
@@ -107,12 +103,15 @@ func DecodeRequest(data []byte) (*Request, error) {
 	return &r, nil
 }
 
-// Validate checks the request against the contract.
-func (r *Request) Validate() error {
-	if !ValidRequestID(r.RequestID) {
+// Validate checks the request against the contract, as published: with a
+// request ID.
+func (r *Request) Validate() error { return r.validate(false) }
+
+func (r *Request) validate(noID bool) error {
+	if !noID && !ValidRequestID(r.RequestID) {
 		return invalid("request_id", "must match [A-Za-z0-9_-]{1,64}")
 	}
-	if !ValidPath(r.Path) {
+	if !krea.ValidPath(r.Path) {
 		return invalid("path", fmt.Sprintf("%q is not an allowed Krea generation path", r.Path))
 	}
 	if !isJSONObject(r.Input) {

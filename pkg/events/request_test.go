@@ -1,94 +1,15 @@
-package events
+package events_test
 
 import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"os"
 	"strings"
 	"testing"
+
+	"github.com/kreabus/kreabus/pkg/events"
+	"github.com/kreabus/kreabus/pkg/krea"
 )
-
-func TestValidPath(t *testing.T) {
-	for path, want := range map[string]bool{
-		"/generate/image/bfl/flux-1-dev":                 true,
-		"/generate/image/bfl/flux-1.1-pro":               true,
-		"/generate/image/krea/krea-2/medium":             true,
-		"/generate/video/kling/kling-2.1":                true,
-		"/generate/enhance/topaz/standard-enhance":       true,
-		"/generate/image/z-image/z-image":                true,
-		"/generate/image/qwen/2512":                      true,
-		"/styles/train":                                  true,
-		"/jobs":                                          false,
-		"/jobs/123":                                      false,
-		"/styles":                                        false,
-		"/styles/train/":                                 false,
-		"/styles/train/x":                                false,
-		"/assets":                                        false,
-		"/generate/image/../x":                           false,
-		"/generate/image/bfl/..":                         false,
-		"/generate/image/bfl/.":                          false,
-		"/generate/image/./flux":                         false,
-		"/generate/image/bfl/flux-1-dev/":                false,
-		"/generate/image/bfl/flux-1-dev/variant/x":       false, // 4 segments after the kind
-		"/generate/image/bfl":                            false,
-		"/generate/image":                                false,
-		"/generate/audio/a/b":                            false,
-		"/generate/IMAGE/bfl/flux":                       false,
-		"/generate/image/BFL/flux":                       false,
-		"/generate/image/bfl/flux?x=1":                   false,
-		"/generate/image/bfl/flux#x":                     false,
-		"/generate/image/bfl/flux%2F..":                  false,
-		"/generate/image//flux":                          false,
-		"//generate/image/bfl/flux":                      false,
-		"generate/image/bfl/flux":                        false,
-		"https://api.krea.ai/generate/image/bfl/x":       false,
-		"/generate/image/bfl/flux\n":                     false,
-		"/generate/image/bfl/flux\n/styles/train":        false,
-		"/generate/image/bfl/-flux":                      false,
-		"/generate/image/bfl/" + strings.Repeat("a", 64): true,
-		"/generate/image/bfl/" + strings.Repeat("a", 65): false,
-		"":  false,
-		"/": false,
-	} {
-		if got := ValidPath(path); got != want {
-			t.Errorf("ValidPath(%q) = %v, want %v", path, got, want)
-		}
-		if got := refValidPath(path); got != want {
-			t.Errorf("refValidPath(%q) = %v, want %v", path, got, want)
-		}
-	}
-}
-
-// TestValidPathMatchesOpenAPI checks the allow-list against Krea's published
-// OpenAPI document, when the checkout has it beside the repository: every
-// generation path and /styles/train is allowed, nothing else is.
-func TestValidPathMatchesOpenAPI(t *testing.T) {
-	data, err := os.ReadFile("../../../shared/krea/openapi.json")
-	if err != nil {
-		t.Skipf("Krea OpenAPI document not available: %v", err)
-	}
-	var doc struct {
-		Paths map[string]map[string]json.RawMessage `json:"paths"`
-	}
-	if err := json.Unmarshal(data, &doc); err != nil {
-		t.Fatal(err)
-	}
-	generation := 0
-	for path, ops := range doc.Paths {
-		_, post := ops["post"]
-		want := post && (strings.HasPrefix(path, "/generate/") || path == "/styles/train")
-		if want {
-			generation++
-		}
-		if got := ValidPath(path); got != want {
-			t.Errorf("ValidPath(%q) = %v, want %v", path, got, want)
-		}
-	}
-	if generation < 10 {
-		t.Errorf("only %d generation paths in the OpenAPI document", generation)
-	}
-}
 
 func TestValidRequestID(t *testing.T) {
 	for id, want := range map[string]bool{
@@ -96,14 +17,14 @@ func TestValidRequestID(t *testing.T) {
 		strings.Repeat("x", 64): true, strings.Repeat("x", 65): false,
 		"": false, "a.b": false, "a b": false, "a/b": false, "a*": false, "é": false, "a:b": false,
 	} {
-		if got := ValidRequestID(id); got != want {
+		if got := events.ValidRequestID(id); got != want {
 			t.Errorf("ValidRequestID(%q) = %v, want %v", id, got, want)
 		}
 	}
 }
 
 func TestDecodeRequest(t *testing.T) {
-	bigMeta := `{"k":"` + strings.Repeat("x", MaxMetadataSize-8) + `"}` // exactly 4 KiB
+	bigMeta := `{"k":"` + strings.Repeat("x", events.MaxMetadataSize-8) + `"}` // exactly 4 KiB
 	for _, tc := range []struct {
 		name  string
 		body  string
@@ -137,26 +58,29 @@ func TestDecodeRequest(t *testing.T) {
 		{"input number", `{"path":"/styles/train","input":1}`, "input"},
 		{"metadata array", `{"path":"/styles/train","input":{},"metadata":[1]}`, "metadata"},
 		{"metadata string", `{"path":"/styles/train","input":{},"metadata":"x"}`, "metadata"},
-		{"metadata over limit", `{"path":"/styles/train","input":{},"metadata":{"k":"` + strings.Repeat("x", MaxMetadataSize) + `"}}`, "metadata"},
+		{"metadata over limit", `{"path":"/styles/train","input":{},"metadata":{"k":"` + strings.Repeat("x", events.MaxMetadataSize) + `"}}`, "metadata"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, err := DecodeRequest([]byte(tc.body))
+			r, err := events.DecodeRequest([]byte(tc.body))
 			if tc.field == "" {
 				if err != nil {
 					t.Fatalf("DecodeRequest: %v", err)
 				}
-				if !ValidRequestID(r.RequestID) {
-					t.Errorf("request id %q", r.RequestID)
+				if id := r.RequestID; id != "" && !events.ValidRequestID(id) {
+					t.Errorf("request id %q", id)
+				}
+				if r.RequestID == "" {
+					r.RequestID = "named-by-the-receiver"
 				}
 				if err := r.Validate(); err != nil {
 					t.Errorf("decoded request does not validate: %v", err)
 				}
 				return
 			}
-			if !errors.Is(err, ErrInvalidRequest) {
+			if !errors.Is(err, events.ErrInvalidRequest) {
 				t.Fatalf("err = %v, want ErrInvalidRequest", err)
 			}
-			var re *RequestError
+			var re *events.RequestError
 			if !errors.As(err, &re) || re.Field != tc.field {
 				t.Fatalf("err = %v, want a *RequestError on %q", err, tc.field)
 			}
@@ -168,7 +92,7 @@ func TestDecodeRequest(t *testing.T) {
 }
 
 func TestDecodeRequestKeepsFields(t *testing.T) {
-	r, err := DecodeRequest([]byte(`{"request_id":"r1","path":"/generate/image/bfl/flux-1-dev","input":{"prompt":"<b> & co","n":1.50},"metadata":{ "user" : "42", "tags": [1, 2] }}`))
+	r, err := events.DecodeRequest([]byte(`{"request_id":"r1","path":"/generate/image/bfl/flux-1-dev","input":{"prompt":"<b> & co","n":1.50},"metadata":{ "user" : "42", "tags": [1, 2] }}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,23 +105,28 @@ func TestDecodeRequestKeepsFields(t *testing.T) {
 	if string(r.Metadata) != `{"user":"42","tags":[1,2]}` {
 		t.Errorf("metadata not compacted: %s", r.Metadata)
 	}
-	// A fresh ID for each request without one.
-	a, _ := DecodeRequest([]byte(`{"path":"/styles/train","input":{}}`))
-	b, _ := DecodeRequest([]byte(`{"path":"/styles/train","input":{}}`))
-	if a.RequestID == b.RequestID {
-		t.Error("generated request IDs repeat")
+	// No ID invented for a request without one (absent, null or empty):
+	// its receiver names it.
+	for _, body := range []string{`{"path":"/styles/train","input":{}}`, `{"request_id":null,"path":"/styles/train","input":{}}`, `{"request_id":"","path":"/styles/train","input":{}}`} {
+		if r, err := events.DecodeRequest([]byte(body)); err != nil || r.RequestID != "" {
+			t.Errorf("%s: request ID %q, err %v", body, r.RequestID, err)
+		}
+	}
+	// Published, a request needs its ID.
+	if err := (&events.Request{Path: "/styles/train", Input: json.RawMessage(`{}`)}).Validate(); !errors.Is(err, events.ErrInvalidRequest) {
+		t.Errorf("Validate without a request ID: %v", err)
 	}
 }
 
 func TestNewRequest(t *testing.T) {
-	r, err := NewRequest("/generate/image/bfl/flux-1-dev", map[string]any{"prompt": "x", "width": 1024})
+	r, err := events.NewRequest("/generate/image/bfl/flux-1-dev", map[string]any{"prompt": "x", "width": 1024})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := r.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := NewRequest("/styles/train", func() {}); err == nil {
+	if _, err := events.NewRequest("/styles/train", func() {}); err == nil {
 		t.Error("unmarshallable input accepted")
 	}
 }
@@ -211,29 +140,24 @@ func FuzzDecodeRequest(f *testing.F) {
 	f.Add([]byte(`{"path":"/generate/image/../x","input":{}}`))
 	f.Add([]byte(`null`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		// The allow-list agrees with a plain re-implementation, on the raw
-		// input and on whatever path the body names.
-		if s := string(data); ValidPath(s) != refValidPath(s) {
-			t.Fatalf("ValidPath(%q) = %v, reference says %v", s, ValidPath(s), refValidPath(s))
-		}
-		r, err := DecodeRequest(data)
-		if r != nil && ValidPath(r.Path) != refValidPath(r.Path) {
-			t.Fatalf("ValidPath(%q) = %v, reference says %v", r.Path, ValidPath(r.Path), refValidPath(r.Path))
-		}
+		r, err := events.DecodeRequest(data)
 		if err != nil {
-			var re *RequestError
-			if !errors.As(err, &re) || !errors.Is(err, ErrInvalidRequest) || re.Field == "" {
+			var re *events.RequestError
+			if !errors.As(err, &re) || !errors.Is(err, events.ErrInvalidRequest) || re.Field == "" {
 				t.Fatalf("DecodeRequest error %#v is not a *RequestError", err)
 			}
 			return
 		}
+		if r.RequestID == "" {
+			r.RequestID = "named-by-the-receiver" // DecodeRequest invents none
+		}
 		if err := r.Validate(); err != nil {
 			t.Fatalf("accepted request does not validate: %v", err)
 		}
-		if !ValidPath(r.Path) || !ValidRequestID(r.RequestID) || !isJSONObject(r.Input) {
+		if !krea.ValidPath(r.Path) || !events.ValidRequestID(r.RequestID) || !isJSONObject(r.Input) {
 			t.Fatalf("accepted %+v", r)
 		}
-		if len(r.Metadata) > MaxMetadataSize {
+		if len(r.Metadata) > events.MaxMetadataSize {
 			t.Fatalf("accepted %d bytes of metadata", len(r.Metadata))
 		}
 		if len(r.Metadata) > 0 && string(r.Metadata) != "null" {
@@ -247,7 +171,7 @@ func FuzzDecodeRequest(f *testing.F) {
 		if err != nil {
 			t.Fatalf("marshal accepted request: %v", err)
 		}
-		r2, err := DecodeRequest(out)
+		r2, err := events.DecodeRequest(out)
 		if err != nil {
 			t.Fatalf("re-decode %s: %v", out, err)
 		}
@@ -274,37 +198,7 @@ func jsonSame(a, b []byte) bool {
 	return bytes.Equal(xb, yb)
 }
 
-// refValidPath is the path allow-list written out without a regular
-// expression: /styles/train, or /generate/{image|video|enhance}/ and two or
-// three segments of [a-z0-9][a-z0-9._-]{0,63}.
-func refValidPath(path string) bool {
-	if path == "/styles/train" {
-		return true
-	}
-	rest, ok := strings.CutPrefix(path, "/generate/")
-	if !ok {
-		return false
-	}
-	segs := strings.Split(rest, "/")
-	if len(segs) < 3 || len(segs) > 4 {
-		return false
-	}
-	switch segs[0] {
-	case "image", "video", "enhance":
-	default:
-		return false
-	}
-	for _, seg := range segs[1:] {
-		if len(seg) == 0 || len(seg) > 64 {
-			return false
-		}
-		for i := 0; i < len(seg); i++ {
-			c := seg[i]
-			lowerOrDigit := (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')
-			if !lowerOrDigit && (i == 0 || (c != '.' && c != '_' && c != '-')) {
-				return false
-			}
-		}
-	}
-	return true
+func isJSONObject(b json.RawMessage) bool {
+	b = bytes.TrimSpace(b)
+	return len(b) >= 2 && b[0] == '{' && json.Valid(b)
 }

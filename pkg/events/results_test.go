@@ -1,4 +1,4 @@
-package events
+package events_test
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
 
@@ -33,11 +34,11 @@ func TestResultObjectName(t *testing.T) {
 		"not a url at all.jpeg":                       job + "/0.jpeg",
 		"https://gen.krea.ai/images/../../etc/passwd": job + "/0",
 	} {
-		if got := ResultObjectName(job, 0, url); got != want {
+		if got := events.ResultObjectName(job, 0, url); got != want {
 			t.Errorf("ResultObjectName(%q) = %q, want %q", url, got, want)
 		}
 	}
-	if got := ResultObjectName(job, 12, "https://x/y.png"); got != job+"/12.png" {
+	if got := events.ResultObjectName(job, 12, "https://x/y.png"); got != job+"/12.png" {
 		t.Errorf("n=12: %q", got)
 	}
 }
@@ -47,7 +48,7 @@ func FuzzResultObjectName(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, url string) {
-		name := ResultObjectName("job", 3, url)
+		name := events.ResultObjectName("job", 3, url)
 		ext, ok := strings.CutPrefix(name, "job/3")
 		if !ok || len(ext) > 9 || (ext != "" && ext[0] != '.') {
 			t.Fatalf("name %q", name)
@@ -61,7 +62,7 @@ func FuzzResultObjectName(f *testing.F) {
 }
 
 func TestMirroredBody(t *testing.T) {
-	m := Mirrored{JobID: "j1", RequestID: "r1", Objects: []ResultObject{
+	m := events.Mirrored{JobID: "j1", RequestID: "r1", Objects: []events.ResultObject{
 		{URL: "https://gen.krea.ai/a.png", Bucket: "KREA_RESULTS", Name: "j1/0.png", Size: 0, Digest: "SHA-256=x", ContentType: "image/png"},
 		{URL: "https://gen.krea.ai/b.png", Error: "GET https://gen.krea.ai/b.png: Not Found (404)", Size: 7},
 	}}
@@ -75,31 +76,31 @@ func TestMirroredBody(t *testing.T) {
 	if string(b) != want {
 		t.Fatalf("body\n%s\nwant\n%s", b, want)
 	}
-	msg := NewJobMsg(EventHeaders{JobID: "j1", Status: StatusMirrored, RequestID: "r1", Source: SourceMirror, TraceParent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}, b)
-	if msg.Subject != "krea.jobs.mirrored" || msg.Header.Get(HeaderMsgID) != "j1:mirrored" || msg.Header.Get(HeaderCEType) != "ai.krea.job.mirrored" {
+	msg := events.NewJobMsg(events.EventHeaders{JobID: "j1", Status: events.StatusMirrored, RequestID: "r1", Source: events.SourceMirror, TraceParent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}, b)
+	if msg.Subject != "krea.jobs.mirrored" || msg.Header.Get(events.HeaderMsgID) != "j1:mirrored" || msg.Header.Get(events.HeaderCEType) != "ai.krea.job.mirrored" {
 		t.Errorf("message %s %v", msg.Subject, msg.Header)
 	}
-	ev, err := DecodeEvent(msg.Subject, msg.Header, msg.Data)
+	ev, err := events.DecodeEvent(msg.Subject, msg.Header, msg.Data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ev.Status != StatusMirrored || ev.Source != SourceMirror || ev.JobID != "j1" || ev.TraceParent == "" || len(ev.Objects()) != 2 ||
+	if ev.Status != events.StatusMirrored || ev.Source != events.SourceMirror || ev.JobID != "j1" || ev.TraceParent == "" || len(ev.Objects()) != 2 ||
 		!ev.Objects()[0].OK() || ev.Objects()[1].OK() || ev.Objects()[1].Size != 0 || ev.Job.JobID != "" {
 		t.Errorf("decoded %+v %+v", ev, ev.Objects())
 	}
-	if (&Event{}).Objects() != nil {
+	if (&events.Event{}).Objects() != nil {
 		t.Error("Objects of a non-mirrored event")
 	}
-	if !IsKreabusStatus(StatusMirrored) || IsKreabusStatus(krea.StatusCompleted) || StatusMirrored.IsTerminal() {
+	if !events.IsKreabusStatus(events.StatusMirrored) || events.IsKreabusStatus(krea.StatusCompleted) || events.StatusMirrored.IsTerminal() {
 		t.Error("mirrored must be a kreabus status, not a terminal Krea one")
 	}
 	for _, bad := range []string{``, `{}`, `{"job_id":"j"}`, `{"job_id":"j","objects":[{"url":""}]}`,
 		`{"job_id":"j","objects":[{"url":"u"}]}`, `{"job_id":"j","objects":[]} x`, `[1]`} {
-		if _, err := DecodeEvent("krea.jobs.mirrored", nil, []byte(bad)); err == nil {
+		if _, err := events.DecodeEvent("krea.jobs.mirrored", nil, []byte(bad)); err == nil {
 			t.Errorf("DecodeEvent accepted %q", bad)
 		}
 	}
-	if _, err := DecodeEvent("krea.jobs.mirrored", nil, []byte(`{"job_id":"j","objects":[]}`)); err != nil {
+	if _, err := events.DecodeEvent("krea.jobs.mirrored", nil, []byte(`{"job_id":"j","objects":[]}`)); err != nil {
 		t.Errorf("a job without results: %v", err)
 	}
 }
@@ -108,12 +109,12 @@ func TestMirroredBody(t *testing.T) {
 // a failed entry and a missing object are ErrResultUnavailable.
 func TestOpenResult(t *testing.T) {
 	js := startStreams(t)
-	obs, err := EnsureResultsStore(testCtx(t), js, ResultsStoreConfig(ResultsOptions{TTL: time.Hour}))
+	obs, err := events.EnsureResultsStore(testCtx(t), js, events.ResultsStoreConfig(events.ResultsOptions{TTL: time.Hour}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Again: the existing bucket is opened.
-	if _, err := EnsureResultsStore(testCtx(t), js, ResultsStoreConfig(ResultsOptions{})); err != nil {
+	if _, err := events.EnsureResultsStore(testCtx(t), js, events.ResultsStoreConfig(events.ResultsOptions{})); err != nil {
 		t.Fatal(err)
 	}
 	data := strings.Repeat("pixels", 100_000)
@@ -121,7 +122,7 @@ func TestOpenResult(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := OpenResult(testCtx(t), js, ResultObject{URL: "u", Bucket: "KREA_RESULTS", Name: "j1/0.png", Size: info.Size, Digest: info.Digest})
+	r, err := events.OpenResult(testCtx(t), js, events.ResultObject{URL: "u", Bucket: "KREA_RESULTS", Name: "j1/0.png", Size: info.Size, Digest: info.Digest})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,16 +131,16 @@ func TestOpenResult(t *testing.T) {
 	if err != nil || string(got) != data {
 		t.Fatalf("read %d bytes, %v", len(got), err)
 	}
-	_, err = OpenResult(testCtx(t), js, ResultObject{URL: "u", Error: "GET u: Not Found (404)"})
-	var re *ResultError
-	if !errors.Is(err, ErrResultUnavailable) || !errors.As(err, &re) || !strings.Contains(err.Error(), "404") {
+	_, err = events.OpenResult(testCtx(t), js, events.ResultObject{URL: "u", Error: "GET u: Not Found (404)"})
+	var re *events.ResultError
+	if !errors.Is(err, events.ErrResultUnavailable) || !errors.As(err, &re) || !strings.Contains(err.Error(), "404") {
 		t.Errorf("failed entry: %v", err)
 	}
-	_, err = OpenResult(testCtx(t), js, ResultObject{URL: "u", Name: "j2/0.png"}) // default bucket, no such object
-	if !errors.Is(err, ErrResultUnavailable) || !errors.Is(err, jetstream.ErrObjectNotFound) {
+	_, err = events.OpenResult(testCtx(t), js, events.ResultObject{URL: "u", Name: "j2/0.png"}) // default bucket, no such object
+	if !errors.Is(err, events.ErrResultUnavailable) || !errors.Is(err, jetstream.ErrObjectNotFound) {
 		t.Errorf("missing object: %v", err)
 	}
-	cfg := ResultsStoreConfig(ResultsOptions{})
+	cfg := events.ResultsStoreConfig(events.ResultsOptions{})
 	if cfg.Bucket != "KREA_RESULTS" || cfg.TTL != 7*24*time.Hour || cfg.Replicas != 1 {
 		t.Errorf("defaults %+v", cfg)
 	}
@@ -153,14 +154,14 @@ func TestInProgress(t *testing.T) {
 	publishEvent(t, js, "slow", krea.StatusCompleted)
 	var deliveries atomic.Int32
 	done := make(chan error, 1)
-	c := consume(t, js, "progress", func(ctx context.Context, ev *Event) error {
+	c := consume(t, js, "progress", func(ctx context.Context, ev *events.Event) error {
 		if deliveries.Add(1) > 1 {
 			return nil
 		}
 		dl0, _ := ctx.Deadline()
 		for range 6 { // 1.8 s of work against a 1 s ack wait
 			time.Sleep(300 * time.Millisecond)
-			if err := InProgress(ctx); err != nil {
+			if err := events.InProgress(ctx); err != nil {
 				done <- err
 				return err
 			}
@@ -171,7 +172,7 @@ func TestInProgress(t *testing.T) {
 		}
 		done <- nil
 		return nil
-	}, WithAckWait(time.Second))
+	}, events.WithAckWait(time.Second))
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
@@ -179,13 +180,13 @@ func TestInProgress(t *testing.T) {
 	if n := deliveries.Load(); n != 1 {
 		t.Errorf("%d deliveries, want 1", n)
 	}
-	if err := InProgress(context.Background()); !errors.Is(err, ErrNotHandling) {
+	if err := events.InProgress(context.Background()); !errors.Is(err, events.ErrNotHandling) {
 		t.Errorf("InProgress outside a handler: %v", err)
 	}
 
 	publishEvent(t, js, "silent", krea.StatusCompleted)
 	ended := make(chan error, 1)
-	consume(t, js, "silent", func(ctx context.Context, ev *Event) error {
+	consume(t, js, "silent", func(ctx context.Context, ev *events.Event) error {
 		if ev.JobID != "silent" {
 			return nil
 		}
@@ -194,8 +195,8 @@ func TestInProgress(t *testing.T) {
 		case ended <- ctx.Err():
 		default:
 		}
-		return InProgress(ctx)
-	}, WithAckWait(500*time.Millisecond), WithStatuses(krea.StatusCompleted), WithErrorHandler(nil))
+		return events.InProgress(ctx)
+	}, events.WithAckWait(500*time.Millisecond), events.WithStatuses(krea.StatusCompleted), events.WithErrorHandler(nil))
 	select {
 	case err := <-ended:
 		if !errors.Is(err, context.DeadlineExceeded) {

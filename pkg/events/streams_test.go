@@ -1,4 +1,4 @@
-package events
+package events_test
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kreabus/kreabus/internal/natstest"
+	"github.com/kreabus/kreabus/pkg/events"
 )
 
 // startJS runs an embedded JetStream server for the test and returns a
@@ -29,7 +30,7 @@ func startJS(t *testing.T) jetstream.JetStream {
 func startStreams(t *testing.T) jetstream.JetStream {
 	t.Helper()
 	js := startJS(t)
-	if err := EnsureStreams(testCtx(t), js, StreamOptions{}); err != nil {
+	if err := events.EnsureStreams(testCtx(t), js, events.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	return js
@@ -44,7 +45,7 @@ func testCtx(t *testing.T) context.Context {
 }
 
 func TestJobsStreamConfigDefaults(t *testing.T) {
-	cfg := JobsStreamConfig(StreamOptions{})
+	cfg := events.JobsStreamConfig(events.StreamOptions{})
 	if cfg.Name != "KREA_JOBS" || len(cfg.Subjects) != 1 || cfg.Subjects[0] != "krea.jobs.>" {
 		t.Errorf("name/subjects = %s %v", cfg.Name, cfg.Subjects)
 	}
@@ -58,17 +59,17 @@ func TestJobsStreamConfigDefaults(t *testing.T) {
 		t.Errorf("retention %v storage %v replicas %d", cfg.Retention, cfg.Storage, cfg.Replicas)
 	}
 
-	cfg = JobsStreamConfig(StreamOptions{DuplicateWindow: 3 * time.Hour, JobsMaxAge: 24 * time.Hour, Replicas: 3, Storage: jetstream.MemoryStorage})
+	cfg = events.JobsStreamConfig(events.StreamOptions{DuplicateWindow: 3 * time.Hour, JobsMaxAge: 24 * time.Hour, Replicas: 3, Storage: jetstream.MemoryStorage})
 	if cfg.Duplicates != 3*time.Hour || cfg.MaxAge != 24*time.Hour || cfg.Replicas != 3 || cfg.Storage != jetstream.MemoryStorage {
 		t.Errorf("options not applied: %+v", cfg)
 	}
 	// The server refuses a duplicate window longer than MaxAge.
-	cfg = JobsStreamConfig(StreamOptions{DuplicateWindow: 2 * time.Hour, JobsMaxAge: time.Hour})
+	cfg = events.JobsStreamConfig(events.StreamOptions{DuplicateWindow: 2 * time.Hour, JobsMaxAge: time.Hour})
 	if cfg.Duplicates != time.Hour {
 		t.Errorf("Duplicates = %v, want clamped to MaxAge 1h", cfg.Duplicates)
 	}
 
-	req := RequestsStreamConfig(StreamOptions{})
+	req := events.RequestsStreamConfig(events.StreamOptions{})
 	if req.Name != "KREA_REQUESTS" || req.Subjects[0] != "krea.requests.>" || req.Retention != jetstream.WorkQueuePolicy || req.Storage != jetstream.FileStorage {
 		t.Errorf("requests stream config = %+v", req)
 	}
@@ -77,9 +78,9 @@ func TestJobsStreamConfigDefaults(t *testing.T) {
 func TestEnsureStreamCreatesAndIsIdempotent(t *testing.T) {
 	js := startJS(t)
 	ctx := testCtx(t)
-	want := JobsStreamConfig(StreamOptions{})
+	want := events.JobsStreamConfig(events.StreamOptions{})
 
-	s, err := EnsureStream(ctx, js, want)
+	s, err := events.EnsureStream(ctx, js, want)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,11 +89,11 @@ func TestEnsureStreamCreatesAndIsIdempotent(t *testing.T) {
 		t.Errorf("created %+v", got)
 	}
 	// Store something: ensuring again must neither fail nor touch it.
-	if _, err := js.PublishMsg(ctx, NewJobMsg(EventHeaders{JobID: "j1", Status: "completed", Source: SourcePoll}, []byte(`{}`))); err != nil {
+	if _, err := js.PublishMsg(ctx, events.NewJobMsg(events.EventHeaders{JobID: "j1", Status: "completed", Source: events.SourcePoll}, []byte(`{}`))); err != nil {
 		t.Fatal(err)
 	}
 	for range 2 {
-		s, err = EnsureStream(ctx, js, want)
+		s, err = events.EnsureStream(ctx, js, want)
 		if err != nil {
 			t.Fatalf("second EnsureStream: %v", err)
 		}
@@ -110,11 +111,11 @@ func TestEnsureStreamLeavesCompatibleStreamAlone(t *testing.T) {
 	js := startJS(t)
 	ctx := testCtx(t)
 	// An operator's own KREA_JOBS: other max age, memory storage.
-	own := JobsStreamConfig(StreamOptions{JobsMaxAge: 48 * time.Hour, Storage: jetstream.MemoryStorage})
+	own := events.JobsStreamConfig(events.StreamOptions{JobsMaxAge: 48 * time.Hour, Storage: jetstream.MemoryStorage})
 	if _, err := js.CreateStream(ctx, own); err != nil {
 		t.Fatal(err)
 	}
-	s, err := EnsureStream(ctx, js, JobsStreamConfig(StreamOptions{}))
+	s, err := events.EnsureStream(ctx, js, events.JobsStreamConfig(events.StreamOptions{}))
 	if err != nil {
 		t.Fatalf("compatible stream rejected: %v", err)
 	}
@@ -129,9 +130,9 @@ func TestEnsureStreamRejectsIncompatible(t *testing.T) {
 		existing jetstream.StreamConfig
 		want     jetstream.StreamConfig
 	}{
-		{"jobs with work-queue retention", jetstream.StreamConfig{Name: StreamJobs, Subjects: []string{JobsSubjects}, Retention: jetstream.WorkQueuePolicy}, JobsStreamConfig(StreamOptions{})},
-		{"jobs on other subjects", jetstream.StreamConfig{Name: StreamJobs, Subjects: []string{"other.jobs.>"}}, JobsStreamConfig(StreamOptions{})},
-		{"requests with limits retention", jetstream.StreamConfig{Name: StreamRequests, Subjects: []string{RequestsSubjects}}, RequestsStreamConfig(StreamOptions{})},
+		{"jobs with work-queue retention", jetstream.StreamConfig{Name: events.StreamJobs, Subjects: []string{events.JobsSubjects}, Retention: jetstream.WorkQueuePolicy}, events.JobsStreamConfig(events.StreamOptions{})},
+		{"jobs on other subjects", jetstream.StreamConfig{Name: events.StreamJobs, Subjects: []string{"other.jobs.>"}}, events.JobsStreamConfig(events.StreamOptions{})},
+		{"requests with limits retention", jetstream.StreamConfig{Name: events.StreamRequests, Subjects: []string{events.RequestsSubjects}}, events.RequestsStreamConfig(events.StreamOptions{})},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			js := startJS(t)
@@ -139,8 +140,8 @@ func TestEnsureStreamRejectsIncompatible(t *testing.T) {
 			if _, err := js.CreateStream(ctx, tc.existing); err != nil {
 				t.Fatal(err)
 			}
-			_, err := EnsureStream(ctx, js, tc.want)
-			if !errors.Is(err, ErrIncompatibleStream) {
+			_, err := events.EnsureStream(ctx, js, tc.want)
+			if !errors.Is(err, events.ErrIncompatibleStream) {
 				t.Fatalf("err = %v, want ErrIncompatibleStream", err)
 			}
 			// Left alone.
@@ -158,13 +159,13 @@ func TestEnsureStreamRejectsIncompatible(t *testing.T) {
 func TestEnsureStreams(t *testing.T) {
 	js := startJS(t)
 	ctx := testCtx(t)
-	if err := EnsureStreams(ctx, js, StreamOptions{DuplicateWindow: 30 * time.Minute}); err != nil {
+	if err := events.EnsureStreams(ctx, js, events.StreamOptions{DuplicateWindow: 30 * time.Minute}); err != nil {
 		t.Fatal(err)
 	}
-	if err := EnsureStreams(ctx, js, StreamOptions{}); err != nil {
+	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
 		t.Fatalf("second EnsureStreams: %v", err)
 	}
-	for name, ret := range map[string]jetstream.RetentionPolicy{StreamRequests: jetstream.WorkQueuePolicy, StreamJobs: jetstream.LimitsPolicy} {
+	for name, ret := range map[string]jetstream.RetentionPolicy{events.StreamRequests: jetstream.WorkQueuePolicy, events.StreamJobs: jetstream.LimitsPolicy} {
 		s, err := js.Stream(ctx, name)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -173,7 +174,7 @@ func TestEnsureStreams(t *testing.T) {
 			t.Errorf("%s retention = %v", name, s.CachedInfo().Config.Retention)
 		}
 	}
-	jobs, _ := js.Stream(ctx, StreamJobs)
+	jobs, _ := js.Stream(ctx, events.StreamJobs)
 	if d := jobs.CachedInfo().Config.Duplicates; d != 30*time.Minute {
 		t.Errorf("KREA_JOBS duplicate window = %v, want 30m", d)
 	}
@@ -183,15 +184,15 @@ func TestEnsureStreamsReportsBoth(t *testing.T) {
 	js := startJS(t)
 	ctx := testCtx(t)
 	for _, cfg := range []jetstream.StreamConfig{
-		{Name: StreamRequests, Subjects: []string{"x.>"}},
-		{Name: StreamJobs, Subjects: []string{"y.>"}},
+		{Name: events.StreamRequests, Subjects: []string{"x.>"}},
+		{Name: events.StreamJobs, Subjects: []string{"y.>"}},
 	} {
 		if _, err := js.CreateStream(ctx, cfg); err != nil {
 			t.Fatal(err)
 		}
 	}
-	err := EnsureStreams(ctx, js, StreamOptions{})
-	if !errors.Is(err, ErrIncompatibleStream) {
+	err := events.EnsureStreams(ctx, js, events.StreamOptions{})
+	if !errors.Is(err, events.ErrIncompatibleStream) {
 		t.Fatalf("err = %v", err)
 	}
 	var joined interface{ Unwrap() []error }
@@ -214,26 +215,26 @@ func TestFollowSubjects(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := testCtx(t)
-	old := JobsStreamConfig(StreamOptions{JobsMaxAge: 48 * time.Hour})
+	old := events.JobsStreamConfig(events.StreamOptions{JobsMaxAge: 48 * time.Hour})
 	old.RePublish = nil
 	if _, err := js.CreateStream(ctx, old); err != nil {
 		t.Fatal(err)
 	}
-	st, err := EnsureStream(ctx, js, JobsStreamConfig(StreamOptions{}))
+	st, err := events.EnsureStream(ctx, js, events.JobsStreamConfig(events.StreamOptions{}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := st.CachedInfo().Config
-	if cfg.RePublish == nil || cfg.RePublish.Source != JobsSubjects || cfg.RePublish.Destination != FollowSubjects || cfg.MaxAge != 48*time.Hour {
+	if cfg.RePublish == nil || cfg.RePublish.Source != events.JobsSubjects || cfg.RePublish.Destination != events.FollowSubjects || cfg.MaxAge != 48*time.Hour {
 		t.Fatalf("after EnsureStream: RePublish %+v, MaxAge %v", cfg.RePublish, cfg.MaxAge)
 	}
 
 	follow := make(chan *nats.Msg, 16)
 	raw := make(chan *nats.Msg, 16)
-	if _, err := nc.ChanSubscribe(FollowSubjects, follow); err != nil {
+	if _, err := nc.ChanSubscribe(events.FollowSubjects, follow); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := nc.ChanSubscribe(JobsSubjects, raw); err != nil {
+	if _, err := nc.ChanSubscribe(events.JobsSubjects, raw); err != nil {
 		t.Fatal(err)
 	}
 	if err := nc.Flush(); err != nil {
@@ -241,7 +242,7 @@ func TestFollowSubjects(t *testing.T) {
 	}
 	const jobID = "4d0e5f97-9721-4422-b88c-73a9032d7de1"
 	ev := func(id string) *nats.Msg {
-		return NewJobMsg(EventHeaders{JobID: id, Status: "completed", RequestID: "req-1", Source: SourceWebhook}, []byte(`{"job_id":"`+id+`"}`))
+		return events.NewJobMsg(events.EventHeaders{JobID: id, Status: "completed", RequestID: "req-1", Source: events.SourceWebhook}, []byte(`{"job_id":"`+id+`"}`))
 	}
 	for i := range 2 {
 		ack, err := js.PublishMsg(ctx, ev(jobID))
@@ -260,7 +261,7 @@ func TestFollowSubjects(t *testing.T) {
 			select {
 			case m := <-ch:
 				got = append(got, m)
-				if m.Header.Get(HeaderJobID) == lastID {
+				if m.Header.Get(events.HeaderJobID) == lastID {
 					return got
 				}
 			case <-time.After(10 * time.Second):
@@ -269,12 +270,12 @@ func TestFollowSubjects(t *testing.T) {
 		}
 	}
 	got := collect(follow)
-	if len(got) != 2 || got[0].Header.Get(HeaderJobID) != jobID {
+	if len(got) != 2 || got[0].Header.Get(events.HeaderJobID) != jobID {
 		t.Fatalf("follow subject: %d events, want 2 (the repeat dropped)", len(got))
 	}
 	m := got[0]
-	if m.Subject != FollowPrefix+"completed" || m.Header.Get(HeaderMsgID) != jobID || m.Header.Get("Nats-Sequence") != "1" ||
-		m.Header.Get("Nats-Subject") != "krea.jobs.completed" || m.Header.Get(HeaderCEType) != "ai.krea.job.completed" ||
+	if m.Subject != events.FollowPrefix+"completed" || m.Header.Get(events.HeaderMsgID) != jobID || m.Header.Get("Nats-Sequence") != "1" ||
+		m.Header.Get("Nats-Subject") != "krea.jobs.completed" || m.Header.Get(events.HeaderCEType) != "ai.krea.job.completed" ||
 		string(m.Data) != `{"job_id":"`+jobID+`"}` {
 		t.Errorf("republished event: %s %v %q", m.Subject, m.Header, m.Data)
 	}

@@ -1,4 +1,4 @@
-package events
+package events_test
 
 import (
 	"crypto/hmac"
@@ -7,11 +7,13 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/kreabus/kreabus/pkg/events"
 )
 
-func mustTokenizer(t testing.TB, current, previous string) *Tokenizer {
+func mustTokenizer(t testing.TB, current, previous string) *events.Tokenizer {
 	t.Helper()
-	tk, err := NewTokenizer(current, previous)
+	tk, err := events.NewTokenizer(current, previous)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,14 +34,14 @@ func TestTokenFormat(t *testing.T) {
 	if got := tk.URL("https://hooks.example.com/", id); got != "https://hooks.example.com/webhooks/krea/"+want {
 		t.Errorf("URL = %q", got)
 	}
-	if MaxTokenLen != 64+1+43 {
-		t.Errorf("MaxTokenLen = %d", MaxTokenLen)
+	if events.MaxTokenLen != 64+1+43 {
+		t.Errorf("MaxTokenLen = %d", events.MaxTokenLen)
 	}
 }
 
 func TestTokenRoundTrip(t *testing.T) {
 	tk := mustTokenizer(t, "current", "")
-	for _, id := range []string{"a", "req-1", "A_b-C", strings.Repeat("z", MaxRequestIDLen), NewRequestID()} {
+	for _, id := range []string{"a", "req-1", "A_b-C", strings.Repeat("z", events.MaxRequestIDLen), events.NewRequestID()} {
 		tok := tk.Mint(id)
 		got, err := tk.Verify(tok)
 		if err != nil || got != id {
@@ -63,7 +65,7 @@ func TestTokenRotation(t *testing.T) {
 		t.Error(err)
 	}
 	// Once the previous secret is dropped, its tokens are refused.
-	if _, err := mustTokenizer(t, "new", "").Verify(tok); !errors.Is(err, ErrInvalidToken) {
+	if _, err := mustTokenizer(t, "new", "").Verify(tok); !errors.Is(err, events.ErrInvalidToken) {
 		t.Errorf("old token after rotation: %v", err)
 	}
 }
@@ -99,11 +101,11 @@ func TestTokenRejected(t *testing.T) {
 		"non-canonical last":  "req-1." + nonCanonical(mac),
 		"request id with dot": "a.b." + mustTokenizer(t, "current", "").Mint("b")[2:],
 		"bad request id":      "req 1." + mac,
-		"too long":            strings.Repeat("a", MaxRequestIDLen+1) + "." + mac,
+		"too long":            strings.Repeat("a", events.MaxRequestIDLen+1) + "." + mac,
 		"far too long":        strings.Repeat("a", 1<<20),
 		"two tokens":          good + "." + mac,
 	} {
-		if id, err := tk.Verify(tok); !errors.Is(err, ErrInvalidToken) || id != "" {
+		if id, err := tk.Verify(tok); !errors.Is(err, events.ErrInvalidToken) || id != "" {
 			t.Errorf("%s: Verify(%q) = %q, %v; want ErrInvalidToken", name, tok, id, err)
 		}
 	}
@@ -118,7 +120,7 @@ func nonCanonical(mac string) string {
 }
 
 func TestNewTokenizerNeedsSecret(t *testing.T) {
-	if _, err := NewTokenizer("", "prev"); !errors.Is(err, ErrNoSecret) {
+	if _, err := events.NewTokenizer("", "prev"); !errors.Is(err, events.ErrNoSecret) {
 		t.Errorf("err = %v, want ErrNoSecret", err)
 	}
 }
@@ -135,11 +137,11 @@ func FuzzVerifyToken(f *testing.F) {
 	f.Fuzz(func(t *testing.T, token string) {
 		id, err := tk.Verify(token)
 		if err != nil {
-			if !errors.Is(err, ErrInvalidToken) || id != "" {
+			if !errors.Is(err, events.ErrInvalidToken) || id != "" {
 				t.Fatalf("Verify(%q) = %q, %v", token, id, err)
 			}
 		} else {
-			if !ValidRequestID(id) {
+			if !events.ValidRequestID(id) {
 				t.Fatalf("Verify(%q) accepted invalid request id %q", token, id)
 			}
 			if token != tk.Mint(id) && token != prev.Mint(id) {
@@ -147,12 +149,12 @@ func FuzzVerifyToken(f *testing.F) {
 			}
 		}
 		// Used as a request ID, the input round-trips when valid.
-		if ValidRequestID(token) {
+		if events.ValidRequestID(token) {
 			minted := tk.Mint(token)
 			if got, err := tk.Verify(minted); err != nil || got != token {
 				t.Fatalf("Verify(Mint(%q)) = %q, %v", token, got, err)
 			}
-			if len(minted) > MaxTokenLen {
+			if len(minted) > events.MaxTokenLen {
 				t.Fatalf("Mint(%q) longer than MaxTokenLen", token)
 			}
 			// Any single-byte change is refused.
@@ -168,8 +170,10 @@ func FuzzVerifyToken(f *testing.F) {
 }
 
 func TestMACLen(t *testing.T) {
-	if got := base64.RawURLEncoding.EncodedLen(sha256.Size); got != macLen {
-		t.Fatalf("macLen = %d, want %d", macLen, got)
+	const id = "req-1"
+	tok := mustTokenizer(t, "current-secret-current-secret-00", "").Mint(id)
+	if got, want := len(tok)-len(id)-1, base64.RawURLEncoding.EncodedLen(sha256.Size); got != want {
+		t.Fatalf("MAC of %d characters in %q, want %d", got, tok, want)
 	}
 }
 

@@ -99,10 +99,9 @@ func (c *Client) BaseURL() string { return c.base }
 // SubmitResult is the API's immediate answer to a submission.
 type SubmitResult struct {
 	// Job is the decoded answer: job_id, status (usually queued or
-	// backlogged), created_at.
+	// backlogged), created_at; Job.Raw is the answer body exactly as the
+	// API sent it.
 	Job Job
-	// Raw is the answer body exactly as the API sent it.
-	Raw json.RawMessage
 	// Deprecation is set when the API flagged the endpoint as deprecated.
 	Deprecation *Deprecation
 }
@@ -115,16 +114,26 @@ type Deprecation struct {
 }
 
 // Submit starts a job: it POSTs input (a JSON object, sent unchanged) to
-// path, such as "/generate/image/bfl/flux-1-dev" or "/styles/train". When
-// webhookURL is not empty it is sent as X-Webhook-URL, and Krea POSTs the
-// job there when it ends.
+// path, one ValidPath accepts, such as "/generate/image/bfl/flux-1-dev" or
+// "/styles/train". With WithWebhook, Krea POSTs the job to that URL when it
+// ends. An option that cannot be used fails the call with an error
+// matching ErrInvalidRequest, before anything is sent.
 //
 // On any error other than a *APIError the API may still have created the
 // job (see NetworkError.RequestSent and ErrMalformedResponse). The webhook
 // URL never appears in errors: it carries a per-request secret.
-func (c *Client) Submit(ctx context.Context, path string, input json.RawMessage, webhookURL string) (*SubmitResult, error) {
-	if err := checkPath(path); err != nil {
-		return nil, err
+func (c *Client) Submit(ctx context.Context, path string, input json.RawMessage, opts ...SubmitOpt) (*SubmitResult, error) {
+	if !ValidPath(path) {
+		return nil, fmt.Errorf("%w: API path %q is not a generation or training endpoint", ErrInvalidRequest, clip.String(path, 128))
+	}
+	var o submitOpts
+	for _, opt := range opts {
+		if opt == nil {
+			continue
+		}
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
 	}
 	input = bytes.TrimSpace(input)
 	if len(input) == 0 {
@@ -134,13 +143,8 @@ func (c *Client) Submit(ctx context.Context, path string, input json.RawMessage,
 		return nil, fmt.Errorf("%w: input for %s is not a JSON object", ErrInvalidRequest, path)
 	}
 	hdr := http.Header{}
-	if webhookURL != "" {
-		u, err := url.Parse(webhookURL)
-		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" ||
-			strings.ContainsFunc(webhookURL, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-			return nil, fmt.Errorf("%w: webhook URL is not an absolute http(s) URL", ErrInvalidRequest)
-		}
-		hdr.Set("X-Webhook-URL", webhookURL)
+	if o.webhookURL != "" {
+		hdr.Set("X-Webhook-URL", o.webhookURL)
 	}
 	resp, body, err := c.do(ctx, http.MethodPost, path, nil, input, hdr)
 	if err != nil {
@@ -150,33 +154,33 @@ func (c *Client) Submit(ctx context.Context, path string, input json.RawMessage,
 	if err != nil {
 		return nil, &MalformedResponseError{Method: http.MethodPost, Path: path, StatusCode: resp.StatusCode, Body: body, Err: err}
 	}
-	res := &SubmitResult{Job: *j, Raw: body}
+	res := &SubmitResult{Job: *j}
 	if d, s, l := resp.Header.Get("Deprecation"), resp.Header.Get("Sunset"), resp.Header.Get("Link"); d != "" || s != "" {
 		res.Deprecation = &Deprecation{Deprecation: d, Sunset: s, Link: l}
 	}
 	return res, nil
 }
 
-// GetJob returns the current state of a job and the answer body exactly as
-// the API sent it. An unknown job (or another account's) is an *APIError
-// matching ErrNotFound.
-func (c *Client) GetJob(ctx context.Context, id string) (*Job, json.RawMessage, error) {
+// GetJob returns the current state of a job; Job.Raw is the answer body
+// exactly as the API sent it. An unknown job (or another account's) is an
+// *APIError matching ErrNotFound.
+func (c *Client) GetJob(ctx context.Context, id string) (*Job, error) {
 	p, err := jobPath(id)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	resp, body, err := c.do(ctx, http.MethodGet, p, nil, nil, nil)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	j, err := ParseJob(body)
 	if err == nil && j.JobID != id {
 		err = fmt.Errorf("answer is for job %q", clip.String(j.JobID, 64))
 	}
 	if err != nil {
-		return nil, nil, &MalformedResponseError{Method: http.MethodGet, Path: p, StatusCode: resp.StatusCode, Body: body, Err: err}
+		return nil, &MalformedResponseError{Method: http.MethodGet, Path: p, StatusCode: resp.StatusCode, Body: body, Err: err}
 	}
-	return j, body, nil
+	return j, nil
 }
 
 // MaxListLimit is the largest page ListJobs may ask for.
@@ -248,31 +252,6 @@ func jobPath(id string) (string, error) {
 		return "", fmt.Errorf("%w: empty or invalid job id", ErrInvalidRequest)
 	}
 	return "/jobs/" + url.PathEscape(id), nil
-}
-
-// checkPath accepts API paths made of plain segments ([A-Za-z0-9._~-],
-// no "." or ".." segment): every Krea endpoint fits, and nothing else can
-// smuggle a query, another host or a traversal into the request line.
-func checkPath(p string) error {
-	bad := func(why string) error {
-		return fmt.Errorf("%w: API path %q %s", ErrInvalidRequest, clip.String(p, 128), why)
-	}
-	if len(p) < 2 || p[0] != '/' {
-		return bad("must start with / and name an endpoint")
-	}
-	for _, seg := range strings.Split(p[1:], "/") {
-		if seg == "" || seg == "." || seg == ".." {
-			return bad("has an empty, . or .. segment")
-		}
-		for i := 0; i < len(seg); i++ {
-			ch := seg[i]
-			if (ch < 'a' || ch > 'z') && (ch < 'A' || ch > 'Z') && (ch < '0' || ch > '9') &&
-				ch != '.' && ch != '_' && ch != '-' && ch != '~' {
-				return bad("has a character outside [A-Za-z0-9._~-]")
-			}
-		}
-	}
-	return nil
 }
 
 // do performs one call and returns the answer with its body read (at most

@@ -21,7 +21,7 @@ func ExampleClient_Submit() {
 		panic(err)
 	}
 	res, err := c.Submit(context.Background(), "/generate/image/bfl/flux-1-dev",
-		json.RawMessage(`{"prompt":"a serene mountain landscape at sunset"}`), "")
+		json.RawMessage(`{"prompt":"a serene mountain landscape at sunset"}`))
 	switch {
 	case errors.Is(err, krea.ErrRetryable):
 		d, _ := krea.RetryAfter(err)

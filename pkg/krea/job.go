@@ -11,8 +11,14 @@ import (
 // Status is a Krea job status such as "queued" or "completed".
 type Status string
 
-// Job statuses documented by Krea. Only completed, failed and cancelled are
-// terminal; Krea may add others, so code must not assume this list is closed.
+// Job statuses documented by Krea, in the order a job goes through them
+// (Statuses lists them). Only completed, failed and cancelled are terminal;
+// Krea may add others, so code must not assume this list is closed: a
+// status is usable when it is Valid.
+//
+// These are the API's statuses. The statuses of kreabus's job events are
+// these plus three kreabus adds (submitted, rejected, mirrored); package
+// events declares those and lists all of them (events.Statuses).
 const (
 	StatusBacklogged           Status = "backlogged"
 	StatusQueued               Status = "queued"
@@ -24,6 +30,13 @@ const (
 	StatusFailed               Status = "failed"
 	StatusCancelled            Status = "cancelled"
 )
+
+// Statuses returns the job statuses Krea documents, in lifecycle order,
+// the terminal ones last.
+func Statuses() []Status {
+	return []Status{StatusBacklogged, StatusQueued, StatusScheduled, StatusProcessing, StatusSampling,
+		StatusIntermediateComplete, StatusCompleted, StatusFailed, StatusCancelled}
+}
 
 // MaxStatusLen bounds a status so it can be used as one subject token.
 const MaxStatusLen = 32
@@ -50,9 +63,14 @@ func (s Status) Valid() bool {
 }
 
 // Job is a Krea job as returned by the API and posted to webhooks. Unknown
-// fields are dropped when decoding into Job; keep the raw bytes where they
+// fields are dropped when decoding into Job; Raw keeps the bytes where they
 // must survive (the bridge stores webhook bodies byte for byte).
 type Job struct {
+	// Raw is the job object exactly as it was received, when it was
+	// decoded from bytes (ParseJob, the Client's answers, DecodeEvent);
+	// it is never marshalled.
+	Raw json.RawMessage `json:"-"`
+
 	JobID       string     `json:"job_id"`
 	Status      Status     `json:"status"`
 	CreatedAt   *time.Time `json:"created_at,omitempty"`

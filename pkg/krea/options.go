@@ -100,3 +100,28 @@ func WithUserAgent(suffix string) Option {
 		return nil
 	}
 }
+
+// SubmitOpt configures one Client.Submit call. Options validate their
+// input: one given a value it cannot use fails Submit with an error
+// matching ErrInvalidRequest, before anything is sent.
+type SubmitOpt func(*submitOpts) error
+
+type submitOpts struct {
+	webhookURL string
+}
+
+// WithWebhook has Krea POST the job to rawURL when it ends (the
+// X-Webhook-URL header). rawURL must be an absolute http or https URL. It
+// never appears in errors: a webhook URL usually carries a secret (a
+// kreabus webhook token, for one).
+func WithWebhook(rawURL string) SubmitOpt {
+	return func(o *submitOpts) error {
+		u, err := url.Parse(rawURL)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" ||
+			strings.ContainsFunc(rawURL, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+			return fmt.Errorf("%w: webhook URL is not an absolute http(s) URL", ErrInvalidRequest)
+		}
+		o.webhookURL = rawURL
+		return nil
+	}
+}

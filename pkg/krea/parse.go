@@ -27,20 +27,21 @@ func ValidJobID(id string) bool {
 
 // ParseJob decodes a job object (an API answer or a webhook body) and checks
 // what every consumer relies on: it is a JSON object, job_id is a UUID and
-// status is well formed (Status.Valid). Unknown fields are ignored; keep data
-// itself where the exact bytes matter.
+// status is well formed (Status.Valid). Unknown fields are ignored; the
+// job's Raw is data itself, for where the exact bytes matter.
 func ParseJob(data []byte) (*Job, error) {
-	data = bytes.TrimSpace(data)
-	if len(data) == 0 || data[0] != '{' {
+	trimmed := bytes.TrimSpace(data)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return nil, fmt.Errorf("%w: not a JSON object", ErrInvalidJob)
 	}
 	var j Job
-	if err := json.Unmarshal(data, &j); err != nil {
+	if err := json.Unmarshal(trimmed, &j); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidJob, err)
 	}
 	if err := j.Validate(); err != nil {
 		return nil, err
 	}
+	j.Raw = json.RawMessage(data)
 	return &j, nil
 }
 
@@ -77,9 +78,9 @@ func (e *MalformedResponseError) Is(target error) bool { return target == ErrMal
 
 // JobList is one page of ListJobs.
 type JobList struct {
+	// Items are the jobs; each one's Raw holds its bytes as the API sent
+	// them.
 	Items []Job
-	// Raw holds each item's bytes as the API sent them, parallel to Items.
-	Raw []json.RawMessage
 	// NextCursor is the cursor for the next page; empty on the last page.
 	NextCursor string
 }
@@ -99,16 +100,13 @@ func parseJobList(data []byte) (*JobList, error) {
 	if err := json.Unmarshal(data, &body); err != nil {
 		return nil, err
 	}
-	l := &JobList{Items: make([]Job, 0, len(body.Items)), Raw: body.Items}
+	l := &JobList{Items: make([]Job, 0, len(body.Items))}
 	for i, raw := range body.Items {
 		j, err := ParseJob(raw)
 		if err != nil {
 			return nil, fmt.Errorf("item %d: %w", i, err)
 		}
 		l.Items = append(l.Items, *j)
-	}
-	if l.Raw == nil {
-		l.Raw = []json.RawMessage{}
 	}
 	switch {
 	case body.NextCursor != nil:

@@ -20,7 +20,7 @@ import (
 // completedURL submits one job on path and returns its result URL.
 func completedURL(t *testing.T, srv *kreatest.Server, path string) string {
 	t.Helper()
-	res, err := srv.NewClient().Submit(context.Background(), path, json.RawMessage(`{"prompt":"x"}`), "")
+	res, err := srv.NewClient().Submit(context.Background(), path, json.RawMessage(`{"prompt":"x"}`))
 	if err != nil {
 		t.Fatal(err)
 	}

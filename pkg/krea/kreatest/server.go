@@ -248,29 +248,9 @@ func route(r *http.Request) (ep endpoint, id string, methodOK bool) {
 	return epNone, "", false
 }
 
-// generatePath reports whether p is
-// /generate/{image|video|enhance}/{provider}/{model}[/{variant}].
-func generatePath(p string) bool {
-	rest, ok := strings.CutPrefix(p, "/generate/")
-	if !ok {
-		return false
-	}
-	segs := strings.Split(rest, "/")
-	if len(segs) < 3 || len(segs) > 4 {
-		return false
-	}
-	switch segs[0] {
-	case "image", "video", "enhance":
-	default:
-		return false
-	}
-	for _, s := range segs[1:] {
-		if s == "" || s == "." || s == ".." {
-			return false
-		}
-	}
-	return true
-}
+// generatePath reports whether p is a generation endpoint
+// (krea.ValidPath, but for /styles/train).
+func generatePath(p string) bool { return p != "/styles/train" && krea.ValidPath(p) }
 
 // ServeHTTP answers one API request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -71,9 +71,9 @@ func (r *receiver) got() [][]byte {
 	return append([][]byte(nil), r.bodies...)
 }
 
-func submit(t *testing.T, c *krea.Client, hook string) *krea.SubmitResult {
+func submit(t *testing.T, c *krea.Client, opts ...krea.SubmitOpt) *krea.SubmitResult {
 	t.Helper()
-	res, err := c.Submit(context.Background(), fluxPath, prompt, hook)
+	res, err := c.Submit(context.Background(), fluxPath, prompt, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func TestBacklogStartsInOrder(t *testing.T) {
 	var ids []string
 	var statuses []krea.Status
 	for range 4 {
-		res := submit(t, c, "")
+		res := submit(t, c)
 		ids = append(ids, res.Job.JobID)
 		statuses = append(statuses, res.Job.Status)
 	}
@@ -146,9 +146,9 @@ func TestBacklogStartsInOrder(t *testing.T) {
 func TestFullBacklogAnswers429(t *testing.T) {
 	srv := newSim(t, kreatest.Config{Concurrency: 1, MaxBacklog: 1, RunTime: time.Hour})
 	c := srv.NewClient()
-	submit(t, c, "")
-	submit(t, c, "")
-	_, err := c.Submit(context.Background(), fluxPath, prompt, "")
+	submit(t, c)
+	submit(t, c)
+	_, err := c.Submit(context.Background(), fluxPath, prompt)
 	if !errors.Is(err, krea.ErrRetryable) || srv.Submissions() != 2 {
 		t.Fatalf("err = %v, submissions %d", err, srv.Submissions())
 	}
@@ -158,7 +158,7 @@ func TestWebhookRetriedUntilAccepted(t *testing.T) {
 	rcv := newReceiver(t)
 	rcv.failFirst.Store(2)
 	srv := newSim(t, kreatest.Config{WebhookAttempts: 3, WebhookBackoff: 5 * time.Millisecond})
-	res := submit(t, srv.NewClient(), rcv.URL+"/hook")
+	res := submit(t, srv.NewClient(), krea.WithWebhook(rcv.URL+"/hook"))
 	kreatest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		if n := successes(srv.WebhookDeliveries()); n != 1 {
 			return fmt.Errorf("%d successful deliveries", n)
@@ -190,7 +190,7 @@ func TestWebhookGivesUp(t *testing.T) {
 	rcv := newReceiver(t)
 	rcv.failFirst.Store(1000)
 	srv := newSim(t, kreatest.Config{WebhookAttempts: 2, WebhookBackoff: 5 * time.Millisecond})
-	submit(t, srv.NewClient(), rcv.URL)
+	submit(t, srv.NewClient(), krea.WithWebhook(rcv.URL))
 	kreatest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		if n := len(srv.WebhookDeliveries()); n != 2 {
 			return fmt.Errorf("%d attempts", n)
@@ -208,7 +208,7 @@ func TestWebhookToDeadReceiverRecordsError(t *testing.T) {
 	dead := httptest.NewServer(http.NotFoundHandler())
 	dead.Close()
 	srv := newSim(t, kreatest.Config{WebhookAttempts: 1})
-	submit(t, srv.NewClient(), dead.URL)
+	submit(t, srv.NewClient(), krea.WithWebhook(dead.URL))
 	kreatest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		ds := srv.WebhookDeliveries()
 		if len(ds) != 1 || ds[0].Err == "" || ds[0].Succeeded() {
@@ -221,7 +221,7 @@ func TestWebhookToDeadReceiverRecordsError(t *testing.T) {
 func TestDuplicateWebhooks(t *testing.T) {
 	rcv := newReceiver(t)
 	srv := newSim(t, kreatest.Config{Faults: kreatest.Faults{DuplicateWebhookRate: 1}})
-	res := submit(t, srv.NewClient(), rcv.URL)
+	res := submit(t, srv.NewClient(), krea.WithWebhook(rcv.URL))
 	kreatest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		// The simulator records a delivery after the receiver answers.
 		if n, m := len(rcv.got()), successes(srv.WebhookDeliveries()); n != 2 || m != 2 {
@@ -242,7 +242,7 @@ func TestDuplicateWebhooks(t *testing.T) {
 func TestDroppedWebhook(t *testing.T) {
 	rcv := newReceiver(t)
 	srv := newSim(t, kreatest.Config{Faults: kreatest.Faults{DropWebhookRate: 1}})
-	res := submit(t, srv.NewClient(), rcv.URL)
+	res := submit(t, srv.NewClient(), krea.WithWebhook(rcv.URL))
 	kreatest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		ds := srv.WebhookDeliveries()
 		if len(ds) != 1 || !ds[0].Dropped || ds[0].JobID != res.Job.JobID {
@@ -266,7 +266,7 @@ func TestLateWebhook(t *testing.T) {
 	const delay = 300 * time.Millisecond
 	srv := newSim(t, kreatest.Config{QueueTime: -1, RunTime: -1,
 		Faults: kreatest.Faults{LateWebhookRate: 1, LateWebhookDelay: delay}})
-	res := submit(t, srv.NewClient(), rcv.URL)
+	res := submit(t, srv.NewClient(), krea.WithWebhook(rcv.URL))
 	kreatest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		if len(srv.WebhookDeliveries()) != 1 {
 			return errors.New("no delivery yet")
@@ -283,7 +283,7 @@ func TestLateWebhook(t *testing.T) {
 func TestNonTerminalWebhooks(t *testing.T) {
 	rcv := newReceiver(t)
 	srv := newSim(t, kreatest.Config{NonTerminalWebhooks: true})
-	submit(t, srv.NewClient(), rcv.URL)
+	submit(t, srv.NewClient(), krea.WithWebhook(rcv.URL))
 	kreatest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		// The simulator records a delivery after the receiver answers.
 		if n, m := len(rcv.got()), successes(srv.WebhookDeliveries()); n != 2 || m != 2 {
@@ -306,12 +306,13 @@ func TestFailedJobs(t *testing.T) {
 			srv := newSim(t, kreatest.Config{QueueTime: -1, RunTime: -1, LegacyFailureDetail: legacy,
 				Faults: kreatest.Faults{FailRate: 1}})
 			c := srv.NewClient()
-			res := submit(t, c, "")
+			res := submit(t, c)
 			waitStatus(t, srv, res.Job.JobID, krea.StatusFailed)
-			j, raw, err := c.GetJob(context.Background(), res.Job.JobID)
+			j, err := c.GetJob(context.Background(), res.Job.JobID)
 			if err != nil {
 				t.Fatal(err)
 			}
+			raw := j.Raw
 			if j.FailureReason() == "" || j.CompletedAt == nil {
 				t.Errorf("failed job %s has no reason", raw)
 			}
@@ -326,11 +327,11 @@ func TestDirectives(t *testing.T) {
 	rcv := newReceiver(t)
 	srv := newSim(t, kreatest.Config{QueueTime: -1, RunTime: -1})
 	c := srv.NewClient()
-	fail, err := c.Submit(context.Background(), fluxPath, json.RawMessage(`{"prompt":"x `+kreatest.DirectiveFail+`"}`), "")
+	fail, err := c.Submit(context.Background(), fluxPath, json.RawMessage(`{"prompt":"x `+kreatest.DirectiveFail+`"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	quiet, err := c.Submit(context.Background(), fluxPath, json.RawMessage(`{"prompt":"`+kreatest.DirectiveNoWebhook+`"}`), rcv.URL)
+	quiet, err := c.Submit(context.Background(), fluxPath, json.RawMessage(`{"prompt":"`+kreatest.DirectiveNoWebhook+`"}`), krea.WithWebhook(rcv.URL))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -351,12 +352,12 @@ func TestOutputs(t *testing.T) {
 		"/generate/image/krea/krea-2/medium":       srv.URL + "/images/",
 		"/styles/train":                            "",
 	} {
-		res, err := c.Submit(context.Background(), path, json.RawMessage(`{"name":"x","urls":[]}`), "")
+		res, err := c.Submit(context.Background(), path, json.RawMessage(`{"name":"x","urls":[]}`))
 		if err != nil {
 			t.Fatal(path, err)
 		}
-		if !strings.Contains(string(res.Raw), `"estimated_time"`) {
-			t.Errorf("%s: ExtraFields answer %s", path, res.Raw)
+		if !strings.Contains(string(res.Job.Raw), `"estimated_time"`) {
+			t.Errorf("%s: ExtraFields answer %s", path, res.Job.Raw)
 		}
 		waitStatus(t, srv, res.Job.JobID, krea.StatusCompleted)
 		j, _ := srv.Job(res.Job.JobID)
@@ -443,11 +444,11 @@ func TestHTTPErrors(t *testing.T) {
 func TestCountsByWebhookURL(t *testing.T) {
 	srv := newSim(t, kreatest.Config{RunTime: time.Hour})
 	c := srv.NewClient()
-	submit(t, c, "https://h.example/a")
-	submit(t, c, "https://h.example/b")
-	submit(t, c, "https://h.example/b")
+	submit(t, c, krea.WithWebhook("https://h.example/a"))
+	submit(t, c, krea.WithWebhook("https://h.example/b"))
+	submit(t, c, krea.WithWebhook("https://h.example/b"))
 	srv.SetFaults(kreatest.Faults{Rate5xx: 1})
-	if _, err := c.Submit(context.Background(), fluxPath, prompt, "https://h.example/c"); !errors.Is(err, krea.ErrRetryable) {
+	if _, err := c.Submit(context.Background(), fluxPath, prompt, krea.WithWebhook("https://h.example/c")); !errors.Is(err, krea.ErrRetryable) {
 		t.Fatal(err)
 	}
 	if f := srv.Faults(); f.Rate5xx != 1 {
@@ -537,12 +538,12 @@ func TestConcurrentUse(t *testing.T) {
 	for i := range 8 {
 		wg.Go(func() {
 			for k := range 10 {
-				res, err := c.Submit(ctx, fluxPath, prompt, fmt.Sprintf("%s/%d/%d", rcv.URL, i, k))
+				res, err := c.Submit(ctx, fluxPath, prompt, krea.WithWebhook(fmt.Sprintf("%s/%d/%d", rcv.URL, i, k)))
 				if err != nil {
 					continue
 				}
 				created.Add(1)
-				_, _, _ = c.GetJob(ctx, res.Job.JobID)
+				_, _ = c.GetJob(ctx, res.Job.JobID)
 				_, _ = c.ListJobs(ctx, krea.ListOptions{Limit: 5})
 				if k%3 == 0 {
 					_ = c.CancelJob(ctx, res.Job.JobID)
@@ -584,9 +585,9 @@ func TestCloseStopsEverything(t *testing.T) {
 		Faults: kreatest.Faults{LateWebhookRate: 1, LateWebhookDelay: time.Hour, Latency: time.Millisecond}})
 	long := kreatest.NewServer(kreatest.Config{RunTime: time.Hour})
 	for range 5 {
-		submit(t, inFlight.NewClient(), slow.URL)
-		submit(t, late.NewClient(), slow.URL)
-		submit(t, long.NewClient(), slow.URL)
+		submit(t, inFlight.NewClient(), krea.WithWebhook(slow.URL))
+		submit(t, late.NewClient(), krea.WithWebhook(slow.URL))
+		submit(t, long.NewClient(), krea.WithWebhook(slow.URL))
 	}
 	// Wait until the webhooks are blocked in the receiver and the late
 	// ones are waiting out their delay.
@@ -648,7 +649,7 @@ func TestHandlerOnOwnServer(t *testing.T) {
 	hs := httptest.NewServer(sim)
 	defer hs.Close()
 	c, _ := krea.NewClient("tok2", krea.WithBaseURL(hs.URL))
-	res, err := c.Submit(context.Background(), fluxPath, prompt, "")
+	res, err := c.Submit(context.Background(), fluxPath, prompt)
 	if err != nil {
 		t.Fatal(err)
 	}

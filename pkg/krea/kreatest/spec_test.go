@@ -406,11 +406,11 @@ func TestClientRequestsMatchSpec(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	res, err := c.Submit(ctx, fluxPath, json.RawMessage(`{"prompt":"a lighthouse","width":1024,"height":576}`), "https://bridge.example/webhooks/krea/x")
+	res, err := c.Submit(ctx, fluxPath, json.RawMessage(`{"prompt":"a lighthouse","width":1024,"height":576}`), krea.WithWebhook("https://bridge.example/webhooks/krea/x"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := c.GetJob(ctx, res.Job.JobID); err != nil {
+	if _, err := c.GetJob(ctx, res.Job.JobID); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.ListJobs(ctx, krea.ListOptions{Limit: 10, Status: krea.StatusQueued}); err != nil {
