@@ -126,8 +126,8 @@ type ConsumeContext struct {
 
 	reconnected chan struct{} // signalled by watch on every reconnect
 
-	slots    chan struct{}        // one per handler that may run
-	shards   []chan pulled        // WithOrderKey: one queue per handler
+	slots    chan struct{} // one per handler that may run
+	shards   []chan pulled // WithOrderKey: one queue per handler
 	wg       sync.WaitGroup
 	stopping atomic.Bool
 	stopCh   chan struct{}
