@@ -30,6 +30,7 @@ type consumeOpts struct {
 	backoff     Backoff
 	concurrency int
 	orderKey    func(jetstream.Msg) string
+	gate        PullGate
 	onError     func(error)
 }
 
@@ -125,8 +126,8 @@ type ConsumeContext struct {
 
 	reconnected chan struct{} // signalled by watch on every reconnect
 
-	slots    chan struct{}        // one per handler that may run
-	shards   []chan jetstream.Msg // WithOrderKey: one queue per handler
+	slots    chan struct{} // one per handler that may run
+	shards   []chan pulled // WithOrderKey: one queue per handler
 	wg       sync.WaitGroup
 	stopping atomic.Bool
 	stopCh   chan struct{}
@@ -254,10 +255,10 @@ const (
 func (c *ConsumeContext) run() {
 	if c.o.orderKey != nil && c.o.concurrency > 1 {
 		var workers sync.WaitGroup
-		c.shards = make([]chan jetstream.Msg, c.o.concurrency)
+		c.shards = make([]chan pulled, c.o.concurrency)
 		for i := range c.shards {
 			// Never full: no more messages are in hand than slots.
-			q := make(chan jetstream.Msg, c.o.concurrency)
+			q := make(chan pulled, c.o.concurrency)
 			c.shards[i] = q
 			workers.Go(func() {
 				for msg := range q {
@@ -307,9 +308,36 @@ func (c *ConsumeContext) run() {
 			return
 		}
 		n := 1 + takeSlots(c.slots, c.o.concurrency-1)
+		var grant Grant
+		if c.o.gate != nil {
+			g, err := c.o.gate.Acquire(c.fetchCtx, n)
+			if err != nil || g == nil || g.N() < 1 || g.N() > n {
+				releaseSlots(c.slots, n)
+				if c.stopping.Load() {
+					return
+				}
+				if err == nil {
+					err = fmt.Errorf("grant for %d messages out of range 1..%d", grantSize(g), n)
+				}
+				c.o.onError(fmt.Errorf("events: pull gate of %s: %w", c.name(), err))
+				select {
+				case <-c.stopCh:
+					return
+				case <-time.After(pause):
+				}
+				pause = min(2*pause, fetchErrorPauseMax)
+				continue
+			}
+			grant = g
+			releaseSlots(c.slots, n-g.N())
+			n = g.N()
+		}
 		start := time.Now()
-		got, err := c.fetch(n)
+		got, err := c.fetch(n, grant)
 		releaseSlots(c.slots, n-got)
+		if grant != nil && got < n {
+			grant.Release(n - got)
+		}
 		switch {
 		case err == nil && got == 0 && time.Since(start) < fetchWait/2:
 			// Answered empty long before its expiry (the server ended the
@@ -372,7 +400,7 @@ func (c *ConsumeContext) gone(err error) bool {
 // fetch pulls up to n messages and handles each as it arrives, inline when
 // concurrency is 1, else in a goroutine holding one slot until its handler
 // returns. It returns how many arrived.
-func (c *ConsumeContext) fetch(n int) (int, error) {
+func (c *ConsumeContext) fetch(n int, grant Grant) (int, error) {
 	// The deadline sets the pull's expiry (FetchContext takes it from
 	// there; it cannot be combined with FetchMaxWait).
 	ctx, cancel := context.WithTimeout(c.fetchCtx, fetchWait)
@@ -386,15 +414,16 @@ func (c *ConsumeContext) fetch(n int) (int, error) {
 		return 0, err
 	}
 	got := 0
-	for msg := range batch.Messages() {
+	for m := range batch.Messages() {
 		got++
 		c.wg.Add(1)
+		msg := pulled{m, grant}
 		switch {
 		case c.o.concurrency == 1:
 			c.handleInSlot(msg)
 		case c.shards != nil:
 			h := fnv.New32a()
-			h.Write([]byte(c.o.orderKey(msg)))
+			h.Write([]byte(c.o.orderKey(m)))
 			c.shards[h.Sum32()%uint32(len(c.shards))] <- msg
 		default:
 			go c.handleInSlot(msg)
@@ -405,16 +434,31 @@ func (c *ConsumeContext) fetch(n int) (int, error) {
 
 // handleInSlot handles msg and then frees its slot; a message fetched but
 // not started when the consumption stops goes back to JetStream at once.
-func (c *ConsumeContext) handleInSlot(msg jetstream.Msg) {
+func (c *ConsumeContext) handleInSlot(msg pulled) {
 	defer func() {
 		<-c.slots
 		c.wg.Done()
 	}()
 	if c.stopping.Load() {
 		_ = msg.Nak() // let another consumer have it now
+		msg.unused()
 		return
 	}
 	c.handle(msg)
+}
+
+// pulled is a message with the Grant it was pulled under, if any.
+type pulled struct {
+	jetstream.Msg
+	grant Grant
+}
+
+// unused gives the message's part of its grant back: it reaches no
+// handler.
+func (p pulled) unused() {
+	if p.grant != nil {
+		p.grant.Release(1)
+	}
 }
 
 // watch ends the current pull when the connection is re-established, and
@@ -447,15 +491,20 @@ func (c *ConsumeContext) watch(status <-chan nats.Status) {
 }
 
 // handle calls the handler with the message's lease as its context.
-func (c *ConsumeContext) handle(msg jetstream.Msg) {
+func (c *ConsumeContext) handle(msg pulled) {
 	md, err := msg.Metadata()
 	if err != nil { // not a JetStream message: cannot ack it either
 		c.o.onError(fmt.Errorf("events: message on %s without JetStream metadata: %w", msg.Subject(), err))
+		msg.unused()
 		return
 	}
-	ctx, cancel := newLease(context.WithValue(c.baseCtx, msgMetadataKey{}, md), msg, c.ackWait)
+	parent := context.WithValue(c.baseCtx, msgMetadataKey{}, md)
+	if msg.grant != nil {
+		parent = context.WithValue(parent, grantKey{}, msg.grant)
+	}
+	ctx, cancel := newLease(parent, msg.Msg, c.ackWait)
 	defer cancel()
-	c.handler(ctx, msg)
+	c.handler(ctx, msg.Msg)
 }
 
 // takeSlots takes up to n free slots without waiting and returns how many
@@ -486,4 +535,12 @@ type msgMetadataKey struct{}
 func MsgMetadata(ctx context.Context) (*jetstream.MsgMetadata, bool) {
 	md, ok := ctx.Value(msgMetadataKey{}).(*jetstream.MsgMetadata)
 	return md, ok && md != nil
+}
+
+// grantSize is g.N(), or 0 for no grant, for errors.
+func grantSize(g Grant) int {
+	if g == nil {
+		return 0
+	}
+	return g.N()
 }
