@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kreabus/kreabus/pkg/events"
 )
 
 // Defaults.
@@ -104,21 +106,21 @@ func WithOnChange(f func(paused bool, reason string, until time.Time)) Option {
 
 // Pause is the shared account pause. It is safe for concurrent use.
 type Pause struct {
-	min, max time.Duration
+	backoff  events.Backoff // the pause's length, by account errors in a row (no jitter: one pause for all)
 	refresh  time.Duration
 	cons     *Consumer
 	log      *slog.Logger
 	onChange func(bool, string, time.Time)
 	now      func() time.Time
 
-	mu      sync.Mutex
-	until   time.Time // no Krea calls before (zero: never paused)
-	reason  string
-	backoff time.Duration // the last pause's length; 0 once a call succeeded
-	began   time.Time     // when the pause in force began here (tripped or adopted)
-	setAt   time.Time     // when this process last finished changing the consumer
-	local   bool          // the consumer could not be paused: this process's pause only
-	paused  bool          // as last reported to onChange
+	mu     sync.Mutex
+	until  time.Time // no Krea calls before (zero: never paused)
+	reason string
+	trips  uint64    // pauses in a row, each after the last one's probe failed; 0 once a call succeeded
+	began  time.Time // when the pause in force began here (tripped or adopted)
+	setAt  time.Time // when this process last finished changing the consumer
+	local  bool      // the consumer could not be paused: this process's pause only
+	paused bool      // as last reported to onChange
 }
 
 // New returns a Pause whose first pause lasts min and whose pauses double
@@ -131,7 +133,7 @@ func New(min, max time.Duration, opts ...Option) (*Pause, error) {
 	if max < min {
 		errs = append(errs, fmt.Errorf("%w: backoff max %v is below min %v", ErrInvalid, max, min))
 	}
-	p := &Pause{min: min, max: max, refresh: DefaultRefresh, log: slog.New(slog.DiscardHandler), now: time.Now}
+	p := &Pause{backoff: events.Backoff{Min: min, Max: max}, refresh: DefaultRefresh, log: slog.New(slog.DiscardHandler), now: time.Now}
 	for _, o := range opts {
 		if err := o(p); err != nil {
 			errs = append(errs, err)
@@ -171,12 +173,8 @@ func (p *Pause) Trip(ctx context.Context, reason string) time.Time {
 		p.mu.Unlock()
 		return until
 	}
-	if p.backoff == 0 {
-		p.backoff = p.min
-	} else {
-		p.backoff = min(2*p.backoff, p.max)
-	}
-	p.until, p.reason, p.began, p.local = now.Add(p.backoff), reason, now, false
+	p.trips++
+	p.until, p.reason, p.began, p.local = now.Add(p.backoff.Ceiling(p.trips)), reason, now, false
 	until := p.until
 	p.mu.Unlock()
 	p.notify()
@@ -199,14 +197,15 @@ func (p *Pause) Trip(ctx context.Context, reason string) time.Time {
 		}
 	}
 	p.log.Error("Krea refuses the account: submission and polling paused", "reason", reason,
-		"until", until.UTC().Format(time.RFC3339), "pause", p.backoffNow())
+		"until", until.UTC().Format(time.RFC3339), "pause", p.length())
 	return until
 }
 
-func (p *Pause) backoffNow() time.Duration {
+// length is the length of the last pause tripped.
+func (p *Pause) length() time.Duration {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.backoff
+	return p.backoff.Ceiling(p.trips)
 }
 
 // Clear records that a call the account error would have refused
@@ -217,14 +216,14 @@ func (p *Pause) backoffNow() time.Duration {
 // nothing.
 func (p *Pause) Clear(ctx context.Context, started time.Time) {
 	p.mu.Lock()
-	if (p.backoff == 0 && !p.now().Before(p.until)) || !started.After(p.began) {
+	if (p.trips == 0 && !p.now().Before(p.until)) || !started.After(p.began) {
 		// Nothing to clear, or the call began before the pause did: it
 		// says nothing about the account since.
 		p.mu.Unlock()
 		return
 	}
 	wasPaused := p.now().Before(p.until) && !p.local
-	p.backoff, p.until, p.reason, p.local = 0, time.Time{}, "", false
+	p.trips, p.until, p.reason, p.local = 0, time.Time{}, "", false
 	p.mu.Unlock()
 	p.notify()
 	if wasPaused && p.cons != nil {
@@ -285,9 +284,7 @@ func (p *Pause) Sync(ctx context.Context) {
 		if p.reason == "" {
 			p.reason = "the requests consumer is paused (an account error seen by another replica, or an operator)"
 		}
-		if p.backoff == 0 {
-			p.backoff = p.min
-		}
+		p.trips = max(p.trips, 1)
 	case !ci.Paused && asked.Before(p.until) && !p.local:
 		// Resumed from outside (an operator, or another replica's probe
 		// that succeeded): the account is worth trying again.

@@ -2,10 +2,9 @@ package bridge
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
-	"unicode/utf8"
 
+	"github.com/kreabus/kreabus/internal/jsonscan"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
@@ -43,9 +42,6 @@ var (
 	ErrNotUTF8 = errors.New("body is not valid UTF-8")
 )
 
-// maxDepth is encoding/json's nesting limit: a body it refuses, we refuse.
-const maxDepth = 10000
-
 // ParseWebhook validates body as JSON and extracts job_id and status.
 //
 // It is a single pass over the body, without building any value. The body
@@ -59,26 +55,21 @@ const maxDepth = 10000
 // name. job_id must be a UUID in the 8-4-4-4-12 form (it is returned in
 // lowercase); status must be krea.Status.Valid.
 func ParseWebhook(body []byte) (Webhook, error) {
-	p := scanner{b: body}
-	p.ws()
-	if p.i >= len(p.b) {
+	p := jsonscan.New(body)
+	if p.End() {
 		return Webhook{}, ErrNotJSON
 	}
-	if p.b[p.i] != '{' {
-		if json.Valid(body) {
+	if p.Peek() != '{' {
+		if jsonscan.Valid(body) {
 			return Webhook{}, ErrNotObject
 		}
 		return Webhook{}, ErrNotJSON
 	}
 	var jobID, status field
-	if !p.topObject(&jobID, &status) {
+	if !topObject(&p, &jobID, &status) || !p.End() {
 		return Webhook{}, ErrNotJSON
 	}
-	p.ws()
-	if p.i != len(p.b) {
-		return Webhook{}, ErrNotJSON
-	}
-	if p.notUTF8 {
+	if p.NotUTF8() {
 		return Webhook{}, ErrNotUTF8
 	}
 	if jobID.ambiguous || status.ambiguous {
@@ -131,21 +122,7 @@ func (f *field) value() ([]byte, bool) {
 	if !f.escaped {
 		return f.raw, true
 	}
-	return unquote(f.raw)
-}
-
-// unquote decodes the escapes of a JSON string's contents; rare, so it
-// leans on encoding/json.
-func unquote(raw []byte) ([]byte, bool) {
-	q := make([]byte, 0, len(raw)+2)
-	q = append(q, '"')
-	q = append(q, raw...)
-	q = append(q, '"')
-	var s string
-	if json.Unmarshal(q, &s) != nil {
-		return nil, false
-	}
-	return []byte(s), true
+	return jsonscan.Unquote(f.raw)
 }
 
 var (
@@ -153,48 +130,23 @@ var (
 	keyStatus = []byte("status")
 )
 
-// scanner is a JSON validator with the grammar of RFC 8259 as encoding/json
-// implements it. Invalid UTF-8 inside strings does not stop the scan (as
-// json.Valid accepts it) but is noted in notUTF8, so that a syntax error
-// later in the body still wins.
-type scanner struct {
-	b       []byte
-	i       int
-	notUTF8 bool
-}
-
-func (p *scanner) ws() {
-	for p.i < len(p.b) {
-		switch p.b[p.i] {
-		case ' ', '\t', '\n', '\r':
-			p.i++
-		default:
-			return
-		}
-	}
-}
-
-// topObject scans the top-level object at p.i, recording job_id and status.
-func (p *scanner) topObject(jobID, status *field) bool {
-	if p.open('}') {
+// topObject scans the top-level object at p's position, recording job_id
+// and status.
+func topObject(p *jsonscan.Scanner, jobID, status *field) bool {
+	if p.Open('}') {
 		return true
 	}
 	for {
-		if p.i >= len(p.b) || p.b[p.i] != '"' {
-			return false
-		}
-		kStart := p.i + 1
-		kEsc, ok := p.str()
+		key, kEsc, ok := p.Key()
 		if !ok {
 			return false
 		}
-		key := p.b[kStart : p.i-1]
 		var target *field
 		if kEsc || !isASCII(key) || len(key) == len(keyJobID) {
 			// Both keys have six bytes; anything else needs decoding
 			// (escapes) or Unicode folding (non-ASCII) before comparing.
 			if kEsc {
-				if key, ok = unquote(key); !ok {
+				if key, ok = jsonscan.Unquote(key); !ok {
 					return false
 				}
 			}
@@ -211,69 +163,22 @@ func (p *scanner) topObject(jobID, status *field) bool {
 				target.seen = true
 			}
 		}
-		p.ws()
-		if p.i >= len(p.b) || p.b[p.i] != ':' {
-			return false
-		}
-		p.i++
-		p.ws()
-		if p.i >= len(p.b) {
-			return false
-		}
-		if target != nil {
-			switch p.b[p.i] {
-			case '"':
-				vStart := p.i + 1
-				vEsc, ok := p.str()
-				if !ok {
-					return false
-				}
-				target.raw, target.escaped, target.set = p.b[vStart:p.i-1], vEsc, true
-			default:
-				if !p.value(1) {
-					return false
-				}
-				target.bad = true
+		switch {
+		case target != nil && p.Peek() == '"':
+			raw, esc, ok := p.String()
+			if !ok {
+				return false
 			}
-		} else if !p.value(1) {
+			target.raw, target.escaped, target.set = raw, esc, true
+		case !p.Value(1):
 			return false
+		case target != nil:
+			target.bad = true
 		}
-		if end, ok := p.next('}'); !ok || end {
+		if end, ok := p.Next('}'); !ok || end {
 			return ok
 		}
 	}
-}
-
-// open consumes the '{' or '[' at p.i and reports whether closer follows
-// at once (an empty object or array), consuming that too.
-func (p *scanner) open(closer byte) bool {
-	p.i++
-	p.ws()
-	if p.i < len(p.b) && p.b[p.i] == closer {
-		p.i++
-		return true
-	}
-	return false
-}
-
-// next consumes what follows a member or an element: a comma, after which
-// another comes, or closer, which ends the object or array (end). ok is
-// false for anything else.
-func (p *scanner) next(closer byte) (end, ok bool) {
-	p.ws()
-	if p.i >= len(p.b) {
-		return false, false
-	}
-	switch p.b[p.i] {
-	case ',':
-		p.i++
-		p.ws()
-		return false, true
-	case closer:
-		p.i++
-		return true, true
-	}
-	return false, false
 }
 
 func isASCII(b []byte) bool {
@@ -282,196 +187,6 @@ func isASCII(b []byte) bool {
 			return false
 		}
 	}
-	return true
-}
-
-// value scans any JSON value at p.i, whose container is at depth.
-func (p *scanner) value(depth int) bool {
-	if p.i >= len(p.b) {
-		return false
-	}
-	switch c := p.b[p.i]; c {
-	case '"':
-		_, ok := p.str()
-		return ok
-	case '{':
-		return p.object(depth + 1)
-	case '[':
-		return p.array(depth + 1)
-	case 't':
-		return p.lit("true")
-	case 'f':
-		return p.lit("false")
-	case 'n':
-		return p.lit("null")
-	default:
-		if c == '-' || (c >= '0' && c <= '9') {
-			return p.number()
-		}
-		return false
-	}
-}
-
-func (p *scanner) lit(s string) bool {
-	if len(p.b)-p.i < len(s) || string(p.b[p.i:p.i+len(s)]) != s {
-		return false
-	}
-	p.i += len(s)
-	return true
-}
-
-func (p *scanner) object(depth int) bool {
-	if depth > maxDepth {
-		return false
-	}
-	if p.open('}') {
-		return true
-	}
-	for {
-		if p.i >= len(p.b) || p.b[p.i] != '"' {
-			return false
-		}
-		if _, ok := p.str(); !ok {
-			return false
-		}
-		p.ws()
-		if p.i >= len(p.b) || p.b[p.i] != ':' {
-			return false
-		}
-		p.i++
-		p.ws()
-		if !p.value(depth) {
-			return false
-		}
-		if end, ok := p.next('}'); !ok || end {
-			return ok
-		}
-	}
-}
-
-func (p *scanner) array(depth int) bool {
-	if depth > maxDepth {
-		return false
-	}
-	if p.open(']') {
-		return true
-	}
-	for {
-		if !p.value(depth) {
-			return false
-		}
-		if end, ok := p.next(']'); !ok || end {
-			return ok
-		}
-	}
-}
-
-// str scans a string starting at the quote at p.i and leaves p.i after the
-// closing quote. escaped reports whether it holds escape sequences.
-func (p *scanner) str() (escaped, ok bool) {
-	b := p.b
-	i := p.i + 1
-	for i < len(b) {
-		for i < len(b) && plain[b[i]] {
-			i++
-		}
-		if i >= len(b) {
-			break
-		}
-		c := b[i]
-		switch {
-		case c == '"':
-			p.i = i + 1
-			return escaped, true
-		case c == '\\':
-			escaped = true
-			if i+1 >= len(b) {
-				return false, false
-			}
-			switch b[i+1] {
-			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-				i += 2
-			case 'u':
-				if i+6 > len(b) || !isHex(b[i+2]) || !isHex(b[i+3]) || !isHex(b[i+4]) || !isHex(b[i+5]) {
-					return false, false
-				}
-				i += 6
-			default:
-				return false, false
-			}
-		case c < 0x20:
-			return false, false
-		default:
-			// Non-ASCII: the rare path, off the plain loop. A run of
-			// non-ASCII bytes is checked at once.
-			j := i + 1
-			for j < len(b) && b[j] >= utf8.RuneSelf {
-				j++
-			}
-			if !utf8.Valid(b[i:j]) {
-				p.notUTF8 = true
-			}
-			i = j
-		}
-	}
-	return false, false
-}
-
-// plain marks the bytes a string holds as they are: printable ASCII but a
-// quote or a backslash. Non-ASCII bytes leave the fast loop to have their
-// UTF-8 checked.
-var plain = func() (t [256]bool) {
-	for c := 0x20; c < utf8.RuneSelf; c++ {
-		t[c] = c != '"' && c != '\\'
-	}
-	return t
-}()
-
-func isHex(c byte) bool {
-	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
-}
-
-func isDigit(c byte) bool { return c >= '0' && c <= '9' }
-
-// number scans -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
-func (p *scanner) number() bool {
-	b := p.b
-	i := p.i
-	if b[i] == '-' {
-		i++
-	}
-	if i >= len(b) || !isDigit(b[i]) {
-		return false
-	}
-	if b[i] == '0' {
-		i++
-	} else {
-		for i < len(b) && isDigit(b[i]) {
-			i++
-		}
-	}
-	if i < len(b) && b[i] == '.' {
-		i++
-		if i >= len(b) || !isDigit(b[i]) {
-			return false
-		}
-		for i < len(b) && isDigit(b[i]) {
-			i++
-		}
-	}
-	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
-		i++
-		if i < len(b) && (b[i] == '+' || b[i] == '-') {
-			i++
-		}
-		if i >= len(b) || !isDigit(b[i]) {
-			return false
-		}
-		for i < len(b) && isDigit(b[i]) {
-			i++
-		}
-	}
-	p.i = i
 	return true
 }
 

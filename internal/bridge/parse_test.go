@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/kreabus/kreabus/internal/jsonscan"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
@@ -38,11 +39,11 @@ func TestParseWebhook(t *testing.T) {
 		{body: `{"job\u005fid":"` + sampleJobID + `","status":"c\u006fmpleted"}`, jobID: sampleJobID, status: "completed"},
 		{body: `{"job_id":"` + sampleJobID + `","status":"completed","s":"é✓😀","JobId":1,"job":"x","Statu":"y"}`, jobID: sampleJobID, status: "completed"},
 		{body: `{"job_id":"` + sampleJobID + `","status":"some-future-status"}`, jobID: sampleJobID, status: "some-future-status"},
-		{body: `{"job_id":"` + sampleJobID + `","status":"completed","x":` + deep(maxDepth-1) + `}`, jobID: sampleJobID, status: "completed"},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed","x":` + deep(jsonscan.MaxDepth-1) + `}`, jobID: sampleJobID, status: "completed"},
 		{body: `{"a":{"job_id":"x","status":"y"},"job_id":"` + sampleJobID + `","status":"failed","b":[{"status":"z"}]}`, jobID: sampleJobID, status: "failed"},
 		{body: `{"job_id":"` + sampleJobID + `","status":"completed","n":[-0,0.5,1e9,-1.5E-3,1e+2,"\"\\\/\b\f\n\r\t\u00e9"],"t":true,"f":false,"z":null,"o":{}}`, jobID: sampleJobID, status: "completed"},
 
-		{body: `{"job_id":"` + sampleJobID + `","status":"completed","x":` + deep(maxDepth) + `}`, err: ErrNotJSON},
+		{body: `{"job_id":"` + sampleJobID + `","status":"completed","x":` + deep(jsonscan.MaxDepth) + `}`, err: ErrNotJSON},
 		{body: ``, err: ErrNotJSON},
 		{body: `   `, err: ErrNotJSON},
 		{body: `{`, err: ErrNotJSON},

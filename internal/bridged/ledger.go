@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kreabus/kreabus/internal/ledger"
+	"github.com/kreabus/kreabus/internal/retry"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
 
@@ -55,26 +56,20 @@ func (p *Program) openLedger(ctx context.Context) {
 	if cfg.Replicas == 0 {
 		cfg.Replicas = p.s.Streams.Replicas
 	}
-	for {
+	_ = retry.Do(ctx, retry.Reconnect, func(ctx context.Context) error {
 		led, err := ledger.Open(ctx, p.js, cfg, ledger.WithLogger(p.log))
-		if err == nil {
-			owners := led.Owners(cfg.CacheSize)
-			if err := owners.Follow(ctx); err != nil {
-				// Every first webhook of a job reads the ledger then.
-				p.log.Warn("cannot follow job records; webhooks read the ledger", "err", err)
-			}
-			p.ledger.o.Store(owners)
-			p.log.Info("ledger open", "bucket", led.Bucket(), "cache", cfg.CacheSize)
-			return
+		if err != nil {
+			return err
 		}
-		if ctx.Err() != nil {
-			return
+		owners := led.Owners(cfg.CacheSize)
+		if err := owners.Follow(ctx); err != nil {
+			// Every first webhook of a job reads the ledger then.
+			p.log.Warn("cannot follow job records; webhooks read the ledger", "err", err)
 		}
-		p.log.Warn("ledger unavailable; retrying", "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(2 * time.Second):
-		}
-	}
+		p.ledger.o.Store(owners)
+		p.log.Info("ledger open", "bucket", led.Bucket(), "cache", cfg.CacheSize)
+		return nil
+	}, func(err error, _ int, wait time.Duration) {
+		p.log.Warn("ledger unavailable; retrying", "err", err, "retry_in", wait)
+	})
 }

@@ -30,23 +30,36 @@ func (l *Ledger) ClaimPoll(ctx context.Context, jobID, holder string, ttl time.D
 		return true, fmt.Errorf("%w: job_id %q, holder %q", ErrInvalidRecord, jobID, holder)
 	}
 	key := PollKeyPrefix + jobID
-	for attempt := 0; ; attempt++ {
-		_, err := l.kv.Create(ctx, key, []byte(holder), jetstream.KeyTTL(max(ttl, MinClaimTTL)))
-		if err == nil {
-			return true, nil
-		}
-		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return true, fmt.Errorf("ledger: claim %s: %w", key, err)
-		}
-		e, err := l.kv.Get(ctx, key)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound) && attempt == 0:
-			continue // it expired between the two calls: claim it
-		case errors.Is(err, jetstream.ErrKeyNotFound):
+	ttl = max(ttl, MinClaimTTL)
+	ok, err := l.claim(ctx, key, holder, ttl)
+	if err == errClaimGone {
+		// It expired between the two calls: claim it.
+		if ok, err = l.claim(ctx, key, holder, ttl); err == errClaimGone {
 			return false, nil // it came and went again: someone else is at it
-		case err != nil:
-			return true, fmt.Errorf("ledger: read claim %s: %w", key, err)
 		}
-		return string(e.Value()) == holder, nil
 	}
+	return ok, err
+}
+
+// errClaimGone: the claim that kept claim from creating the key was gone
+// when it read it.
+var errClaimGone = errors.New("ledger: claim gone")
+
+// claim makes one try at ClaimPoll's claim.
+func (l *Ledger) claim(ctx context.Context, key, holder string, ttl time.Duration) (bool, error) {
+	_, err := l.kv.Create(ctx, key, []byte(holder), jetstream.KeyTTL(ttl))
+	if err == nil {
+		return true, nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return true, fmt.Errorf("ledger: claim %s: %w", key, err)
+	}
+	e, err := l.kv.Get(ctx, key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return false, errClaimGone
+	case err != nil:
+		return true, fmt.Errorf("ledger: read claim %s: %w", key, err)
+	}
+	return string(e.Value()) == holder, nil
 }

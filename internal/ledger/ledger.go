@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kreabus/kreabus/internal/retry"
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
@@ -85,23 +86,18 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Optio
 	for _, o := range opts {
 		o(l)
 	}
-	backoff := 100 * time.Millisecond
-	for {
+	err := retry.Do(ctx, retry.Reconnect, func(ctx context.Context) error {
 		kv, err := l.bind(ctx)
-		if err == nil {
-			l.kv = kv
-			break
-		}
 		if errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrInvalidBucketName) {
-			return nil, fmt.Errorf("ledger: bucket %s: %w", cfg.Bucket, err)
+			return retry.Permanent(err)
 		}
-		l.log.Warn("waiting for JetStream to open the ledger bucket", "bucket", cfg.Bucket, "err", err)
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("ledger: open bucket %s: %w (last error: %v)", cfg.Bucket, ctx.Err(), err)
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
+		l.kv = kv
+		return err
+	}, func(err error, _ int, wait time.Duration) {
+		l.log.Warn("waiting for JetStream to open the ledger bucket", "bucket", cfg.Bucket, "err", err, "retry_in", wait)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ledger: open bucket %s: %w", cfg.Bucket, err)
 	}
 	if cfg.Create {
 		l.ensureJobChanges(ctx)

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kreabus/kreabus/internal/retry"
 )
 
 // PutOpen lists job rec.JobID as not terminal (open.<job_id>), with what
@@ -147,22 +149,18 @@ func (o *OpenJobs) Forget(jobID string) {
 // ends (the connection closed); a new watch drops what the old one held
 // and it did not deliver again.
 func (o *OpenJobs) watch(ctx context.Context) {
-	log := o.l.log
-	backoff := 100 * time.Millisecond
 	var gen uint64
 	for ctx.Err() == nil {
-		w, err := o.l.kv.Watch(ctx, OpenKeyPrefix+">")
+		var w jetstream.KeyWatcher
+		err := retry.Do(ctx, retry.Reconnect, func(ctx context.Context) (err error) {
+			w, err = o.l.kv.Watch(ctx, OpenKeyPrefix+">")
+			return err
+		}, func(err error, _ int, wait time.Duration) {
+			o.l.log.Warn("ledger: cannot watch open jobs; retrying", "err", err, "in", wait)
+		})
 		if err != nil {
-			log.Warn("ledger: cannot watch open jobs; retrying", "err", err, "in", backoff)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, 5*time.Second)
-			continue
+			return
 		}
-		backoff = 100 * time.Millisecond
 		gen++
 		o.live.Store(true)
 		o.follow(ctx, w, gen)

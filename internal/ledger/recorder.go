@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kreabus/kreabus/internal/promreg"
+	"github.com/kreabus/kreabus/internal/retry"
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
@@ -72,28 +73,19 @@ func (r *Recorder) Synced() bool { return r.synced.Load() }
 // consumer disappears or NATS fails. It returns nil when ctx ends, or an
 // error when the consumer is missing and may not be created.
 func (r *Recorder) Run(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
-	for {
+	return retry.Forever(ctx, retry.Reconnect, func(ctx context.Context) error {
 		cons, err := r.consumer(ctx)
 		if err == nil {
-			backoff = 100 * time.Millisecond
 			err = r.consume(ctx, cons)
 		}
 		r.live.Store(false)
-		if ctx.Err() != nil {
-			return nil
-		}
 		if errors.Is(err, jetstream.ErrConsumerNotFound) && !r.l.cfg.Create {
-			return fmt.Errorf("ledger recorder: consumer %s on %s: %w", ConsumerName, events.StreamJobs, err)
+			return retry.Permanent(fmt.Errorf("ledger recorder: consumer %s on %s: %w", ConsumerName, events.StreamJobs, err))
 		}
-		r.l.log.Warn("ledger recorder restarting", "err", err, "in", backoff)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
+		return err
+	}, func(err error, _ int, wait time.Duration) {
+		r.l.log.Warn("ledger recorder restarting", "err", err, "in", wait)
+	})
 }
 
 // ConsumerConfig is the Recorder's durable consumer configuration.
@@ -247,15 +239,16 @@ func (r *Recorder) handle(ctx context.Context, m jetstream.Msg) {
 }
 
 // retry hands an event back to the server after err, to come again after
-// a delay that grows with its deliveries.
+// the redelivery delay of events.DefaultBackoff for its delivery count.
 func (r *Recorder) retry(ctx context.Context, m jetstream.Msg, ev *events.Event, err error) {
 	if ctx.Err() != nil {
 		return // shutting down: the server redelivers after AckWait
 	}
-	delay := time.Second
+	n := uint64(1)
 	if md, merr := m.Metadata(); merr == nil {
-		delay = min(time.Duration(md.NumDelivered)*time.Second, 30*time.Second)
+		n = md.NumDelivered
 	}
+	delay := events.DefaultBackoff.Delay(n)
 	r.l.log.Warn("ledger recorder could not apply an event; will retry", "job_id", ev.JobID, "request_id", ev.RequestID,
 		"status", ev.Status, "err", err, "retry_in", delay)
 	_ = m.NakWithDelay(delay)

@@ -3,6 +3,8 @@ package ledger
 import (
 	"bytes"
 	"encoding/json"
+
+	"github.com/kreabus/kreabus/internal/jsonscan"
 )
 
 // Every bridge replica decodes every job record the bucket stores (Follow),
@@ -10,8 +12,8 @@ import (
 // validation cost more than the rest of a cache update, so the four fields
 // the cache keeps are read by a scan of the record's top level. Records
 // are written by this package with json.Marshal; anything the scan does
-// not expect (an escape in the owner, a key in another letter case, a
-// malformed value) makes it give up, and the caller decodes the record
+// not expect (an escape in the owner, a key in another letter case, text
+// that is not JSON) makes it give up, and the caller decodes the record
 // with encoding/json instead, so both read the same facts from any input.
 
 // scanJobFacts reads owner (request_id), terminal, extra and metadata from
@@ -19,31 +21,18 @@ import (
 // of; the facts are then to be read with decodeJobFacts. The metadata is a
 // slice of data (the cache copies what it keeps).
 func scanJobFacts(data []byte) (f jobFacts, ok bool) {
-	s := scanner{b: data}
-	s.space()
-	if !s.eat('{') {
+	s := jsonscan.New(data)
+	s.Space()
+	if s.Peek() != '{' {
 		return jobFacts{}, false
 	}
-	s.space()
-	if s.eat('}') {
-		return jobFacts{}, true
-	}
-	for {
-		s.space()
-		key, ok := s.plainString()
-		if !ok {
+	for end := s.Open('}'); !end; {
+		key, escaped, ok := s.Key()
+		start := s.Pos()
+		if !ok || escaped || !s.Value(1) {
 			return jobFacts{}, false
 		}
-		s.space()
-		if !s.eat(':') {
-			return jobFacts{}, false
-		}
-		s.space()
-		start := s.i
-		if !s.skipValue() {
-			return jobFacts{}, false
-		}
-		v := data[start:s.i]
+		v := data[start:s.Pos()]
 		switch string(key) {
 		case "request_id":
 			// null leaves the field as it was, as with encoding/json.
@@ -74,16 +63,11 @@ func scanJobFacts(data []byte) (f jobFacts, ok bool) {
 				return jobFacts{}, false
 			}
 		}
-		s.space()
-		if s.eat('}') {
-			break
-		}
-		if !s.eat(',') {
+		if end, ok = s.Next('}'); !ok {
 			return jobFacts{}, false
 		}
 	}
-	s.space()
-	if s.i != len(data) {
+	if !s.End() || s.NotUTF8() {
 		return jobFacts{}, false
 	}
 	if !hasMetadata(f.metadata) {
@@ -117,116 +101,9 @@ func readJobFacts(data []byte) (jobFacts, error) {
 	return decodeJobFacts(data)
 }
 
-// scanner walks JSON text without decoding it.
-type scanner struct {
-	b []byte
-	i int
-}
-
-func (s *scanner) space() {
-	for s.i < len(s.b) {
-		switch s.b[s.i] {
-		case ' ', '\t', '\n', '\r':
-			s.i++
-		default:
-			return
-		}
-	}
-}
-
-func (s *scanner) eat(c byte) bool {
-	if s.i < len(s.b) && s.b[s.i] == c {
-		s.i++
-		return true
-	}
-	return false
-}
-
-// plainString reads a string without escapes and returns its contents
-// (a slice of the input).
-func (s *scanner) plainString() ([]byte, bool) {
-	if !s.eat('"') {
-		return nil, false
-	}
-	start := s.i
-	for s.i < len(s.b) {
-		switch c := s.b[s.i]; {
-		case c == '"':
-			v := s.b[start:s.i]
-			s.i++
-			return v, true
-		case c == '\\' || c < 0x20:
-			return nil, false
-		}
-		s.i++
-	}
-	return nil, false
-}
-
 // foldsTo reports whether encoding/json would match key to name.
 func foldsTo(key []byte, name string) bool {
 	return bytes.EqualFold(key, []byte(name))
-}
-
-// skipValue moves past one value, checking only what the scan relies on:
-// strings end where JSON says they do, brackets balance.
-func (s *scanner) skipValue() bool {
-	if s.i >= len(s.b) {
-		return false
-	}
-	switch s.b[s.i] {
-	case '"':
-		return s.skipString()
-	case '{', '[':
-		depth := 0
-		for s.i < len(s.b) {
-			switch s.b[s.i] {
-			case '"':
-				if !s.skipString() {
-					return false
-				}
-				continue
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					s.i++
-					return true
-				}
-			}
-			s.i++
-		}
-		return false
-	default:
-		start := s.i
-		for s.i < len(s.b) {
-			switch s.b[s.i] {
-			case ',', '}', ']', ' ', '\t', '\n', '\r':
-				return s.i > start && literal(s.b[start:s.i])
-			}
-			s.i++
-		}
-		return false
-	}
-}
-
-func (s *scanner) skipString() bool {
-	s.i++ // the opening quote
-	for s.i < len(s.b) {
-		switch c := s.b[s.i]; {
-		case c == '"':
-			s.i++
-			return true
-		case c == '\\':
-			s.i += 2
-			continue
-		case c < 0x20:
-			return false
-		}
-		s.i++
-	}
-	return false
 }
 
 // plainASCII reports whether v is a string of printable ASCII without
@@ -237,20 +114,6 @@ func plainASCII(v []byte) bool {
 	}
 	for _, c := range v[1 : len(v)-1] {
 		if c < 0x20 || c >= 0x7f || c == '\\' || c == '"' {
-			return false
-		}
-	}
-	return true
-}
-
-// literal reports whether v is true, false, null or looks like a number.
-func literal(v []byte) bool {
-	switch string(v) {
-	case "true", "false", "null":
-		return true
-	}
-	for _, c := range v {
-		if (c < '0' || c > '9') && c != '-' && c != '+' && c != '.' && c != 'e' && c != 'E' {
 			return false
 		}
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kreabus/kreabus/internal/retry"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
@@ -58,6 +59,9 @@ func StartSeq(ctx context.Context, js jetstream.JetStream) (uint64, error) {
 	}
 	return info.State.LastSeq + 1, nil
 }
+
+// readRetry paces the restarts of the stream read after a failure.
+var readRetry = events.Backoff{Min: 200 * time.Millisecond, Max: 2 * time.Second}
 
 // Check reads KREA_JOBS from sequence from on and verifies that every job
 // answered 200 is stored exactly once, on its status' subject, with the
@@ -109,7 +113,9 @@ func Check(ctx context.Context, js jetstream.JetStream, from uint64, jobs []*Job
 					return fail(fmt.Errorf("stream read stuck at sequence %d of %d: %v", last, res.ToSeq, res.Error))
 				}
 				cons = nil
-				time.Sleep(time.Duration(failures) * 200 * time.Millisecond)
+				if !retry.Sleep(ctx, readRetry.Delay(uint64(failures))) {
+					return fail(ctx.Err())
+				}
 			}
 			if cons == nil {
 				c, err := js.OrderedConsumer(ctx, events.StreamJobs, jetstream.OrderedConsumerConfig{

@@ -20,13 +20,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kreabus/kreabus/internal/retry"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
@@ -178,33 +178,39 @@ func (mr *Mirror) copy(ctx context.Context, ev *events.Event, jobID string, n in
 		}
 		return obj, err
 	}
-	backoff := mr.cfg.RetryBackoff
-	for attempt := 1; ; attempt++ {
-		obj, err := mr.download(ctx, ev, jobID, name, rawURL)
-		if err == nil {
-			mr.m.objects.WithLabelValues("stored").Inc()
-			mr.m.bytes.Add(float64(obj.Size))
-			return obj, nil
-		}
+	attempts := 0
+	var obj events.ResultObject
+	err := retry.Do(ctx, mr.retry(), func(ctx context.Context) error {
+		attempts++
+		var err error
+		obj, err = mr.download(ctx, ev, jobID, name, rawURL)
 		var fe *FetchError
-		if !errors.As(err, &fe) || ctx.Err() != nil {
-			return events.ResultObject{}, err // the store, or shutting down
+		if err != nil && (!errors.As(err, &fe) || !fe.Retryable || attempts >= mr.cfg.Attempts) {
+			return retry.Permanent(err)
 		}
-		if !fe.Retryable || attempt >= mr.cfg.Attempts {
-			mr.m.objects.WithLabelValues("error").Inc()
-			mr.log.Warn("result not mirrored", "job_id", jobID, "object", name, "attempts", attempt, "err", fe.Error())
-			return events.ResultObject{URL: rawURL, Error: fe.Error()}, nil
-		}
+		return err
+	}, func(err error, attempt int, wait time.Duration) {
 		mr.m.retries.Inc()
-		wait := backoff/2 + rand.N(backoff/2+1) // jitter: replicas do not retry in step
-		mr.log.Info("result download failed; retrying", "job_id", jobID, "object", name, "attempt", attempt, "retry_in", wait.String(), "err", fe.Error())
-		select {
-		case <-ctx.Done():
-			return events.ResultObject{}, ctx.Err()
-		case <-time.After(wait):
-		}
-		backoff = min(2*backoff, MaxRetryBackoff)
+		mr.log.Info("result download failed; retrying", "job_id", jobID, "object", name, "attempt", attempt, "retry_in", wait.String(), "err", err.Error())
+	})
+	var fe *FetchError
+	switch {
+	case err == nil:
+		mr.m.objects.WithLabelValues("stored").Inc()
+		mr.m.bytes.Add(float64(obj.Size))
+		return obj, nil
+	case !errors.As(err, &fe) || ctx.Err() != nil:
+		return events.ResultObject{}, err // the store, or shutting down
 	}
+	mr.m.objects.WithLabelValues("error").Inc()
+	mr.log.Warn("result not mirrored", "job_id", jobID, "object", name, "attempts", attempts, "err", fe.Error())
+	return events.ResultObject{URL: rawURL, Error: fe.Error()}, nil
+}
+
+// retry is the pace of a download's attempts: RetryBackoff doubling up to
+// MaxRetryBackoff, jittered so that replicas do not retry in step.
+func (mr *Mirror) retry() events.Backoff {
+	return events.Backoff{Min: mr.cfg.RetryBackoff, Max: max(MaxRetryBackoff, mr.cfg.RetryBackoff)}
 }
 
 // existing returns the object already stored under name from rawURL, if

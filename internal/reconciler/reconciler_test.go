@@ -522,7 +522,7 @@ func TestRaceWebhookVsPoll(t *testing.T) {
 		raw, _ := e.sim.JobJSON(j)
 		rec := ledger.Record{RequestID: rids[i], JobID: j, SubmittedAt: time.Now()}
 		r.rc.mu.Lock()
-		r.rc.jobs[j] = &jobState{inFlight: true, backoff: time.Second}
+		r.rc.jobs[j] = &jobState{inFlight: true}
 		r.rc.mu.Unlock()
 		wg.Go(func() {
 			<-start

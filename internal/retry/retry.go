@@ -7,10 +7,16 @@ package retry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/kreabus/kreabus/pkg/events"
 )
+
+// Reconnect paces the retries of what a program cannot work without while
+// NATS or JetStream is not up: binding a consumer, opening a bucket,
+// watching keys, consuming.
+var Reconnect = events.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
 
 // Notify is told of each failed attempt (counting from 1) and how long the
 // loop waits before the next; it usually logs.
@@ -18,7 +24,8 @@ type Notify func(err error, attempt int, wait time.Duration)
 
 // Do calls op until it returns nil, returns an error wrapped by Permanent,
 // or ctx ends. It returns nil on success, the permanent error (unwrapped),
-// or ctx's error joined with op's last error.
+// or, when ctx ends first, an error wrapping both ctx's error and op's
+// last one ("context canceled (last error: ...)").
 func Do(ctx context.Context, b events.Backoff, op func(context.Context) error, notify Notify) error {
 	for attempt := 1; ; attempt++ {
 		err := op(ctx)
@@ -30,16 +37,20 @@ func Do(ctx context.Context, b events.Backoff, op func(context.Context) error, n
 			return p.err
 		}
 		if ctx.Err() != nil {
-			return errors.Join(ctx.Err(), err)
+			return stopped(ctx, err)
 		}
 		wait := b.Delay(uint64(attempt))
 		if notify != nil {
 			notify(err, attempt, wait)
 		}
 		if !Sleep(ctx, wait) {
-			return errors.Join(ctx.Err(), err)
+			return stopped(ctx, err)
 		}
 	}
+}
+
+func stopped(ctx context.Context, last error) error {
+	return fmt.Errorf("%w (last error: %w)", ctx.Err(), last)
 }
 
 // Forever runs op again every time it returns, until ctx ends, for work

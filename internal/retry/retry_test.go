@@ -56,6 +56,9 @@ func TestDoStopsWhenContextEnds(t *testing.T) {
 	if !errors.Is(err, context.Canceled) || !errors.Is(err, failed) {
 		t.Fatalf("err %v, want context.Canceled joined with %v", err, failed)
 	}
+	if want := "context canceled (last error: down)"; err.Error() != want {
+		t.Fatalf("err %q, want %q", err, want)
+	}
 }
 
 func TestForeverRunsUntilContextEnds(t *testing.T) {
@@ -74,5 +77,11 @@ func TestForeverRunsUntilContextEnds(t *testing.T) {
 	stop := errors.New("consumer deleted")
 	if err := retry.Forever(context.Background(), fast, func(context.Context) error { return retry.Permanent(stop) }, nil); err != stop {
 		t.Fatalf("err %v, want %v", err, stop)
+	}
+}
+
+func TestReconnectIsValid(t *testing.T) {
+	if err := retry.Reconnect.Validate(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/kreabus/kreabus/internal/ledger"
+	"github.com/kreabus/kreabus/internal/retry"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
@@ -70,30 +71,27 @@ func (s *Submitter) submitted(ctx context.Context, d *delivery, res *krea.Submit
 // reports whether the ledger holds it now, and whether the job is extra:
 // the request already had its outcome (both jobs are paid).
 func (s *Submitter) record(ctx context.Context, d *delivery, log *slog.Logger, rec ledger.Record) (recorded, extra bool) {
-	var err error
-	backoff := publishRetryMin
-	for attempt := 1; ; attempt++ {
+	attempts := 0
+	err := retry.Do(ctx, publishRetry, func(ctx context.Context) error {
+		attempts++
 		lctx, cancel := context.WithTimeout(ctx, defaultOpTimeout)
-		err = s.ledger.RecordSubmission(lctx, rec)
+		err := s.ledger.RecordSubmission(lctx, rec)
 		cancel()
-		if err == nil {
-			return true, false
-		}
 		var xe *ledger.ConflictError
 		if errors.As(err, &xe) {
 			s.m.extraJobs.Inc()
 			log.Error("Krea made a second job for this request (both are paid); its events are marked Kreabus-Extra-Job",
 				"first_job_id", xe.Existing.JobID, "first_status", xe.Existing.Status)
-			return true, true
+			extra = true
+			return nil
 		}
-		if errors.Is(err, ledger.ErrInvalidRecord) || attempt >= ledgerAttempts || ctx.Err() != nil {
-			break
+		if errors.Is(err, ledger.ErrInvalidRecord) || attempts >= ledgerAttempts {
+			return retry.Permanent(err)
 		}
-		if !sleep(ctx, backoff) {
-			break
-		}
-		backoff = min(2*backoff, publishRetryMax)
-		s.heartbeat(d)
+		return err
+	}, func(error, int, time.Duration) { s.heartbeat(d) })
+	if err == nil {
+		return true, extra
 	}
 	s.m.ledgerErrs.Inc()
 	log.Error("ledger write failed after the API accepted the request; its event or webhook will settle it", "err", err)

@@ -88,7 +88,7 @@ type Config struct {
 	Rate          float64 `env:"KREABUS_SUBMIT_RATE" flag:"submit-rate" usage:"Krea API calls per second at most (0 = no limit)"`
 	MaxDeliveries int     `env:"KREABUS_MAX_DELIVERIES" flag:"max-deliveries" usage:"API calls of a request that certainly made no job before it is rejected (out of retries); pauses and uncertain waits cost none"`
 
-	RetryBackoffMin time.Duration `env:"KREABUS_RETRY_BACKOFF_MIN" flag:"retry-backoff-min" usage:"first redelivery delay after a retryable failure (doubles per delivery, full jitter)"`
+	RetryBackoffMin time.Duration `env:"KREABUS_RETRY_BACKOFF_MIN" flag:"retry-backoff-min" usage:"first redelivery delay after a retryable failure (doubles per delivery; each delay drawn from the upper half, as events.Backoff)"`
 	RetryBackoffMax time.Duration `env:"KREABUS_RETRY_BACKOFF_MAX" flag:"retry-backoff-max" usage:"longest redelivery delay after a retryable failure"`
 	PauseBackoffMin time.Duration `env:"KREABUS_PAUSE_BACKOFF_MIN" flag:"pause-backoff-min" usage:"first pause of the requests consumer (submission and polling) after a Krea account error (401/402/403); the next call then probes the account"`
 	PauseBackoffMax time.Duration `env:"KREABUS_PAUSE_BACKOFF_MAX" flag:"pause-backoff-max" usage:"longest pause while account errors go on (each failed probe doubles it)"`

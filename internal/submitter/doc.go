@@ -24,8 +24,9 @@
 //     only then is the request acked.
 //   - A failure that certainly made no job (429, 408, or a connection that
 //     failed before the request was sent) records the attempt as retrying
-//     and hands the request back with a delay (exponential backoff with full
-//     jitter, at least the Retry-After the API asked for) until
+//     and hands the request back with a delay (events.Backoff of
+//     KREABUS_RETRY_BACKOFF_MIN and _MAX: doubling per delivery, drawn
+//     from the upper half; at least the Retry-After the API asked for) until
 //     KREABUS_MAX_DELIVERIES such attempts; then krea.jobs.rejected says
 //     "out of retries". Nothing is dropped silently.
 //   - A failure that may have made a job (a timeout or broken connection

@@ -3,12 +3,12 @@ package submitter
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/kreabus/kreabus/internal/retry"
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
@@ -28,40 +28,33 @@ func (s *Submitter) retry(ctx context.Context, d *delivery, attempts int, cause 
 	s.nak(d, delay)
 }
 
-// backoff is the delay before delivery n+1: exponential from
-// RetryBackoffMin, capped at RetryBackoffMax, with full jitter.
+// backoff is the delay before delivery n+1: the redelivery policy
+// (events.Backoff) of KREABUS_RETRY_BACKOFF_MIN and KREABUS_RETRY_BACKOFF_MAX.
 func (s *Submitter) backoff(n uint64) time.Duration {
-	ceil := s.cfg.RetryBackoffMin
-	for i := uint64(1); i < n && ceil < s.cfg.RetryBackoffMax; i++ {
-		ceil *= 2
-	}
-	ceil = min(ceil, s.cfg.RetryBackoffMax)
-	return time.Duration(rand.Int64N(int64(ceil) + 1))
+	return events.Backoff{Min: s.cfg.RetryBackoffMin, Max: s.cfg.RetryBackoffMax}.Delay(n)
 }
+
+// publishRetry paces the retries of an event's publication and of the
+// ledger write after a success (JetStream unavailable).
+var publishRetry = events.Backoff{Min: publishRetryMin, Max: publishRetryMax}
 
 // publish stores an event on KREA_JOBS and waits for the PubAck, retrying
 // with backoff for patience (0: until ctx ends) and keeping the request's
 // ack timer fresh meanwhile.
 func (s *Submitter) publish(ctx context.Context, d *delivery, msg *nats.Msg, patience time.Duration) error {
 	start := time.Now()
-	backoff := publishRetryMin
-	for {
+	return retry.Do(ctx, publishRetry, func(ctx context.Context) error {
 		pctx, cancel := context.WithTimeout(ctx, defaultOpTimeout)
 		_, err := s.js.PublishMsg(pctx, msg, jetstream.WithExpectStream(events.StreamJobs))
 		cancel()
-		if err == nil {
-			return nil
+		if err != nil && patience > 0 && time.Since(start) > patience {
+			return retry.Permanent(err)
 		}
-		if ctx.Err() != nil || (patience > 0 && time.Since(start) > patience) {
-			return err
-		}
-		d.log.Warn("publishing event failed; retrying", "subject", msg.Subject, "err", err, "retry_in", backoff)
-		if !sleep(ctx, backoff) {
-			return err
-		}
-		backoff = min(2*backoff, publishRetryMax)
+		return err
+	}, func(err error, _ int, wait time.Duration) {
+		d.log.Warn("publishing event failed; retrying", "subject", msg.Subject, "err", err, "retry_in", wait)
 		s.heartbeat(d)
-	}
+	})
 }
 
 // beatDuring tells JetStream every third of the ack wait that the request
@@ -140,16 +133,4 @@ func (s *Submitter) unclaim(id string) {
 	s.idsMu.Lock()
 	delete(s.ids, id)
 	s.idsMu.Unlock()
-}
-
-// sleep waits d or until ctx ends; false when ctx ended.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/kreabus/kreabus/internal/accountpause"
 	"github.com/kreabus/kreabus/internal/ledger"
+	"github.com/kreabus/kreabus/internal/retry"
 	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
@@ -424,23 +425,21 @@ func (s *Submitter) consumerConfig() jetstream.ConsumerConfig {
 // are below what the settings need. It retries transient failures until ctx
 // ends.
 func (s *Submitter) ensureConsumer(ctx context.Context) (jetstream.Consumer, error) {
-	backoff := 200 * time.Millisecond
-	for {
-		c, err := s.bindConsumer(ctx)
+	var c jetstream.Consumer
+	err := retry.Do(ctx, retry.Reconnect, func(ctx context.Context) error {
+		var err error
+		c, err = s.bindConsumer(ctx)
 		s.bindMu.Lock()
 		s.bound, s.bindErr = err == nil, err
 		s.bindMu.Unlock()
-		if err == nil || errors.Is(err, errConsumerSetup) {
-			return c, err
+		if errors.Is(err, errConsumerSetup) {
+			return retry.Permanent(err)
 		}
-		s.log.Warn("waiting for JetStream to bind the requests consumer", "consumer", s.cfg.Consumer, "err", err)
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("submitter: bind consumer %s: %w (last error: %v)", s.cfg.Consumer, ctx.Err(), err)
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
+		return err
+	}, func(err error, _ int, wait time.Duration) {
+		s.log.Warn("waiting for JetStream to bind the requests consumer", "consumer", s.cfg.Consumer, "err", err, "retry_in", wait)
+	})
+	return c, err
 }
 
 var errConsumerSetup = errors.New("submitter: requests consumer")

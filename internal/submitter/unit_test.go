@@ -86,19 +86,22 @@ func TestConfigLoad(t *testing.T) {
 	}
 }
 
-func TestBackoffFullJitter(t *testing.T) {
+// TestBackoffFromSettings: the redelivery delay is events.Backoff of
+// KREABUS_RETRY_BACKOFF_MIN and _MAX: doubling per delivery, capped,
+// jittered in the upper half.
+func TestBackoffFromSettings(t *testing.T) {
 	s := &Submitter{cfg: Config{RetryBackoffMin: time.Second, RetryBackoffMax: 8 * time.Second}}
 	for n, ceil := range map[uint64]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 4: 8 * time.Second, 30: 8 * time.Second} {
-		var top time.Duration
+		var low, top time.Duration = ceil, 0
 		for range 2000 {
 			d := s.backoff(n)
-			if d < 0 || d > ceil {
-				t.Fatalf("delivery %d: %v outside [0, %v]", n, d, ceil)
+			if d < ceil/2 || d > ceil {
+				t.Fatalf("delivery %d: %v outside [%v, %v]", n, d, ceil/2, ceil)
 			}
-			top = max(top, d)
+			low, top = min(low, d), max(top, d)
 		}
-		if top < ceil*8/10 {
-			t.Errorf("delivery %d: max %v of 2000 draws, want near %v", n, top, ceil)
+		if top < ceil*9/10 || low > ceil*6/10 {
+			t.Errorf("delivery %d: draws in [%v, %v] of 2000, want them to spread over [%v, %v]", n, low, top, ceil/2, ceil)
 		}
 	}
 }
