@@ -23,6 +23,7 @@ import (
 	"github.com/kreabus/kreabus/internal/logging"
 	"github.com/kreabus/kreabus/internal/natsconn"
 	"github.com/kreabus/kreabus/internal/program"
+	"github.com/kreabus/kreabus/internal/retry"
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
@@ -183,10 +184,9 @@ func (p *Program) ensureLoop(ctx context.Context) {
 		default:
 			return // ctx ended
 		}
-		select {
-		case <-ctx.Done():
+		// At most one ensure a second, however often publishes kick.
+		if !retry.Sleep(ctx, time.Second) {
 			return
-		case <-time.After(time.Second):
 		}
 	}
 }
@@ -217,12 +217,7 @@ func (p *Program) Shutdown(ctx context.Context) error {
 	p.admin.SetDraining()
 	p.log.Info("shutting down", "in_flight", p.bridge.InFlight(), "drain_delay", p.s.DrainDelay.String())
 	var errs []error
-	if p.s.DrainDelay > 0 {
-		select {
-		case <-time.After(p.s.DrainDelay):
-		case <-ctx.Done():
-		}
-	}
+	retry.Sleep(ctx, p.s.DrainDelay)
 
 	// Leave the drain at least a second of the budget.
 	httpCtx := ctx
