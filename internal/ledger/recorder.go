@@ -57,12 +57,6 @@ func NewRecorder(l *Ledger, reg prometheus.Registerer) (*Recorder, error) {
 	return &Recorder{l: l, events: cv}, nil
 }
 
-// Ready reports whether the Recorder is consuming, for tests that wait for
-// it. The submitter's /readyz does not ask: while NATS and KREA_JOBS are
-// there (which it checks) a Recorder not consuming is restarting by
-// itself, and one that may not is a failure that stops the program.
-func (r *Recorder) Ready() bool { return r.live.Load() }
-
 // Synced reports whether the durable consumer has been seen caught up with
 // the stream at least once since Run started: only then does the ledger
 // reflect every event already stored. The reconciler waits for it, so it
