@@ -50,8 +50,7 @@ type Program struct {
 
 	ledger lateOwners // ownership, terminal state and metadata of jobs
 
-	mu        sync.Mutex
-	streamErr error // KREA_JOBS exists but is unusable
+	streams natsconn.StreamsCheck // KREA_JOBS present and usable
 }
 
 // Start validates s, connects to NATS (returning at once if NATS is down:
@@ -169,7 +168,7 @@ func (p *Program) ensureLoop(ctx context.Context) {
 		err := natsconn.SetUpStreams(ctx, p.js, p.log, cfg)
 		switch {
 		case err == nil:
-			p.setStreamErr(nil)
+			p.streams.Set(nil)
 			p.log.Info("stream ready", "stream", cfg.Name, "duplicate_window", cfg.Duplicates.String())
 			// An event is the body plus headers: a body the server cannot
 			// take is refused with 413 (never a 503 forever), below the
@@ -179,7 +178,7 @@ func (p *Program) ensureLoop(ctx context.Context) {
 					"max_body", p.s.Bridge.MaxBody, "max_payload", p.nc.MaxPayload(), "header_room", bridge.HeaderRoom, "body_limit", limit)
 			}
 		case errors.Is(err, events.ErrIncompatibleStream):
-			p.setStreamErr(err)
+			p.streams.Set(err)
 			p.log.Error("stream unusable", "stream", cfg.Name, "err", err)
 		default:
 			return // ctx ended
@@ -191,22 +190,10 @@ func (p *Program) ensureLoop(ctx context.Context) {
 	}
 }
 
-func (p *Program) setStreamErr(err error) {
-	p.mu.Lock()
-	p.streamErr = err
-	p.mu.Unlock()
-}
-
 // checkJetStream is the readiness check: NATS connected and KREA_JOBS
 // present and usable.
 func (p *Program) checkJetStream(ctx context.Context) error {
-	p.mu.Lock()
-	err := p.streamErr
-	p.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	return natsconn.CheckStreams(ctx, p.nc, p.js, events.StreamJobs)
+	return p.streams.Check(ctx, p.nc, p.js, events.StreamJobs)
 }
 
 // Shutdown stops the program in order: /readyz turns 503, the webhook
