@@ -244,11 +244,11 @@ var _ jetstream.ConsumeContext = (*ConsumeContext)(nil)
 // timer, and so the fetch, alive for two heartbeats after it ended, which
 // adds up at thousands of messages a second. A pull lost with its server
 // is replaced at once on reconnect (watch).
-const (
-	fetchWait          = 5 * time.Second
-	fetchErrorPauseMin = 100 * time.Millisecond
-	fetchErrorPauseMax = 5 * time.Second
-)
+const fetchWait = 5 * time.Second
+
+// fetchErrorBackoff paces the pulls after one failed, or was ended empty
+// by the server long before its expiry.
+var fetchErrorBackoff = Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
 
 // run pulls one Fetch at a time, for as many messages as there are free
 // handler slots.
@@ -287,7 +287,7 @@ func (c *ConsumeContext) run() {
 		c.stop()
 	}
 
-	pause := fetchErrorPauseMin
+	failures := 0 // pulls in a row that failed or were ended early
 	for {
 		select {
 		case <-c.stopCh: // before a free slot, which may be ready too
@@ -320,12 +320,9 @@ func (c *ConsumeContext) run() {
 					err = fmt.Errorf("grant for %d messages out of range 1..%d", grantSize(g), n)
 				}
 				c.o.onError(fmt.Errorf("events: pull gate of %s: %w", c.name(), err))
-				select {
-				case <-c.stopCh:
+				if failures++; !c.pause(failures) {
 					return
-				case <-time.After(pause):
 				}
-				pause = min(2*pause, fetchErrorPauseMax)
 				continue
 			}
 			grant = g
@@ -342,15 +339,12 @@ func (c *ConsumeContext) run() {
 		case err == nil && got == 0 && time.Since(start) < fetchWait/2:
 			// Answered empty long before its expiry (the server ended the
 			// pull): do not ask again at once.
-			select {
-			case <-c.stopCh:
+			if failures++; !c.pause(failures) {
 				return
-			case <-time.After(pause):
 			}
-			pause = min(2*pause, fetchErrorPauseMax)
 			continue
 		case err == nil:
-			pause = fetchErrorPauseMin
+			failures = 0
 			continue
 		case c.stopping.Load():
 			return
@@ -362,12 +356,22 @@ func (c *ConsumeContext) run() {
 		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, nats.ErrConnectionClosed) || c.gone(err) {
 			return
 		}
-		select {
-		case <-c.stopCh:
+		if failures++; !c.pause(failures) {
 			return
-		case <-time.After(pause):
 		}
-		pause = min(2*pause, fetchErrorPauseMax)
+	}
+}
+
+// pause waits out the delay after the n-th failed pull in a row,
+// reporting false when the consumption stops first.
+func (c *ConsumeContext) pause(n int) bool {
+	t := time.NewTimer(fetchErrorBackoff.Delay(uint64(n)))
+	defer t.Stop()
+	select {
+	case <-c.stopCh:
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
