@@ -39,9 +39,6 @@ const (
 
 // Internal tuning.
 const (
-	// defaultFetchWait is how long one pull waits for requests; it also
-	// bounds how long a stop waits for the pull in progress.
-	defaultFetchWait = 2 * time.Second
 	// ackWaitMargin is added to the API timeout for the consumer's AckWait:
 	// room for the ledger lookup and write, the event and the ack.
 	ackWaitMargin = 60 * time.Second
@@ -68,9 +65,6 @@ const (
 	// maxCallMargin bounds what is added to the API timeout for how long
 	// after its intent a call may still be running.
 	maxCallMargin = 5 * time.Second
-	// Pauses after a failed pull.
-	defaultFetchErrorPause = 500 * time.Millisecond
-	maxFetchErrorPause     = 5 * time.Second
 )
 
 // Config holds the submitter's settings. The env and flag tags name them

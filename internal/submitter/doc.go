@@ -3,9 +3,10 @@
 // per request.
 //
 // A durable pull consumer (KREABUS_CONSUMER, explicit acks) takes requests
-// off the work-queue stream, never more than the adaptive concurrency limit
-// allows (KREABUS_SUBMIT_CONCURRENCY at most), paced by KREABUS_SUBMIT_RATE
-// when set. For each request:
+// off the work-queue stream through events.Consume, kreabus's one pull
+// loop, each pull sized by the gate (pull.go, gate.go): never more than the
+// adaptive concurrency limit allows (KREABUS_SUBMIT_CONCURRENCY at most),
+// paced by KREABUS_SUBMIT_RATE when set. For each request:
 //
 //   - It is decoded and validated (events.DecodeRequest). A request without
 //     request_id gets one derived from its stream position, the same on
@@ -69,7 +70,8 @@
 // When the context given to Run ends, no further request is taken; calls in
 // flight finish (bounded by KREABUS_API_TIMEOUT), their events are published
 // and their requests acknowledged, then Run returns. Requests a pull brought
-// in after the stop are handled the same way. KREABUS_SHUTDOWN_TIMEOUT bounds
+// in that no handler had started go back to the stream at once, for another
+// replica. KREABUS_SHUTDOWN_TIMEOUT bounds
 // the whole wait; a request still in hand then is cut off and redelivered
 // later.
 package submitter

@@ -152,7 +152,6 @@ func (e *env) start(cfg Config) *running {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	s.fetchWait = 300 * time.Millisecond // quicker stops; production pulls wait 2s
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{s: s, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- s.Run(ctx) }()

@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -98,8 +97,6 @@ type Submitter struct {
 	acct   *accountpause.Pause
 	ownAcc bool // acct was made here: Run follows it
 
-	fetchWait time.Duration // how long one pull waits for requests
-
 	idsMu sync.Mutex
 	ids   map[string]struct{} // request IDs being handled in this process
 
@@ -151,18 +148,17 @@ func New(cfg Config, deps Deps) (*Submitter, error) {
 		own = true
 	}
 	s := &Submitter{
-		cfg:       cfg,
-		js:        deps.JS,
-		ledger:    deps.Ledger,
-		api:       api,
-		tok:       tok,
-		log:       log.With("component", "submitter"),
-		m:         m,
-		gate:      newGate(cfg.Concurrency, cfg.Rate, acct, cfg.PauseBackoffMin, cfg.RetryBackoffMax),
-		acct:      acct,
-		ownAcc:    own,
-		fetchWait: defaultFetchWait,
-		ids:       map[string]struct{}{},
+		cfg:    cfg,
+		js:     deps.JS,
+		ledger: deps.Ledger,
+		api:    api,
+		tok:    tok,
+		log:    log.With("component", "submitter"),
+		m:      m,
+		gate:   newGate(cfg.Concurrency, cfg.Rate, acct, cfg.PauseBackoffMin, cfg.RetryBackoffMax),
+		acct:   acct,
+		ownAcc: own,
+		ids:    map[string]struct{}{},
 	}
 	s.gate.onPause = s.onPause
 	m.paused.Set(0)
@@ -290,119 +286,52 @@ func (s *Submitter) run(ctx context.Context) error {
 	s.log.Info("submitter started", "consumer", s.cfg.Consumer, "concurrency", s.cfg.Concurrency,
 		"rate", s.cfg.Rate, "max_deliveries", s.cfg.MaxDeliveries, "api_url", s.cfg.APIURL)
 
-	// hand bounds the requests held (API call, then ledger, event and ack);
-	// the gate bounds the API calls among them.
-	hand := make(chan struct{}, handPerSlot*s.cfg.Concurrency)
-	var wg sync.WaitGroup
-	errPause := defaultFetchErrorPause
-	for ctx.Err() == nil {
+	// Each request held (API call, then ledger, event and ack) takes one of
+	// the consumption's handler slots; the gate, sizing every pull, bounds
+	// the API calls among them.
+	err = retry.Forever(ctx, retry.Reconnect, func(ctx context.Context) error {
+		cc, err := events.Consume(s.js.Conn(), cons, func(hctx context.Context, msg jetstream.Msg) {
+			// Requests in hand at a stop finish under opCtx, which
+			// outlives the handler's context.
+			s.handle(opCtx, msg, pulledAsProbe(hctx))
+		},
+			events.WithConcurrency(handPerSlot*s.cfg.Concurrency),
+			events.WithPullGate(pullGate{s.gate, s.cfg.Concurrency}),
+			events.WithErrorHandler(func(err error) { s.log.Warn("pulling requests failed", "err", err) }))
+		if err != nil {
+			return retry.Permanent(err)
+		}
 		select {
-		case hand <- struct{}{}:
 		case <-ctx.Done():
-			continue
+			s.log.Info("submitter stopping: finishing requests in hand")
+			cc.Drain()
+			<-cc.Closed()
+			return nil
+		case <-cc.Closed():
 		}
-		probe, err := s.gate.acquire(ctx)
-		if err != nil {
-			<-hand
-			break
+		// The consumer was deleted (or the connection closed): bind it
+		// again, creating it when allowed.
+		if c, err := s.ensureConsumer(ctx); err == nil {
+			cons = c
+		} else {
+			return err
 		}
-		n := 1
-		if !probe {
-			n += s.gate.acquireMore(s.cfg.Concurrency - 1)
+		return errConsumptionEnded
+	}, func(err error, _ int, wait time.Duration) {
+		if !errors.Is(err, errConsumptionEnded) {
+			s.log.Error("re-binding the requests consumer failed", "err", err, "retry_in", wait)
 		}
-		if h := 1 + takeUpTo(hand, n-1); h < n {
-			s.gate.release(n-h, false)
-			n = h
-		}
-		k, err := s.gate.waitRate(ctx, n-1)
-		if err != nil {
-			s.gate.release(n, probe)
-			putBack(hand, n)
-			break
-		}
-		if k < n {
-			s.gate.release(n-k, false)
-			putBack(hand, n-k)
-			n = k
-		}
-		batch, err := cons.Fetch(n, jetstream.FetchMaxWait(s.fetchWait))
-		if err != nil {
-			s.gate.release(n, probe)
-			putBack(hand, n)
-			cons = s.fetchFailed(ctx, cons, err, &errPause)
-			continue
-		}
-		got := 0
-		for msg := range batch.Messages() {
-			got++
-			wg.Add(1)
-			isProbe := probe && got == 1
-			go func() {
-				defer func() { <-hand; wg.Done() }()
-				s.handle(opCtx, msg, isProbe)
-			}()
-		}
-		if got < n {
-			s.gate.release(n-got, probe && got == 0)
-			putBack(hand, n-got)
-		}
-		if err := batch.Error(); err != nil {
-			cons = s.fetchFailed(ctx, cons, err, &errPause)
-			continue
-		}
-		errPause = defaultFetchErrorPause
+	})
+	if err != nil {
+		return err
 	}
-	s.log.Info("submitter stopping: finishing requests in hand", "in_hand", len(hand))
-	wg.Wait()
 	s.log.Info("submitter stopped")
 	return nil
 }
 
-// takeUpTo takes up to n places of sem without blocking and returns how
-// many it took.
-func takeUpTo(sem chan struct{}, n int) int {
-	for i := 0; i < n; i++ {
-		select {
-		case sem <- struct{}{}:
-		default:
-			return i
-		}
-	}
-	return n
-}
-
-// putBack gives back n places of sem.
-func putBack(sem chan struct{}, n int) {
-	for range n {
-		<-sem
-	}
-}
-
-// fetchFailed logs a failed pull, waits a little (growing on repeated
-// failures) and re-binds the consumer when it was deleted.
-func (s *Submitter) fetchFailed(ctx context.Context, cons jetstream.Consumer, err error, pause *time.Duration) jetstream.Consumer {
-	if ctx.Err() != nil {
-		return cons
-	}
-	s.log.Warn("pulling requests failed", "err", err, "retry_in", *pause)
-	select {
-	case <-ctx.Done():
-		return cons
-	case <-time.After(*pause):
-	}
-	*pause = min(2**pause, maxFetchErrorPause)
-	// A pull to a consumer deleted while no pull was pending finds no
-	// responders rather than a "consumer deleted" answer.
-	if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
-		errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, nats.ErrNoResponders) {
-		if c, err := s.ensureConsumer(ctx); err == nil {
-			return c
-		} else if ctx.Err() == nil {
-			s.log.Error("re-binding the requests consumer failed", "err", err)
-		}
-	}
-	return cons
-}
+// errConsumptionEnded: the consumption of requests ended by itself and
+// was started again.
+var errConsumptionEnded = errors.New("submitter: consumption of requests ended")
 
 // consumerConfig is the durable consumer the submitter needs.
 func (s *Submitter) consumerConfig() jetstream.ConsumerConfig {

@@ -114,8 +114,14 @@ type ConsumeContext struct {
 	baseCtx    context.Context
 	cancelBase context.CancelFunc
 
-	// fetchCtx ends every pull: on Stop or Drain, and when the connection
-	// closes.
+	// stopCtx ends on Stop or Drain: a PullGate's wait, a consumer
+	// look-up. It does not end the pull in progress: nats.go drops the
+	// messages a cancelled pull had already received, which JetStream then
+	// redelivers only after their ack wait. The pull runs out instead (at
+	// most fetchWait) and what it brings goes back at once (handleInSlot).
+	stopCtx    context.Context
+	cancelStop context.CancelFunc
+	// fetchCtx ends every pull when the connection closes for good.
 	fetchCtx    context.Context
 	cancelFetch context.CancelFunc
 	// pullMu guards cancelPull, which ends the current pull alone, so that
@@ -199,6 +205,7 @@ func newConsumeContext(nc *nats.Conn, cons jetstream.Consumer, opts []ConsumeOpt
 		done:        make(chan struct{}),
 	}
 	c.baseCtx, c.cancelBase = context.WithCancel(context.Background())
+	c.stopCtx, c.cancelStop = context.WithCancel(context.Background())
 	c.fetchCtx, c.cancelFetch = context.WithCancel(context.Background())
 	return c, nil
 }
@@ -207,8 +214,9 @@ func newConsumeContext(nc *nats.Conn, cons jetstream.Consumer, opts []ConsumeOpt
 func (c *ConsumeContext) Consumer() jetstream.Consumer { return c.cons }
 
 // Drain stops pulling and lets the handlers in flight finish (each within
-// its ack wait); messages pulled but not started yet go back to JetStream
-// at once. Closed is closed once the last handler has returned. Drain does
+// its ack wait); messages pulled but not started yet, and those the pull
+// in progress still brings (it runs out within a second), go back to
+// JetStream at once. Closed is closed once the last handler has returned. Drain does
 // not wait; it is safe to call more than once, and from a handler.
 func (c *ConsumeContext) Drain() { c.stop() }
 
@@ -227,7 +235,7 @@ func (c *ConsumeContext) stop() {
 	c.stopOnce.Do(func() {
 		c.stopping.Store(true)
 		close(c.stopCh)
-		c.cancelFetch()
+		c.cancelStop()
 	})
 }
 
@@ -244,11 +252,14 @@ var _ jetstream.ConsumeContext = (*ConsumeContext)(nil)
 // timer, and so the fetch, alive for two heartbeats after it ended, which
 // adds up at thousands of messages a second. A pull lost with its server
 // is replaced at once on reconnect (watch).
-const (
-	fetchWait          = 5 * time.Second
-	fetchErrorPauseMin = 100 * time.Millisecond
-	fetchErrorPauseMax = 5 * time.Second
-)
+//
+// It is short because a stop waits for the pull in progress to run out
+// (see stopCtx); an idle consumer asks once a second.
+const fetchWait = time.Second
+
+// fetchErrorBackoff paces the pulls after one failed, or was ended empty
+// by the server long before its expiry.
+var fetchErrorBackoff = Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
 
 // run pulls one Fetch at a time, for as many messages as there are free
 // handler slots.
@@ -274,6 +285,7 @@ func (c *ConsumeContext) run() {
 		}()
 	}
 	defer func() {
+		c.cancelFetch()
 		c.stop()    // when it ended by itself
 		c.wg.Wait() // handlers still running when concurrency > 1
 		c.cancelBase()
@@ -287,7 +299,7 @@ func (c *ConsumeContext) run() {
 		c.stop()
 	}
 
-	pause := fetchErrorPauseMin
+	failures := 0 // pulls in a row that failed or were ended early
 	for {
 		select {
 		case <-c.stopCh: // before a free slot, which may be ready too
@@ -310,7 +322,7 @@ func (c *ConsumeContext) run() {
 		n := 1 + takeSlots(c.slots, c.o.concurrency-1)
 		var grant Grant
 		if c.o.gate != nil {
-			g, err := c.o.gate.Acquire(c.fetchCtx, n)
+			g, err := c.o.gate.Acquire(c.stopCtx, n)
 			if err != nil || g == nil || g.N() < 1 || g.N() > n {
 				releaseSlots(c.slots, n)
 				if c.stopping.Load() {
@@ -320,12 +332,9 @@ func (c *ConsumeContext) run() {
 					err = fmt.Errorf("grant for %d messages out of range 1..%d", grantSize(g), n)
 				}
 				c.o.onError(fmt.Errorf("events: pull gate of %s: %w", c.name(), err))
-				select {
-				case <-c.stopCh:
+				if failures++; !c.pause(failures) {
 					return
-				case <-time.After(pause):
 				}
-				pause = min(2*pause, fetchErrorPauseMax)
 				continue
 			}
 			grant = g
@@ -342,15 +351,12 @@ func (c *ConsumeContext) run() {
 		case err == nil && got == 0 && time.Since(start) < fetchWait/2:
 			// Answered empty long before its expiry (the server ended the
 			// pull): do not ask again at once.
-			select {
-			case <-c.stopCh:
+			if failures++; !c.pause(failures) {
 				return
-			case <-time.After(pause):
 			}
-			pause = min(2*pause, fetchErrorPauseMax)
 			continue
 		case err == nil:
-			pause = fetchErrorPauseMin
+			failures = 0
 			continue
 		case c.stopping.Load():
 			return
@@ -362,12 +368,22 @@ func (c *ConsumeContext) run() {
 		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, nats.ErrConnectionClosed) || c.gone(err) {
 			return
 		}
-		select {
-		case <-c.stopCh:
+		if failures++; !c.pause(failures) {
 			return
-		case <-time.After(pause):
 		}
-		pause = min(2*pause, fetchErrorPauseMax)
+	}
+}
+
+// pause waits out the delay after the n-th failed pull in a row,
+// reporting false when the consumption stops first.
+func (c *ConsumeContext) pause(n int) bool {
+	t := time.NewTimer(fetchErrorBackoff.Delay(uint64(n)))
+	defer t.Stop()
+	select {
+	case <-c.stopCh:
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
@@ -388,7 +404,7 @@ func (c *ConsumeContext) gone(err error) bool {
 		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrConsumerNotFound)) {
 		return false
 	}
-	ctx, cancel := context.WithTimeout(c.fetchCtx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(c.stopCtx, 5*time.Second)
 	defer cancel()
 	if _, err := c.cons.Info(ctx); !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return false
@@ -472,6 +488,7 @@ func (c *ConsumeContext) watch(status <-chan nats.Status) {
 			}
 			if s == nats.CLOSED {
 				c.o.onError(fmt.Errorf("events: consume %s: %w", c.name(), nats.ErrConnectionClosed))
+				c.cancelFetch() // nothing more can arrive
 				c.stop()
 				return
 			}

@@ -1042,3 +1042,68 @@ func TestConsumeOrderedConsumer(t *testing.T) {
 		t.Errorf("ConsumeJobs of an ordered consumer: %v", err)
 	}
 }
+
+// Stopping a consumption while messages flow hands back what its last
+// pull brings at once: the next consumption on the durable gets every
+// message long before the ack wait would have redelivered a dropped one.
+func TestDrainWhileMessagesFlowLosesNothing(t *testing.T) {
+	js := startStreams(t)
+	cons := jobsConsumer(t, js, "flow", events.WithAckWait(time.Minute))
+	const total = 400
+	seen := make(chan string, 4*total)
+	handler := func(_ context.Context, msg jetstream.Msg) {
+		seen <- msg.Headers().Get(events.HeaderJobID)
+		_ = msg.Ack()
+	}
+	published := make(chan error, 1)
+	go func() {
+		for i := range total {
+			m := events.NewJobMsg(events.EventHeaders{Status: krea.StatusCompleted, JobID: fmt.Sprintf("flow-%d", i), Source: events.SourceWebhook}, []byte(`{}`))
+			if _, err := js.PublishMsgAsync(m); err != nil {
+				published <- err
+				return
+			}
+		}
+		<-js.PublishAsyncComplete()
+		published <- nil
+	}()
+	got := map[string]bool{}
+	// Three consumptions in turn, each stopped while messages arrive.
+	for round := range 3 {
+		c, err := events.Consume(js.Conn(), cons, handler, events.WithConcurrency(8))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for len(got) < (round+1)*total/4 {
+			select {
+			case id := <-seen:
+				got[id] = true
+			case <-time.After(10 * time.Second):
+				t.Fatalf("round %d: %d of %d messages after 10 s", round, len(got), total)
+			}
+		}
+		if round%2 == 0 {
+			c.Drain()
+		} else {
+			c.Stop()
+		}
+		<-c.Closed()
+	}
+	if err := <-published; err != nil {
+		t.Fatal(err)
+	}
+	c, err := events.Consume(js.Conn(), cons, handler, events.WithConcurrency(8))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { c.Stop(); <-c.Closed() }()
+	deadline := time.After(15 * time.Second) // the ack wait is a minute
+	for len(got) < total {
+		select {
+		case id := <-seen:
+			got[id] = true
+		case <-deadline:
+			t.Fatalf("%d of %d messages within 15 s: the others wait out their ack wait", len(got), total)
+		}
+	}
+}
