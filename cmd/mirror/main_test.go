@@ -40,11 +40,7 @@ func newWorld(t *testing.T, cfg kreatest.Config) *world {
 	t.Helper()
 	bin := natstest.Binary(t, ".") // build first: a long build must not eat into deadlines
 	ns := natstest.StartProcess(t)
-	nc := natstest.Connect(t, ns.URL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.ConnectJetStream(t, ns.URL())
 	if err := events.EnsureStreams(ctx(t), js, events.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}

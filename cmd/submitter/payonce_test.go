@@ -52,12 +52,7 @@ type pipeline struct {
 func newPipeline(t *testing.T, faults kreatest.Faults, env ...string) *pipeline {
 	t.Helper()
 	submitterBinary(t) // build first: a long build must not eat into deadlines
-	ns := natstest.RunServer(t)
-	nc := natstest.Connect(t, ns.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ns, _, js := natstest.JetStream(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {

@@ -25,12 +25,7 @@ import (
 // prompt says ("fail", "reject", "never") or completed.
 func fakePipeline(t *testing.T) (url string, seen func() []*events.Request) {
 	t.Helper()
-	s := natstest.RunServer(t)
-	nc := natstest.Connect(t, s.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, _, js := natstest.JetStream(t)
 	ctx := context.Background()
 	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
 		t.Fatal(err)

@@ -73,17 +73,6 @@ func WithLogger(log *slog.Logger) Option {
 	}
 }
 
-// WithRefresh sets how often Run reads the consumer's state.
-func WithRefresh(d time.Duration) Option {
-	return func(p *Pause) error {
-		if d <= 0 {
-			return fmt.Errorf("%w: refresh interval %v must be positive", ErrInvalid, d)
-		}
-		p.refresh = d
-		return nil
-	}
-}
-
 // WithClock replaces time.Now, for tests driving a fake clock.
 func WithClock(now func() time.Time) Option {
 	return func(p *Pause) error {
@@ -95,23 +84,12 @@ func WithClock(now func() time.Time) Option {
 	}
 }
 
-// WithOnChange calls f (outside any lock) each time the pause starts or
-// ends as this process sees it: metrics and logs.
-func WithOnChange(f func(paused bool, reason string, until time.Time)) Option {
-	return func(p *Pause) error {
-		p.onChange = f
-		return nil
-	}
-}
-
 // Pause is the shared account pause. It is safe for concurrent use.
 type Pause struct {
-	backoff  events.Backoff // the pause's length, by account errors in a row (no jitter: one pause for all)
-	refresh  time.Duration
-	cons     *Consumer
-	log      *slog.Logger
-	onChange func(bool, string, time.Time)
-	now      func() time.Time
+	backoff events.Backoff // the pause's length, by account errors in a row (no jitter: one pause for all)
+	cons    *Consumer
+	log     *slog.Logger
+	now     func() time.Time
 
 	mu     sync.Mutex
 	until  time.Time // no Krea calls before (zero: never paused)
@@ -120,7 +98,6 @@ type Pause struct {
 	began  time.Time // when the pause in force began here (tripped or adopted)
 	setAt  time.Time // when this process last finished changing the consumer
 	local  bool      // the consumer could not be paused: this process's pause only
-	paused bool      // as last reported to onChange
 }
 
 // New returns a Pause whose first pause lasts min and whose pauses double
@@ -133,7 +110,7 @@ func New(min, max time.Duration, opts ...Option) (*Pause, error) {
 	if max < min {
 		errs = append(errs, fmt.Errorf("%w: backoff max %v is below min %v", ErrInvalid, max, min))
 	}
-	p := &Pause{backoff: events.Backoff{Min: min, Max: max}, refresh: DefaultRefresh, log: slog.New(slog.DiscardHandler), now: time.Now}
+	p := &Pause{backoff: events.Backoff{Min: min, Max: max}, log: slog.New(slog.DiscardHandler), now: time.Now}
 	for _, o := range opts {
 		if err := o(p); err != nil {
 			errs = append(errs, err)
@@ -177,7 +154,6 @@ func (p *Pause) Trip(ctx context.Context, reason string) time.Time {
 	p.until, p.reason, p.began, p.local = now.Add(p.backoff.Ceiling(p.trips)), reason, now, false
 	until := p.until
 	p.mu.Unlock()
-	p.notify()
 	if p.cons != nil {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
 		defer cancel()
@@ -225,7 +201,6 @@ func (p *Pause) Clear(ctx context.Context, started time.Time) {
 	wasPaused := p.now().Before(p.until) && !p.local
 	p.trips, p.until, p.reason, p.local = 0, time.Time{}, "", false
 	p.mu.Unlock()
-	p.notify()
 	if wasPaused && p.cons != nil {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
 		defer cancel()
@@ -242,9 +217,9 @@ func (p *Pause) Clear(ctx context.Context, started time.Time) {
 
 // Run follows the consumer's pause until ctx ends: a pause another replica
 // took is adopted, and one an operator ended (`nats consumer resume`) ends
-// here too. Without a consumer it only reports the end of pauses.
+// here too. Without a consumer it has nothing to follow and only waits.
 func (p *Pause) Run(ctx context.Context) {
-	t := time.NewTicker(p.refresh)
+	t := time.NewTicker(DefaultRefresh)
 	defer t.Stop()
 	for {
 		select {
@@ -257,10 +232,9 @@ func (p *Pause) Run(ctx context.Context) {
 }
 
 // Sync reads the consumer's pause once and adopts it (Run does this every
-// refresh interval).
+// DefaultRefresh).
 func (p *Pause) Sync(ctx context.Context) {
 	if p.cons == nil {
-		p.notify()
 		return
 	}
 	asked := p.now()
@@ -268,7 +242,6 @@ func (p *Pause) Sync(ctx context.Context) {
 	info, err := p.cons.JS.Consumer(cctx, p.cons.Stream, p.cons.Name)
 	cancel()
 	if err != nil {
-		p.notify()
 		return
 	}
 	ci := info.CachedInfo()
@@ -291,18 +264,4 @@ func (p *Pause) Sync(ctx context.Context) {
 		p.until, p.reason = time.Time{}, ""
 	}
 	p.mu.Unlock()
-	p.notify()
-}
-
-// notify reports a change of the paused state to onChange.
-func (p *Pause) notify() {
-	p.mu.Lock()
-	paused := p.now().Before(p.until)
-	changed := paused != p.paused
-	p.paused = paused
-	reason, until := p.reason, p.until
-	p.mu.Unlock()
-	if changed && p.onChange != nil {
-		p.onChange(paused, reason, until)
-	}
 }

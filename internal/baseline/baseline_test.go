@@ -60,8 +60,7 @@ func TestBaselineAnswers(t *testing.T) {
 		t.Fatalf("big body: %d", code)
 	}
 
-	nc := natstest.Connect(t, s.ClientURL())
-	js, _ := jetstream.New(nc)
+	_, js := natstest.ConnectJetStream(t, s.ClientURL())
 	st, err := js.Stream(t.Context(), events.StreamJobs)
 	if err != nil {
 		t.Fatal(err)

@@ -16,13 +16,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kreabus/kreabus/internal/metricstest"
+
+	"github.com/kreabus/kreabus/internal/bridge/bridgetest"
+	"github.com/kreabus/kreabus/internal/natstest"
+	"github.com/kreabus/kreabus/pkg/events"
+
 	"github.com/google/uuid"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/kreabus/kreabus/internal/ledger"
-	"github.com/kreabus/kreabus/internal/natstest"
-	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
 
@@ -31,7 +35,7 @@ func TestStored(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	reqID := events.NewRequestID()
 	jobID := uuid.NewString()
-	body := jobBody(jobID, krea.StatusCompleted)
+	body := bridgetest.JobBody(jobID, krea.StatusCompleted)
 	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 	r := e.post(e.webhookURL(reqID), body, "traceparent", tp)
@@ -43,7 +47,7 @@ func TestStored(t *testing.T) {
 	if len(msgs) != 1 {
 		t.Fatalf("%d messages stored, want 1", len(msgs))
 	}
-	checkEvent(t, msgs[0], jobID, krea.StatusCompleted, reqID, body)
+	bridgetest.CheckEvent(t, msgs[0], jobID, krea.StatusCompleted, reqID, body)
 	if got := msgs[0].Headers().Get("traceparent"); got != tp {
 		t.Errorf("traceparent %q, want %q", got, tp)
 	}
@@ -57,7 +61,7 @@ func TestStored(t *testing.T) {
 		t.Errorf("repeat not marked duplicate: %+v", a)
 	}
 	// Another terminal status for the same job: the job is terminal once.
-	a = e.post(e.webhookURL(reqID), jobBody(jobID, krea.StatusFailed)).ok(t)
+	a = e.post(e.webhookURL(reqID), bridgetest.JobBody(jobID, krea.StatusFailed)).ok(t)
 	if !*a.Duplicate || a.Status != krea.StatusFailed {
 		t.Errorf("second terminal status not a duplicate: %+v", a)
 	}
@@ -66,7 +70,7 @@ func TestStored(t *testing.T) {
 	}
 
 	// A non-terminal status is its own event, de-duplicated per status.
-	pbody := jobBody(jobID, krea.StatusProcessing)
+	pbody := bridgetest.JobBody(jobID, krea.StatusProcessing)
 	if a := e.post(e.webhookURL(reqID), pbody).ok(t); *a.Duplicate {
 		t.Errorf("first processing event marked duplicate")
 	}
@@ -77,32 +81,32 @@ func TestStored(t *testing.T) {
 	if len(msgs) != 2 {
 		t.Fatalf("%d messages stored, want 2", len(msgs))
 	}
-	checkEvent(t, msgs[1], jobID, krea.StatusProcessing, reqID, pbody)
+	bridgetest.CheckEvent(t, msgs[1], jobID, krea.StatusProcessing, reqID, pbody)
 
 	// A token minted with the previous secret is accepted (rotation).
 	prev, _ := events.NewTokenizer(testPrevSecret, "")
 	reqID2, jobID2 := events.NewRequestID(), uuid.NewString()
-	body2 := jobBody(jobID2, krea.StatusCancelled)
+	body2 := bridgetest.JobBody(jobID2, krea.StatusCancelled)
 	e.post(e.base+events.WebhookPathPrefix+prev.Mint(reqID2), body2, "Content-Type", "application/json; charset=utf-8").ok(t)
 	msgs = e.stored()
 	if len(msgs) != 3 {
 		t.Fatalf("%d messages stored, want 3", len(msgs))
 	}
-	checkEvent(t, msgs[2], jobID2, krea.StatusCancelled, reqID2, body2)
+	bridgetest.CheckEvent(t, msgs[2], jobID2, krea.StatusCancelled, reqID2, body2)
 
-	if got := counter(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", "stored", "code", "200"); got != 3 {
+	if got := metricstest.Value(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", "stored", "code", "200"); got != 3 {
 		t.Errorf("stored counter %v, want 3", got)
 	}
-	if got := counter(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", "duplicate", "code", "200"); got != 3 {
+	if got := metricstest.Value(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", "duplicate", "code", "200"); got != 3 {
 		t.Errorf("duplicate counter %v, want 3", got)
 	}
-	if got := counter(t, e.reg, "kreabus_bridge_duplicates_total"); got != 3 {
+	if got := metricstest.Value(t, e.reg, "kreabus_bridge_duplicates_total"); got != 3 {
 		t.Errorf("duplicates_total %v, want 3", got)
 	}
-	if got := counter(t, e.reg, "kreabus_bridge_publish_duration_seconds"); got != 6 {
+	if got := metricstest.Value(t, e.reg, "kreabus_bridge_publish_duration_seconds"); got != 6 {
 		t.Errorf("publish observations %v, want 6", got)
 	}
-	if got := counter(t, e.reg, "kreabus_bridge_requests_in_flight"); got != 0 {
+	if got := metricstest.Value(t, e.reg, "kreabus_bridge_requests_in_flight"); got != 0 {
 		t.Errorf("in flight %v after the requests", got)
 	}
 }
@@ -113,7 +117,7 @@ func TestRejected(t *testing.T) {
 	e := newEnv(t, envOptions{cfg: Config{MaxBody: 4096}})
 	reqID := events.NewRequestID()
 	url := e.webhookURL(reqID)
-	good := jobBody(uuid.NewString(), krea.StatusCompleted)
+	good := bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)
 	token := e.tok.Mint(reqID)
 	other, _ := events.NewTokenizer("some-other-secret-0123456789abcdef", "")
 	mac := token[strings.LastIndexByte(token, '.')+1:]
@@ -221,7 +225,7 @@ func TestRejected(t *testing.T) {
 	}
 	for k, n := range want {
 		outcome, code, _ := strings.Cut(k, "/")
-		if got := counter(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", outcome, "code", code); got != n {
+		if got := metricstest.Value(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", outcome, "code", code); got != n {
 			t.Errorf("webhooks_total{%s,%s} = %v, want %v", outcome, code, got, n)
 		}
 	}
@@ -334,19 +338,19 @@ func TestStatusInjection(t *testing.T) {
 func TestUppercaseJobID(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	jobID := uuid.NewString()
-	upper := jobBody(strings.ToUpper(jobID), krea.StatusCompleted)
+	upper := bridgetest.JobBody(strings.ToUpper(jobID), krea.StatusCompleted)
 	a := e.post(e.webhookURL("r"), upper).ok(t)
 	if a.JobID != jobID || *a.Duplicate {
 		t.Fatalf("answer %+v", a)
 	}
-	if a := e.post(e.webhookURL("r"), jobBody(jobID, krea.StatusCompleted)).ok(t); !*a.Duplicate {
+	if a := e.post(e.webhookURL("r"), bridgetest.JobBody(jobID, krea.StatusCompleted)).ok(t); !*a.Duplicate {
 		t.Fatalf("lowercase repeat not a duplicate")
 	}
 	msgs := e.stored()
 	if len(msgs) != 1 {
 		t.Fatalf("%d stored", len(msgs))
 	}
-	checkEvent(t, msgs[0], jobID, krea.StatusCompleted, "r", upper)
+	bridgetest.CheckEvent(t, msgs[0], jobID, krea.StatusCompleted, "r", upper)
 }
 
 // TestOwnership runs against the real job ledger: foreign jobs are
@@ -366,7 +370,7 @@ func TestOwnership(t *testing.T) {
 	if err := e.led.RecordSubmission(ctx, ledger.Record{RequestID: events.NewRequestID(), JobID: jobID}); err != nil {
 		t.Fatal(err)
 	}
-	r := e.post(e.webhookURL(reqID), jobBody(jobID, krea.StatusCompleted))
+	r := e.post(e.webhookURL(reqID), bridgetest.JobBody(jobID, krea.StatusCompleted))
 	if r.code != http.StatusForbidden {
 		t.Fatalf("foreign job: code %d", r.code)
 	}
@@ -392,7 +396,7 @@ func TestOwnership(t *testing.T) {
 		}
 		return nil
 	})
-	a := e.post(e.webhookURL(reqID2), jobBody(jobID2, krea.StatusFailed)).ok(t)
+	a := e.post(e.webhookURL(reqID2), bridgetest.JobBody(jobID2, krea.StatusFailed)).ok(t)
 	if !*a.Duplicate {
 		t.Fatalf("terminal repeat: %+v", a)
 	}
@@ -400,7 +404,7 @@ func TestOwnership(t *testing.T) {
 		t.Fatalf("%d messages stored", len(msgs))
 	}
 	// Terminal known, but a non-terminal status is still its own event.
-	pbody := jobBody(jobID2, krea.StatusProcessing)
+	pbody := bridgetest.JobBody(jobID2, krea.StatusProcessing)
 	if a := e.post(e.webhookURL(reqID2), pbody).ok(t); *a.Duplicate {
 		t.Fatalf("non-terminal after terminal marked duplicate")
 	}
@@ -410,13 +414,13 @@ func TestOwnership(t *testing.T) {
 	if err := e.led.RecordSubmission(ctx, ledger.Record{RequestID: reqID3, JobID: jobID3, Metadata: md}); err != nil {
 		t.Fatal(err)
 	}
-	body3 := jobBody(jobID3, krea.StatusCompleted)
+	body3 := bridgetest.JobBody(jobID3, krea.StatusCompleted)
 	e.post(e.webhookURL(reqID3), body3).ok(t)
 	msgs := e.stored()
 	if len(msgs) != 2 {
 		t.Fatalf("%d messages stored", len(msgs))
 	}
-	checkEvent(t, msgs[1], jobID3, krea.StatusCompleted, reqID3, body3)
+	bridgetest.CheckEvent(t, msgs[1], jobID3, krea.StatusCompleted, reqID3, body3)
 	if got := msgs[1].Headers().Get(events.HeaderMetadata); got != string(md) {
 		t.Errorf("metadata header %q", got)
 	}
@@ -430,7 +434,7 @@ func TestOwnership(t *testing.T) {
 
 	// A second job of request 3 (Krea was paid twice): stored, marked.
 	extraJob := uuid.NewString()
-	bodyX := jobBody(extraJob, krea.StatusCompleted)
+	bodyX := bridgetest.JobBody(extraJob, krea.StatusCompleted)
 	if a := e.post(e.webhookURL(reqID3), bodyX).ok(t); *a.Duplicate {
 		t.Fatalf("extra job answered duplicate")
 	}
@@ -438,17 +442,17 @@ func TestOwnership(t *testing.T) {
 	if len(msgs) != 3 {
 		t.Fatalf("%d messages stored", len(msgs))
 	}
-	checkEvent(t, msgs[2], extraJob, krea.StatusCompleted, reqID3, bodyX)
+	bridgetest.CheckEvent(t, msgs[2], extraJob, krea.StatusCompleted, reqID3, bodyX)
 	if got := msgs[2].Headers().Get(events.HeaderExtraJob); got != "true" {
 		t.Errorf("extra job's %s header %q", events.HeaderExtraJob, got)
 	}
 	if got := msgs[2].Headers().Get(events.HeaderMetadata); got != string(md) {
 		t.Errorf("extra job's metadata header %q", got)
 	}
-	if got := counter(t, e.reg, ExtraJobsMetric, "source", "webhook"); got != 1 {
+	if got := metricstest.Value(t, e.reg, ExtraJobsMetric, "source", "webhook"); got != 1 {
 		t.Errorf("extra jobs counter %v, want 1", got)
 	}
-	if got := counter(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", OutcomeForbidden, "code", "403"); got != 1 {
+	if got := metricstest.Value(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", OutcomeForbidden, "code", "403"); got != 1 {
 		t.Errorf("forbidden counter %v", got)
 	}
 }
@@ -460,7 +464,7 @@ func TestLedgerUnreadable(t *testing.T) {
 	led := newFakeLedger()
 	led.err = errors.New("nats: timeout")
 	e := newEnv(t, envOptions{ledger: led})
-	r := e.post(e.webhookURL("r"), jobBody(uuid.NewString(), krea.StatusCompleted))
+	r := e.post(e.webhookURL("r"), bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted))
 	if r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
 		t.Fatalf("code %d, Retry-After %q", r.code, r.header.Get("Retry-After"))
 	}
@@ -477,7 +481,9 @@ func TestTooManyInFlight(t *testing.T) {
 	e := newEnv(t, envOptions{ledger: led, cfg: Config{MaxInFlight: 2}})
 	done := make(chan response, 2)
 	for i := 0; i < 2; i++ {
-		go func() { done <- e.post(e.webhookURL("busy"), jobBody(uuid.NewString(), krea.StatusCompleted)) }()
+		go func() {
+			done <- e.post(e.webhookURL("busy"), bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted))
+		}()
 	}
 	natstest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 		if n := e.b.InFlight(); n != 2 {
@@ -485,10 +491,10 @@ func TestTooManyInFlight(t *testing.T) {
 		}
 		return nil
 	})
-	if got := counter(t, e.reg, "kreabus_bridge_requests_in_flight"); got != 2 {
+	if got := metricstest.Value(t, e.reg, "kreabus_bridge_requests_in_flight"); got != 2 {
 		t.Errorf("in-flight gauge %v, want 2", got)
 	}
-	r := e.post(e.webhookURL("busy"), jobBody(uuid.NewString(), krea.StatusCompleted))
+	r := e.post(e.webhookURL("busy"), bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted))
 	if r.code != http.StatusTooManyRequests || r.header.Get("Retry-After") != "1" {
 		t.Fatalf("code %d Retry-After %q", r.code, r.header.Get("Retry-After"))
 	}
@@ -509,7 +515,7 @@ func TestTooManyInFlight(t *testing.T) {
 func TestNoStream(t *testing.T) {
 	e := newEnv(t, envOptions{noStream: true, cfg: Config{PublishTimeout: 20 * time.Second}})
 	start := time.Now()
-	r := e.post(e.webhookURL("r"), jobBody(uuid.NewString(), krea.StatusCompleted))
+	r := e.post(e.webhookURL("r"), bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted))
 	if r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
 		t.Fatalf("code %d Retry-After %q", r.code, r.header.Get("Retry-After"))
 	}
@@ -522,7 +528,7 @@ func TestNoStream(t *testing.T) {
 	default:
 		t.Error("StreamMissing not called")
 	}
-	if got := counter(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", OutcomeUnavailable, "code", "503"); got != 1 {
+	if got := metricstest.Value(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", OutcomeUnavailable, "code", "503"); got != 1 {
 		t.Errorf("unavailable counter %v", got)
 	}
 }
@@ -551,7 +557,7 @@ func TestNoPubAck(t *testing.T) {
 	const timeout = 400 * time.Millisecond
 	e := newEnv(t, envOptions{natsURL: s.ClientURL(), noStream: true, cfg: Config{PublishTimeout: timeout}})
 	start := time.Now()
-	r := e.post(e.webhookURL("r"), jobBody(uuid.NewString(), krea.StatusCompleted))
+	r := e.post(e.webhookURL("r"), bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted))
 	el := time.Since(start)
 	if r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") != "2" {
 		t.Fatalf("code %d Retry-After %q", r.code, r.header.Get("Retry-After"))
@@ -592,7 +598,7 @@ func TestBurst(t *testing.T) {
 			st = krea.StatusCancelled
 		}
 		reqID, jobID := fmt.Sprintf("req-%d", i), uuid.NewString()
-		hooks = append(hooks, hook{reqID, jobID, st, jobBody(jobID, st)})
+		hooks = append(hooks, hook{reqID, jobID, st, bridgetest.JobBody(jobID, st)})
 	}
 	for i := 0; i < repeats; i++ {
 		h := hooks[rng.IntN(unique)]
@@ -602,7 +608,7 @@ func TestBurst(t *testing.T) {
 			if orig == krea.StatusFailed {
 				h.status = krea.StatusCancelled
 			}
-			h.body = jobBody(h.jobID, h.status)
+			h.body = bridgetest.JobBody(h.jobID, h.status)
 		}
 		hooks = append(hooks, h)
 	}
@@ -680,7 +686,7 @@ func TestBurst(t *testing.T) {
 		if !r.dup {
 			fresh[r.h.jobID]++
 			// The one non-duplicate answer is the message stored.
-			checkEvent(t, msgs[idx[0]], r.h.jobID, r.h.status, r.h.reqID, r.h.body)
+			bridgetest.CheckEvent(t, msgs[idx[0]], r.h.jobID, r.h.status, r.h.reqID, r.h.body)
 		}
 	}
 	for jobID := range byJob {
@@ -688,10 +694,10 @@ func TestBurst(t *testing.T) {
 			t.Errorf("job %s: %d non-duplicate answers", jobID, fresh[jobID])
 		}
 	}
-	if got := counter(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", "stored", "code", "200"); got != unique {
+	if got := metricstest.Value(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", "stored", "code", "200"); got != unique {
 		t.Errorf("stored counter %v, want %d", got, unique)
 	}
-	if got := counter(t, e.reg, "kreabus_bridge_duplicates_total"); got != repeats {
+	if got := metricstest.Value(t, e.reg, "kreabus_bridge_duplicates_total"); got != repeats {
 		t.Errorf("duplicates counter %v, want %d", got, repeats)
 	}
 }
@@ -702,7 +708,7 @@ func TestShutdownInFlight(t *testing.T) {
 	led := newFakeLedger()
 	led.hold = make(chan struct{})
 	e := newEnv(t, envOptions{ledger: led})
-	body := jobBody(uuid.NewString(), krea.StatusCompleted)
+	body := bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)
 	done := make(chan response, 1)
 	go func() { done <- e.post(e.webhookURL("inflight"), body) }()
 	select {
@@ -756,7 +762,7 @@ func TestServerHardened(t *testing.T) {
 func TestNoContentTypeStored(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	jobID := uuid.NewString()
-	body := jobBody(jobID, krea.StatusCompleted)
+	body := bridgetest.JobBody(jobID, krea.StatusCompleted)
 	req, _ := http.NewRequest(http.MethodPost, e.webhookURL("no-ct"), bytes.NewReader(body))
 	r := e.do(req)
 	if r.code != http.StatusOK {
@@ -766,7 +772,7 @@ func TestNoContentTypeStored(t *testing.T) {
 	if len(msgs) != 1 {
 		t.Fatalf("%d stored, want 1", len(msgs))
 	}
-	checkEvent(t, msgs[0], jobID, krea.StatusCompleted, "no-ct", body)
+	bridgetest.CheckEvent(t, msgs[0], jobID, krea.StatusCompleted, "no-ct", body)
 }
 
 // TestTraceParentChecked: a traceparent events.ValidTraceParent refuses
@@ -776,13 +782,13 @@ func TestTraceParentChecked(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	reqID := events.NewRequestID()
 	jobID := uuid.NewString()
-	body := jobBody(jobID, krea.StatusCompleted)
+	body := bridgetest.JobBody(jobID, krea.StatusCompleted)
 	e.post(e.webhookURL(reqID), body, "traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01").ok(t)
 	msgs := e.stored()
 	if len(msgs) != 1 {
 		t.Fatalf("%d messages stored, want 1", len(msgs))
 	}
-	checkEvent(t, msgs[0], jobID, krea.StatusCompleted, reqID, body)
+	bridgetest.CheckEvent(t, msgs[0], jobID, krea.StatusCompleted, reqID, body)
 	if got := msgs[0].Headers().Get(events.HeaderTraceParent); got != "" {
 		t.Errorf("traceparent %q carried", got)
 	}

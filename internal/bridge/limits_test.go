@@ -12,10 +12,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
+	"github.com/kreabus/kreabus/internal/metricstest"
 
+	"github.com/kreabus/kreabus/internal/bridge/bridgetest"
 	"github.com/kreabus/kreabus/internal/natstest"
 	"github.com/kreabus/kreabus/pkg/events"
+
+	"github.com/google/uuid"
+
 	"github.com/kreabus/kreabus/pkg/krea"
 )
 
@@ -67,7 +71,7 @@ func TestTokenFairness(t *testing.T) {
 	}
 	e.waitInFlight(3)
 
-	r := e.post(e.webhookURL(leaked), jobBody(uuid.NewString(), krea.StatusCompleted))
+	r := e.post(e.webhookURL(leaked), bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted))
 	if r.code != http.StatusTooManyRequests || r.header.Get("Retry-After") != "1" ||
 		r.errMsg(t) != "too many webhooks in flight for this token, retry later" {
 		t.Fatalf("offender: code %d Retry-After %q body %s", r.code, r.header.Get("Retry-After"), r.body)
@@ -76,11 +80,11 @@ func TestTokenFairness(t *testing.T) {
 	// three and three more slow ones of other tokens.
 	for i := range 20 {
 		id := uuid.NewString()
-		if a := e.post(e.webhookURL(fmt.Sprintf("other-%d", i)), jobBody(id, krea.StatusCompleted)).ok(t); a.JobID != id || *a.Duplicate {
+		if a := e.post(e.webhookURL(fmt.Sprintf("other-%d", i)), bridgetest.JobBody(id, krea.StatusCompleted)).ok(t); a.JobID != id || *a.Duplicate {
 			t.Fatalf("other token: %+v", a)
 		}
 	}
-	if got := counter(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", OutcomeTooManyRequests, "code", "429"); got != 1 {
+	if got := metricstest.Value(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", OutcomeTooManyRequests, "code", "429"); got != 1 {
 		t.Errorf("429 counter %v, want 1", got)
 	}
 	if n := len(e.stored()); n != 20 {
@@ -94,14 +98,14 @@ func TestTokenSlotsReleased(t *testing.T) {
 	e := newEnv(t, envOptions{cfg: Config{MaxInFlightPerToken: 1}})
 	c := e.slowPost("r", 1000, []byte(`{`))
 	e.waitInFlight(1)
-	if r := e.post(e.webhookURL("r"), jobBody(uuid.NewString(), krea.StatusCompleted)); r.code != http.StatusTooManyRequests {
+	if r := e.post(e.webhookURL("r"), bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)); r.code != http.StatusTooManyRequests {
 		t.Fatalf("code %d, want 429", r.code)
 	}
 	_ = c.Close()
 	e.waitInFlight(0)
 	for range 3 { // a 400 and two 200s, one after the other on the one slot
 		e.post(e.webhookURL("r"), []byte(`{"job_id":null}`))
-		e.post(e.webhookURL("r"), jobBody(uuid.NewString(), krea.StatusCompleted)).ok(t)
+		e.post(e.webhookURL("r"), bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)).ok(t)
 	}
 	for i := range e.b.tokens.shards {
 		sh := &e.b.tokens.shards[i]
@@ -125,7 +129,7 @@ func TestBodyBudget(t *testing.T) {
 	if got := e.b.BodyBytesInFlight(); got != maxBody+1 {
 		t.Fatalf("%d body bytes in flight, want %d", got, maxBody+1)
 	}
-	if got := counter(t, e.reg, "kreabus_bridge_body_bytes_in_flight"); got != maxBody+1 {
+	if got := metricstest.Value(t, e.reg, "kreabus_bridge_body_bytes_in_flight"); got != maxBody+1 {
 		t.Errorf("gauge %v", got)
 	}
 
@@ -197,7 +201,7 @@ func TestBodyOverMaxPayload(t *testing.T) {
 		t.Fatalf("chunked: %d", resp.StatusCode)
 	}
 	e.post(e.webhookURL("r"), body(limit)).ok(t)
-	if got := counter(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", OutcomeUnavailable, "code", "503"); got != 0 {
+	if got := metricstest.Value(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", OutcomeUnavailable, "code", "503"); got != 0 {
 		t.Errorf("%v answers 503", got)
 	}
 }
@@ -230,7 +234,7 @@ func TestMaxConns(t *testing.T) {
 	if n, err := extra.Read(make([]byte, 1)); err == nil || n != 0 {
 		t.Fatalf("connection over the limit: read %d, %v; want it closed", n, err)
 	}
-	if got := counter(t, e.reg, "kreabus_bridge_connections_refused_total"); got < 1 {
+	if got := metricstest.Value(t, e.reg, "kreabus_bridge_connections_refused_total"); got < 1 {
 		t.Errorf("refused counter %v", got)
 	}
 
@@ -247,7 +251,7 @@ func TestMaxConns(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	b := jobBody(uuid.NewString(), krea.StatusCompleted)
+	b := bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)
 	fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
 		events.WebhookPathPrefix+e.tok.Mint("r"), len(b), b)
 	br := bufio.NewReader(c)
@@ -273,5 +277,5 @@ func TestMaxConns(t *testing.T) {
 		}
 		return nil
 	})
-	e.post(e.webhookURL("r"), jobBody(uuid.NewString(), krea.StatusCompleted)).ok(t)
+	e.post(e.webhookURL("r"), bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)).ok(t)
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/kreabus/kreabus/internal/logging"
 	"github.com/kreabus/kreabus/internal/natsconn"
 	"github.com/kreabus/kreabus/internal/program"
+	"github.com/kreabus/kreabus/internal/retry"
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
@@ -49,8 +50,7 @@ type Program struct {
 
 	ledger lateOwners // ownership, terminal state and metadata of jobs
 
-	mu        sync.Mutex
-	streamErr error // KREA_JOBS exists but is unusable
+	streams natsconn.StreamsCheck // KREA_JOBS present and usable
 }
 
 // Start validates s, connects to NATS (returning at once if NATS is down:
@@ -168,7 +168,7 @@ func (p *Program) ensureLoop(ctx context.Context) {
 		err := natsconn.SetUpStreams(ctx, p.js, p.log, cfg)
 		switch {
 		case err == nil:
-			p.setStreamErr(nil)
+			p.streams.Set(nil)
 			p.log.Info("stream ready", "stream", cfg.Name, "duplicate_window", cfg.Duplicates.String())
 			// An event is the body plus headers: a body the server cannot
 			// take is refused with 413 (never a 503 forever), below the
@@ -178,35 +178,22 @@ func (p *Program) ensureLoop(ctx context.Context) {
 					"max_body", p.s.Bridge.MaxBody, "max_payload", p.nc.MaxPayload(), "header_room", bridge.HeaderRoom, "body_limit", limit)
 			}
 		case errors.Is(err, events.ErrIncompatibleStream):
-			p.setStreamErr(err)
+			p.streams.Set(err)
 			p.log.Error("stream unusable", "stream", cfg.Name, "err", err)
 		default:
 			return // ctx ended
 		}
-		select {
-		case <-ctx.Done():
+		// At most one ensure a second, however often publishes kick.
+		if !retry.Sleep(ctx, time.Second) {
 			return
-		case <-time.After(time.Second):
 		}
 	}
-}
-
-func (p *Program) setStreamErr(err error) {
-	p.mu.Lock()
-	p.streamErr = err
-	p.mu.Unlock()
 }
 
 // checkJetStream is the readiness check: NATS connected and KREA_JOBS
 // present and usable.
 func (p *Program) checkJetStream(ctx context.Context) error {
-	p.mu.Lock()
-	err := p.streamErr
-	p.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	return natsconn.CheckStreams(ctx, p.nc, p.js, events.StreamJobs)
+	return p.streams.Check(ctx, p.nc, p.js, events.StreamJobs)
 }
 
 // Shutdown stops the program in order: /readyz turns 503, the webhook
@@ -217,12 +204,7 @@ func (p *Program) Shutdown(ctx context.Context) error {
 	p.admin.SetDraining()
 	p.log.Info("shutting down", "in_flight", p.bridge.InFlight(), "drain_delay", p.s.DrainDelay.String())
 	var errs []error
-	if p.s.DrainDelay > 0 {
-		select {
-		case <-time.After(p.s.DrainDelay):
-		case <-ctx.Done():
-		}
-	}
+	retry.Sleep(ctx, p.s.DrainDelay)
 
 	// Leave the drain at least a second of the budget.
 	httpCtx := ctx

@@ -15,6 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kreabus/kreabus/internal/bridge/bridgetest"
+	"github.com/kreabus/kreabus/internal/natstest"
+	"github.com/kreabus/kreabus/pkg/events"
+
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -22,9 +26,7 @@ import (
 	"github.com/kreabus/kreabus/internal/config"
 	"github.com/kreabus/kreabus/internal/ledger"
 	"github.com/kreabus/kreabus/internal/ledger/ledgertest"
-	"github.com/kreabus/kreabus/internal/natstest"
 	"github.com/kreabus/kreabus/internal/program"
-	"github.com/kreabus/kreabus/pkg/events"
 	"github.com/kreabus/kreabus/pkg/krea"
 )
 
@@ -116,7 +118,7 @@ func TestProgramNATSRestart(t *testing.T) {
 	waitReadyz(t, p, http.StatusOK)
 
 	first := uuid.NewString()
-	programPost(t, p, "before", jobBody(first, krea.StatusCompleted)).ok(t)
+	programPost(t, p, "before", bridgetest.JobBody(first, krea.StatusCompleted)).ok(t)
 
 	// /readyz answers within 100 ms at the moment NATS dies and after,
 	// and turns 503.
@@ -149,7 +151,7 @@ func TestProgramNATSRestart(t *testing.T) {
 	waitReadyz(t, p, http.StatusServiceUnavailable)
 	for i := 0; i < 3; i++ {
 		start := time.Now()
-		r := programPost(t, p, "during", jobBody(uuid.NewString(), krea.StatusCompleted))
+		r := programPost(t, p, "during", bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted))
 		if r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
 			t.Fatalf("NATS down: code %d Retry-After %q body %s", r.code, r.header.Get("Retry-After"), r.body)
 		}
@@ -166,7 +168,7 @@ func TestProgramNATSRestart(t *testing.T) {
 	var after string
 	natstest.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
 		after = uuid.NewString()
-		r := programPost(t, p, "after", jobBody(after, krea.StatusCompleted))
+		r := programPost(t, p, "after", bridgetest.JobBody(after, krea.StatusCompleted))
 		if r.code != http.StatusOK {
 			return fmt.Errorf("code %d", r.code)
 		}
@@ -174,10 +176,9 @@ func TestProgramNATSRestart(t *testing.T) {
 	})
 	waitReadyz(t, p, http.StatusOK)
 
-	nc := natstest.Connect(t, proc.URL())
-	js, _ := jetstream.New(nc)
+	_, js := natstest.ConnectJetStream(t, proc.URL())
 	count := map[string]int{}
-	for _, m := range storedMsgs(t, js) {
+	for _, m := range natstest.StoredMsgs(t, js, events.StreamJobs) {
 		count[m.Headers().Get(events.HeaderJobID)]++
 	}
 	if count[first] != 1 || count[after] != 1 {
@@ -202,15 +203,14 @@ func TestProgramStartsWithoutNATS(t *testing.T) {
 	s := testSettings(t, proc.URL(), map[string]string{"KREABUS_DUPLICATE_WINDOW": "90m"})
 	p, _ := startProgram(t, s)
 	waitReadyz(t, p, http.StatusServiceUnavailable)
-	if r := programPost(t, p, "r", jobBody(uuid.NewString(), krea.StatusCompleted)); r.code != http.StatusServiceUnavailable {
+	if r := programPost(t, p, "r", bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)); r.code != http.StatusServiceUnavailable {
 		t.Fatalf("code %d with NATS down", r.code)
 	}
 	proc.Start()
 	waitReadyz(t, p, http.StatusOK)
-	programPost(t, p, "r", jobBody(uuid.NewString(), krea.StatusCompleted)).ok(t)
+	programPost(t, p, "r", bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)).ok(t)
 
-	nc := natstest.Connect(t, proc.URL())
-	js, _ := jetstream.New(nc)
+	_, js := natstest.ConnectJetStream(t, proc.URL())
 	st, err := js.Stream(t.Context(), events.StreamJobs)
 	if err != nil {
 		t.Fatal(err)
@@ -226,13 +226,12 @@ func TestProgramStreamRecreated(t *testing.T) {
 	srv := natstest.RunServer(t)
 	p, _ := startProgram(t, testSettings(t, srv.ClientURL(), nil))
 	waitReadyz(t, p, http.StatusOK)
-	nc := natstest.Connect(t, srv.ClientURL())
-	js, _ := jetstream.New(nc)
+	_, js := natstest.ConnectJetStream(t, srv.ClientURL())
 	if err := js.DeleteStream(t.Context(), events.StreamJobs); err != nil {
 		t.Fatal(err)
 	}
 	natstest.CheckFor(t, 20*time.Second, 100*time.Millisecond, func() error {
-		if r := programPost(t, p, "r", jobBody(uuid.NewString(), krea.StatusCompleted)); r.code != http.StatusOK {
+		if r := programPost(t, p, "r", bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)); r.code != http.StatusOK {
 			return fmt.Errorf("code %d", r.code)
 		}
 		return nil
@@ -246,11 +245,10 @@ func TestProgramCreateStreamsOff(t *testing.T) {
 	srv := natstest.RunServer(t)
 	p, _ := startProgram(t, testSettings(t, srv.ClientURL(), map[string]string{"KREABUS_CREATE_STREAMS": "false"}))
 	waitReadyz(t, p, http.StatusServiceUnavailable)
-	if r := programPost(t, p, "r", jobBody(uuid.NewString(), krea.StatusCompleted)); r.code != http.StatusServiceUnavailable {
+	if r := programPost(t, p, "r", bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)); r.code != http.StatusServiceUnavailable {
 		t.Fatalf("code %d without a stream", r.code)
 	}
-	nc := natstest.Connect(t, srv.ClientURL())
-	js, _ := jetstream.New(nc)
+	_, js := natstest.ConnectJetStream(t, srv.ClientURL())
 	if _, err := js.Stream(t.Context(), events.StreamJobs); !errors.Is(err, jetstream.ErrStreamNotFound) {
 		t.Fatalf("stream: %v", err)
 	}
@@ -266,7 +264,7 @@ func TestProgramShutdown(t *testing.T) {
 	waitReadyz(t, p, http.StatusOK)
 
 	tz, _ := events.NewTokenizer(testSecret, "")
-	body := jobBody(uuid.NewString(), krea.StatusCompleted)
+	body := bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)
 	conn, err := net.Dial("tcp", p.Addr())
 	if err != nil {
 		t.Fatal(err)
@@ -324,9 +322,8 @@ func TestProgramShutdown(t *testing.T) {
 	if !p.Conn().IsClosed() {
 		t.Error("NATS connection not closed")
 	}
-	nc := natstest.Connect(t, srv.ClientURL())
-	js, _ := jetstream.New(nc)
-	if msgs := storedMsgs(t, js); len(msgs) != 1 || !bytes.Equal(msgs[0].Data(), body) {
+	_, js := natstest.ConnectJetStream(t, srv.ClientURL())
+	if msgs := natstest.StoredMsgs(t, js, events.StreamJobs); len(msgs) != 1 || !bytes.Equal(msgs[0].Data(), body) {
 		t.Fatalf("%d stored", len(msgs))
 	}
 	if !strings.Contains(logs.String(), "bridge stopped") {
@@ -429,7 +426,7 @@ func TestProgramDrainDelay(t *testing.T) {
 	start := time.Now()
 	go func() { done <- p.Shutdown(ctx) }()
 	waitReadyz(t, p, http.StatusServiceUnavailable)
-	if r := programPost(t, p, "during-drain", jobBody(uuid.NewString(), krea.StatusCompleted)); r.code != http.StatusOK {
+	if r := programPost(t, p, "during-drain", bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)); r.code != http.StatusOK {
 		t.Fatalf("webhook during the drain delay: %d %s", r.code, r.body)
 	}
 	if err := <-done; err != nil {
@@ -459,27 +456,27 @@ func TestProgramLedgerNotLoaded(t *testing.T) {
 	}
 
 	settledReq, settledJob := ledgertest.FillIDs(42)
-	if r := programPost(t, p, settledReq, jobBody(settledJob, krea.StatusCompleted)); r.code != http.StatusOK || !*r.ok(t).Duplicate {
+	if r := programPost(t, p, settledReq, bridgetest.JobBody(settledJob, krea.StatusCompleted)); r.code != http.StatusOK || !*r.ok(t).Duplicate {
 		t.Fatalf("late repeat of a settled job: %d %s", r.code, r.body)
 	}
 	otherReq, _ := ledgertest.FillIDs(43)
-	if r := programPost(t, p, otherReq, jobBody(settledJob, krea.StatusCompleted)); r.code != http.StatusForbidden {
+	if r := programPost(t, p, otherReq, bridgetest.JobBody(settledJob, krea.StatusCompleted)); r.code != http.StatusForbidden {
 		t.Fatalf("another request's job: %d %s", r.code, r.body)
 	}
 	openReq, openJob := ledgertest.FillIDs(jobs + 3)
-	body := jobBody(openJob, krea.StatusCompleted)
+	body := bridgetest.JobBody(openJob, krea.StatusCompleted)
 	if r := programPost(t, p, openReq, body); r.code != http.StatusOK || *r.ok(t).Duplicate {
 		t.Fatalf("running job's webhook: %d %s", r.code, r.body)
 	}
 	extra := uuid.NewString()
-	if r := programPost(t, p, openReq, jobBody(extra, krea.StatusCompleted)); r.code != http.StatusOK || *r.ok(t).Duplicate {
+	if r := programPost(t, p, openReq, bridgetest.JobBody(extra, krea.StatusCompleted)); r.code != http.StatusOK || *r.ok(t).Duplicate {
 		t.Fatalf("second job's webhook: %d %s", r.code, r.body)
 	}
-	msgs := storedMsgs(t, js)
+	msgs := natstest.StoredMsgs(t, js, events.StreamJobs)
 	if len(msgs) != 2 {
 		t.Fatalf("%d events stored, want 2", len(msgs))
 	}
-	checkEvent(t, msgs[0], openJob, krea.StatusCompleted, openReq, body)
+	bridgetest.CheckEvent(t, msgs[0], openJob, krea.StatusCompleted, openReq, body)
 	if md := msgs[0].Headers().Get(events.HeaderMetadata); !strings.Contains(md, "campaign") {
 		t.Errorf("metadata header %q: want the request's metadata from the ledger", md)
 	}

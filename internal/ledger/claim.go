@@ -26,7 +26,7 @@ const MinClaimTTL = time.Second
 // goes on as without claims, where a second poll costs an API call but
 // never a second event.
 func (l *Ledger) ClaimPoll(ctx context.Context, jobID, holder string, ttl time.Duration) (bool, error) {
-	if !validID(jobID) || holder == "" {
+	if !ValidID(jobID) || holder == "" {
 		return true, fmt.Errorf("%w: job_id %q, holder %q", ErrInvalidRecord, jobID, holder)
 	}
 	key := PollKeyPrefix + jobID

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/kreabus/kreabus/pkg/events"
 )
 
 // Defaults.
@@ -83,8 +85,8 @@ func (c *Config) SetDefaults() {
 // reported, joined.
 func (c *Config) Validate() error {
 	var errs []error
-	if !keyToken(c.Bucket) {
-		errs = append(errs, fmt.Errorf("KREABUS_LEDGER_BUCKET: %q is not a valid bucket name ([A-Za-z0-9_-]+)", c.Bucket))
+	if !events.ValidRequestID(c.Bucket) {
+		errs = append(errs, fmt.Errorf("KREABUS_LEDGER_BUCKET: %q is not a valid bucket name ([A-Za-z0-9_-]{1,64})", c.Bucket))
 	}
 	if c.TTL < MinTTL {
 		errs = append(errs, fmt.Errorf("KREABUS_LEDGER_TTL: %v is shorter than %v", c.TTL, MinTTL))

@@ -206,7 +206,7 @@ func (l *Ledger) Request(ctx context.Context, requestID string) (*Record, error)
 // RequestAt returns the record of a request and its revision, or
 // ErrNotFound. The revision is what PutRequestAt checks.
 func (l *Ledger) RequestAt(ctx context.Context, requestID string) (*Record, uint64, error) {
-	if !validID(requestID) {
+	if !ValidID(requestID) {
 		return nil, 0, ErrNotFound
 	}
 	return l.record(ctx, RequestKey(requestID))
@@ -214,7 +214,7 @@ func (l *Ledger) RequestAt(ctx context.Context, requestID string) (*Record, uint
 
 // Job returns the record of a job, or ErrNotFound.
 func (l *Ledger) Job(ctx context.Context, jobID string) (*Record, error) {
-	if !validID(jobID) {
+	if !ValidID(jobID) {
 		return nil, ErrNotFound
 	}
 	rec, _, err := l.record(ctx, JobKey(jobID))
@@ -310,7 +310,7 @@ func (l *Ledger) update(ctx context.Context, key string, f func(cur *Record) (*R
 // retrying, uncertain), so two deliveries of one request can never both
 // send it.
 func (l *Ledger) PutRequestAt(ctx context.Context, rec Record, rev uint64) (uint64, error) {
-	if !validID(rec.RequestID) {
+	if !ValidID(rec.RequestID) {
 		return 0, fmt.Errorf("%w: request_id %q", ErrInvalidRecord, rec.RequestID)
 	}
 	if rec.Source == "" {
@@ -344,7 +344,7 @@ func isExtra(req *Record, jobID string) bool {
 //
 // Empty SubmittedAt becomes now; Status is set to submitted.
 func (l *Ledger) RecordSubmission(ctx context.Context, rec Record) error {
-	if !validID(rec.RequestID) || !validID(rec.JobID) {
+	if !ValidID(rec.RequestID) || !ValidID(rec.JobID) {
 		return fmt.Errorf("%w: request_id %q, job_id %q", ErrInvalidRecord, rec.RequestID, rec.JobID)
 	}
 	now := time.Now().UTC()
@@ -436,7 +436,7 @@ func (l *Ledger) RecordSubmission(ctx context.Context, rec Record) error {
 // was submitted after all and must not be rejected. Recording a request
 // already rejected is a no-op.
 func (l *Ledger) PutRejection(ctx context.Context, rec Record) error {
-	if !validID(rec.RequestID) {
+	if !ValidID(rec.RequestID) {
 		return fmt.Errorf("%w: request_id %q", ErrInvalidRecord, rec.RequestID)
 	}
 	rec.JobID, rec.Status, rec.Terminal = "", events.StatusRejected, true
@@ -480,7 +480,7 @@ func (l *Ledger) PutRejection(ctx context.Context, rec Record) error {
 // whether the job is extra: the request has another job already, or was
 // rejected. A request the ledger does not hold is left alone.
 func (l *Ledger) LinkEvidence(ctx context.Context, requestID, jobID string, at time.Time, source events.Source) (extra bool, err error) {
-	if !validID(requestID) || !validID(jobID) {
+	if !ValidID(requestID) || !ValidID(jobID) {
 		return false, nil
 	}
 	_, err = l.update(ctx, RequestKey(requestID), func(cur *Record) (*Record, error) {

@@ -30,12 +30,7 @@ type env struct {
 // and opens a ledger with the given TTL.
 func setup(t *testing.T, dup, ttl time.Duration) *env {
 	t.Helper()
-	s := natstest.RunServer(t)
-	nc := natstest.Connect(t, s.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, _, js := natstest.JetStream(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	if _, err := events.EnsureStream(ctx, js, events.JobsStreamConfig(events.StreamOptions{DuplicateWindow: dup})); err != nil {
@@ -65,7 +60,7 @@ func (e *env) recorder() *Recorder {
 		}
 	})
 	natstest.CheckFor(e.t, 10*time.Second, 10*time.Millisecond, func() error {
-		if !r.Ready() {
+		if !r.live.Load() {
 			return errors.New("recorder not ready")
 		}
 		return nil
@@ -147,8 +142,7 @@ func TestConfigValidate(t *testing.T) {
 
 func TestOpenWithoutCreate(t *testing.T) {
 	s := natstest.RunServer(t)
-	nc := natstest.Connect(t, s.ClientURL())
-	js, _ := jetstream.New(nc)
+	_, js := natstest.ConnectJetStream(t, s.ClientURL())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, err := Open(ctx, js, Config{}); !errors.Is(err, jetstream.ErrBucketNotFound) {

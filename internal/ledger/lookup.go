@@ -165,7 +165,7 @@ func (o *Owners) Follow(ctx context.Context) error {
 func (o *Owners) apply(m *nats.Msg) {
 	i := strings.LastIndexByte(m.Subject, '.')
 	id := m.Subject[i+1:]
-	if i < 0 || !validID(id) {
+	if i < 0 || !ValidID(id) {
 		return
 	}
 	if m.Header.Get("KV-Operation") != "" || m.Header.Get("Nats-Marker-Reason") != "" || len(m.Data) == 0 {

@@ -20,7 +20,7 @@ import (
 // a poll and its event need: request ID, path, metadata, submission time,
 // extra. Listing a job already listed is a no-op.
 func (l *Ledger) PutOpen(ctx context.Context, rec Record) error {
-	if !validID(rec.JobID) {
+	if !ValidID(rec.JobID) {
 		return fmt.Errorf("%w: job_id %q", ErrInvalidRecord, rec.JobID)
 	}
 	open := Record{
@@ -38,7 +38,7 @@ func (l *Ledger) PutOpen(ctx context.Context, rec Record) error {
 // is purged with a marker that expires after a while, so watchers learn of
 // it and the bucket does not keep a tombstone per job for the whole TTL.
 func (l *Ledger) CloseOpen(ctx context.Context, jobID string) error {
-	if !validID(jobID) {
+	if !ValidID(jobID) {
 		return nil
 	}
 	key := OpenKey(jobID)
@@ -204,7 +204,7 @@ func (o *OpenJobs) apply(e jetstream.KeyValueEntry, gen uint64) {
 		return
 	}
 	var rec Record
-	if err := json.Unmarshal(e.Value(), &rec); err != nil || !validID(id) {
+	if err := json.Unmarshal(e.Value(), &rec); err != nil || !ValidID(id) {
 		o.l.log.Warn("ledger: open-job entry does not decode; ignoring it", "key", e.Key(), "err", err)
 		return
 	}

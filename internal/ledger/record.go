@@ -27,9 +27,6 @@ const (
 	OpenKeyPrefix = "open."
 )
 
-// MaxIDLen bounds request and job IDs used as keys.
-const MaxIDLen = 128
-
 // Request lifecycle statuses of a req.<request_id> record, besides
 // events.StatusSubmitted (Krea made job JobID) and events.StatusRejected.
 const (
@@ -122,28 +119,11 @@ func JobKey(jobID string) string { return JobKeyPrefix + jobID }
 // OpenKey is the bucket key that lists a job as not terminal.
 func OpenKey(jobID string) string { return OpenKeyPrefix + jobID }
 
-// validID reports whether id can be a key token: 1 to MaxIDLen characters
-// of [A-Za-z0-9_-]. Request IDs and Krea's UUID job IDs all are.
-func validID(id string) bool { return ValidID(id) }
-
-// ValidID reports whether id can name a ledger key: 1 to MaxIDLen letters,
-// digits, '_' or '-' (request IDs and Krea's job IDs are).
-func ValidID(id string) bool { return len(id) <= MaxIDLen && keyToken(id) }
-
-// keyToken reports whether s is a non-empty run of [A-Za-z0-9_-]: safe as a
-// key or name token, with no dots, wildcards or spaces.
-func keyToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '_' && c != '-' {
-			return false
-		}
-	}
-	return true
-}
+// ValidID reports whether id can name a ledger key. Request IDs
+// (events.ValidRequestID: [A-Za-z0-9_-]{1,64}) and Krea's job IDs (UUIDs,
+// 36 characters of the same alphabet) are the only IDs the ledger keys by,
+// so the one request-ID check is the key check.
+func ValidID(id string) bool { return events.ValidRequestID(id) }
 
 func hasMetadata(m json.RawMessage) bool {
 	m = bytes.TrimSpace(m)

@@ -57,12 +57,6 @@ func NewRecorder(l *Ledger, reg prometheus.Registerer) (*Recorder, error) {
 	return &Recorder{l: l, events: cv}, nil
 }
 
-// Ready reports whether the Recorder is consuming, for tests that wait for
-// it. The submitter's /readyz does not ask: while NATS and KREA_JOBS are
-// there (which it checks) a Recorder not consuming is restarting by
-// itself, and one that may not is a failure that stops the program.
-func (r *Recorder) Ready() bool { return r.live.Load() }
-
 // Synced reports whether the durable consumer has been seen caught up with
 // the stream at least once since Run started: only then does the ledger
 // reflect every event already stored. The reconciler waits for it, so it
@@ -199,9 +193,9 @@ func (r *Recorder) handle(ctx context.Context, m jetstream.Msg) {
 	}
 	var noted error
 	switch {
-	case ev.Status == events.StatusRejected && validID(ev.RequestID):
+	case ev.Status == events.StatusRejected && ValidID(ev.RequestID):
 		noted = r.noteRef(ctx, RequestKey(ev.RequestID), ref)
-	case ev.Status == events.StatusMirrored && validID(ev.JobID):
+	case ev.Status == events.StatusMirrored && ValidID(ev.JobID):
 		noted = r.noteRef(ctx, JobKey(ev.JobID), ref)
 	}
 	if noted != nil {
@@ -209,7 +203,7 @@ func (r *Recorder) handle(ctx context.Context, m jetstream.Msg) {
 		r.retry(ctx, m, ev, noted)
 		return
 	}
-	if ev.Status == events.StatusRejected || ev.Status == events.StatusMirrored || !ev.Status.Valid() || !validID(ev.JobID) {
+	if ev.Status == events.StatusRejected || ev.Status == events.StatusMirrored || !ev.Status.Valid() || !ValidID(ev.JobID) {
 		// Not a job event the ledger can hold: a rejected request, the
 		// mirror's note that a completed job's results are stored (no
 		// change of the job's state), or a malformed event (which
@@ -295,7 +289,7 @@ func (r *Recorder) noteRef(ctx context.Context, key string, ref *EventRef) error
 // apply is Apply noting where the event is stored (ref, when known).
 func (r *Recorder) apply(ctx context.Context, ev *events.Event, ref *EventRef) (bool, error) {
 	l := r.l
-	if !validID(ev.JobID) {
+	if !ValidID(ev.JobID) {
 		return false, fmt.Errorf("%w: job_id %q", ErrInvalidRecord, ev.JobID)
 	}
 	if ev.Status == events.StatusMirrored {
@@ -304,7 +298,7 @@ func (r *Recorder) apply(ctx context.Context, ev *events.Event, ref *EventRef) (
 	extra := ev.ExtraJob
 	changed, created := false, false
 	stored, err := l.update(ctx, JobKey(ev.JobID), func(cur *Record) (*Record, error) {
-		if cur == nil && validID(ev.RequestID) {
+		if cur == nil && ValidID(ev.RequestID) {
 			// A job the ledger lacks: what the event proves about its
 			// request comes first (one read of the job for both).
 			x, err := r.evidence(ctx, ev)

@@ -371,7 +371,7 @@ func (cfg *CompareConfig) startTarget(ctx context.Context, name, dir string, ns 
 		}
 		if err := WaitHTTP(ctx, "http://"+admin+"/readyz", p, 60*time.Second); err != nil {
 			p.Stop(10 * time.Second)
-			return nil, fmt.Errorf("bridge: %w", err)
+			return nil, fmt.Errorf("bridge: %w\n%s", err, p.LogTail())
 		}
 		return &target{url: "http://" + addr, proc: p, stop: func() { p.Stop(15 * time.Second) }}, nil
 	case len(cfg.BaselineCmd) > 0:
@@ -383,7 +383,7 @@ func (cfg *CompareConfig) startTarget(ctx context.Context, name, dir string, ns 
 		}
 		if err := WaitTCP(ctx, addr, p, 60*time.Second); err != nil {
 			p.Stop(10 * time.Second)
-			return nil, fmt.Errorf("baseline: %w", err)
+			return nil, fmt.Errorf("baseline: %w\n%s", err, p.LogTail())
 		}
 		return &target{url: "http://" + addr, proc: p, stop: func() { p.Stop(15 * time.Second) }}, nil
 	default:

@@ -92,16 +92,12 @@ func E2E(ctx context.Context, js jetstream.JetStream, cfg Config, drain time.Dur
 		}
 	}
 	mu.Unlock()
-	deadline := time.Now().Add(drain)
-	for time.Now().Before(deadline) && ctx.Err() == nil {
+	// Up to drain for the events still due; those still due then count as expected.
+	_ = waitFor(ctx, drain, nil, func() bool {
 		mu.Lock()
-		left := len(due)
-		mu.Unlock()
-		if left == 0 {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		defer mu.Unlock()
+		return len(due) == 0
+	})
 	mu.Lock()
 	expected = int(received.Load()) + len(due)
 	mu.Unlock()

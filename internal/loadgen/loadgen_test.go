@@ -28,11 +28,7 @@ func setup(t *testing.T) (jetstream.JetStream, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(tg.stop)
-	nc := natstest.Connect(t, s.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.ConnectJetStream(t, s.ClientURL())
 	return js, tg.url
 }
 

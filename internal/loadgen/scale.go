@@ -190,7 +190,7 @@ func Scale(ctx context.Context, cfg ScaleConfig) (*ScaleReport, error) {
 	}
 	defer sim.Stop(5 * time.Second)
 	if err := WaitTCP(ctx, "127.0.0.1:"+strconv.Itoa(kport), sim, time.Minute); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("simulator: %w\n%s", err, sim.LogTail())
 	}
 	sport, err := FreePort()
 	if err != nil {
@@ -317,20 +317,12 @@ func metricSum(url, name string) float64 {
 	return sum
 }
 
+// waitFor waits until ok, p exits or timeout passes.
 func waitFor(ctx context.Context, timeout time.Duration, p *Proc, ok func() bool) error {
-	deadline := time.Now().Add(timeout)
-	for !ok() {
-		if p != nil && p.Exited() {
-			return errors.New("process exited")
+	return poll(ctx, p, timeout, 20*time.Millisecond, func(context.Context) error {
+		if !ok() {
+			return errors.New("not yet")
 		}
-		if time.Now().After(deadline) {
-			return errors.New("timed out")
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return nil
+		return nil
+	})
 }

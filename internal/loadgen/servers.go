@@ -16,6 +16,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kreabus/kreabus/internal/retry"
+	"github.com/kreabus/kreabus/pkg/events"
 )
 
 // ModuleRoot returns the directory of the go.mod the current directory
@@ -226,25 +229,21 @@ func NATSConf(name string, port int, store string, o NATSOptions, clusterPorts [
 }
 
 func waitJetStream(ctx context.Context, n *NATS, replicas int) error {
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	var last error
-	for ctx.Err() == nil {
+	err := poll(ctx, nil, 60*time.Second, 100*time.Millisecond, func(ctx context.Context) error {
 		for _, p := range n.Procs {
 			if p.Exited() {
-				return fmt.Errorf("%s exited:\n%s", p.Name, p.LogTail())
+				return retry.Permanent(fmt.Errorf("%s exited:\n%s", p.Name, p.LogTail()))
 			}
 		}
-		last = jsReady(ctx, n)
-		if last == nil && replicas > 1 {
-			last = placeable(ctx, n, replicas)
+		if err := jsReady(ctx, n); err != nil || replicas <= 1 {
+			return err
 		}
-		if last == nil {
-			return nil
-		}
-		time.Sleep(100 * time.Millisecond)
+		return placeable(ctx, n, replicas)
+	})
+	if err != nil {
+		return fmt.Errorf("nats-server not ready: %w", err)
 	}
-	return fmt.Errorf("nats-server not ready: %v", last)
+	return nil
 }
 
 func jsReady(ctx context.Context, n *NATS) error {
@@ -291,46 +290,48 @@ func placeable(ctx context.Context, n *NATS, replicas int) error {
 }
 
 // WaitHTTP polls url until it answers 200, the process exits or the
-// timeout passes.
+// timeout passes; the error does not carry the process's log tail.
 func WaitHTTP(ctx context.Context, url string, p *Proc, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var last error
-	for ctx.Err() == nil {
-		if p != nil && p.Exited() {
-			return fmt.Errorf("%s exited:\n%s", p.Name, p.LogTail())
-		}
+	return poll(ctx, p, timeout, 100*time.Millisecond, func(ctx context.Context) error {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		resp, err := http.DefaultClient.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = fmt.Errorf("%s: %s", url, resp.Status)
+		if err != nil {
+			return err
 		}
-		last = err
-		time.Sleep(100 * time.Millisecond)
-	}
-	return fmt.Errorf("not ready after %v: %v", timeout, last)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s: %s", url, resp.Status)
+		}
+		return nil
+	})
 }
 
-// WaitTCP polls addr until it accepts a connection.
+// WaitTCP polls addr until it accepts a connection, the process exits or
+// the timeout passes.
 func WaitTCP(ctx context.Context, addr string, p *Proc, timeout time.Duration) error {
+	return poll(ctx, p, timeout, 50*time.Millisecond, func(context.Context) error {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return err
+		}
+		c.Close()
+		return nil
+	})
+}
+
+// poll runs probe about every pace until it succeeds, p (when not nil)
+// exits or timeout passes. Its callers add p's log tail to the error.
+func poll(ctx context.Context, p *Proc, timeout, pace time.Duration, probe func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var last error
-	for ctx.Err() == nil {
+	err := retry.Do(ctx, events.Backoff{Min: pace, Max: pace}, func(ctx context.Context) error {
 		if p != nil && p.Exited() {
-			return fmt.Errorf("%s exited:\n%s", p.Name, p.LogTail())
+			return retry.Permanent(fmt.Errorf("%s exited", p.Name))
 		}
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		last = err
-		time.Sleep(50 * time.Millisecond)
+		return probe(ctx)
+	}, nil)
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("not done after %v: %w", timeout, err)
 	}
-	return fmt.Errorf("%s not listening after %v: %v", addr, timeout, last)
+	return err
 }

@@ -32,11 +32,7 @@ func TestPipelineEndToEnd(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = p.Close() })
 
-	nc := natstest.Connect(t, p.NATSURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.ConnectJetStream(t, p.NATSURL())
 	got := make(chan *events.Event, 16)
 	ccfg, err := events.JobsConsumerConfig("e2e-test", events.WithStatuses(events.StatusCompleted, events.StatusFailed, events.StatusRejected))
 	if err != nil {
@@ -157,11 +153,7 @@ func TestForeignJobRefused(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("samples did not end")
 	}
-	nc := natstest.Connect(t, p.NATSURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.ConnectJetStream(t, p.NATSURL())
 	// The job of the last sample that completed, and its request.
 	var jobID, owner, other string
 	natstest.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {

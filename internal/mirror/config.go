@@ -102,7 +102,7 @@ func (c *Config) SetDefaults() {
 func (c *Config) Validate() error {
 	var errs []error
 	if !bucketName(c.Bucket) {
-		errs = append(errs, fmt.Errorf("KREABUS_RESULTS_BUCKET: %q is not a valid bucket name ([A-Za-z0-9_-]+)", c.Bucket))
+		errs = append(errs, fmt.Errorf("KREABUS_RESULTS_BUCKET: %q is not a valid bucket name ([A-Za-z0-9_-]{1,64})", c.Bucket))
 	}
 	if c.TTL < time.Second {
 		errs = append(errs, fmt.Errorf("KREABUS_RESULTS_TTL: %v is shorter than 1s", c.TTL))
@@ -133,7 +133,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("KREABUS_MIRROR_CONCURRENCY: %d is less than 1", c.Concurrency))
 	}
 	if !bucketName(c.Consumer) {
-		errs = append(errs, fmt.Errorf("KREABUS_MIRROR_CONSUMER: %q is not a valid consumer name ([A-Za-z0-9_-]+)", c.Consumer))
+		errs = append(errs, fmt.Errorf("KREABUS_MIRROR_CONSUMER: %q is not a valid consumer name ([A-Za-z0-9_-]{1,64})", c.Consumer))
 	}
 	if c.AckWait < time.Second {
 		errs = append(errs, fmt.Errorf("KREABUS_MIRROR_ACK_WAIT: %v is shorter than 1s", c.AckWait))

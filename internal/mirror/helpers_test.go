@@ -33,12 +33,7 @@ type env struct {
 
 func newEnv(t *testing.T, simCfg kreatest.Config) *env {
 	t.Helper()
-	ns := natstest.RunServer(t)
-	nc := natstest.Connect(t, ns.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ns, _, js := natstest.JetStream(t)
 	if err := events.EnsureStreams(testCtx(t), js, events.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}

@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/kreabus/kreabus/internal/config"
 	"github.com/kreabus/kreabus/internal/natstest"
 	"github.com/kreabus/kreabus/internal/program"
@@ -74,8 +72,7 @@ func TestProgram(t *testing.T) {
 		body, _ = sim.JobJSON(jobID)
 		return nil
 	})
-	nc := natstest.Connect(t, ns.ClientURL())
-	js, _ := jetstream.New(nc)
+	_, js := natstest.ConnectJetStream(t, ns.ClientURL())
 	msg := events.NewJobMsg(events.EventHeaders{JobID: jobID, Status: krea.StatusCompleted, RequestID: "req-1", Source: events.SourceWebhook}, body)
 	if _, err := js.PublishMsg(ctx, msg); err != nil {
 		t.Fatal(err)

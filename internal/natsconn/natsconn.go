@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -243,4 +244,30 @@ func Drain(ctx context.Context, nc *nats.Conn, closed <-chan struct{}) error {
 		nc.Close()
 		return fmt.Errorf("nats drain: %w", ctx.Err())
 	}
+}
+
+// StreamsCheck is a program's readiness check of its streams: an error
+// its stream set-up recorded (a stream there but unusable) until cleared,
+// otherwise CheckStreams. The zero value is ready to use.
+type StreamsCheck struct {
+	mu  sync.Mutex
+	err error
+}
+
+// Set records why the streams are unusable; nil clears it.
+func (c *StreamsCheck) Set(err error) {
+	c.mu.Lock()
+	c.err = err
+	c.mu.Unlock()
+}
+
+// Check is the recorded error, or CheckStreams of the named streams.
+func (c *StreamsCheck) Check(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, names ...string) error {
+	c.mu.Lock()
+	err := c.err
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return CheckStreams(ctx, nc, js, names...)
 }

@@ -45,12 +45,7 @@ type env struct {
 
 func newEnv(t *testing.T, dup time.Duration, sim kreatest.Config) *env {
 	t.Helper()
-	s := natstest.RunServer(t)
-	nc := natstest.Connect(t, s.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, _, js := natstest.JetStream(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	if _, err := events.EnsureStream(ctx, js, events.JobsStreamConfig(events.StreamOptions{DuplicateWindow: dup})); err != nil {
@@ -84,11 +79,7 @@ type replica struct {
 func (e *env) replica(cfg Config, client JobGetter) *replica {
 	t := e.t
 	t.Helper()
-	nc := natstest.Connect(t, e.url)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.ConnectJetStream(t, e.url)
 	ctx, cancel := context.WithCancel(e.ctx)
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kreabus/kreabus/internal/metricstest"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -50,12 +52,7 @@ type env struct {
 
 func newEnv(t testing.TB, simCfg kreatest.Config) *env {
 	t.Helper()
-	ns := natstest.RunServer(t)
-	nc := natstest.Connect(t, ns.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, nc, js := natstest.JetStream(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := events.EnsureStreams(ctx, js, events.StreamOptions{}); err != nil {
@@ -296,20 +293,10 @@ func (e *env) requestsLeft() uint64 {
 	return info.State.Msgs
 }
 
-// metric returns the value of a counter or gauge (or a histogram's sample
-// count), summed over the series carrying the given label pairs. It fails
-// the test when the registry has no such metric or no such series, so a
-// renamed metric or label cannot pass as a zero.
+// metric is metricstest.Value of the submitter's registry.
 func (e *env) metric(name string, labels ...string) float64 {
 	e.t.Helper()
-	v, n, err := gatherSum(e.reg, name, labels...)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if n == 0 {
-		e.t.Fatalf("metric %s: no series with labels %q", name, labels)
-	}
-	return v
+	return metricstest.Value(e.t, e.reg, name, labels...)
 }
 
 // metricOrZero is metric for a labelled series that legitimately does not
@@ -317,66 +304,5 @@ func (e *env) metric(name string, labels ...string) float64 {
 // where absence is the expected state.
 func (e *env) metricOrZero(name string, labels ...string) float64 {
 	e.t.Helper()
-	v, _, err := gatherSum(e.reg, name, labels...)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return v
-}
-
-// gatherSum sums the series of name in reg carrying the label pairs and
-// says how many there were.
-func gatherSum(reg *prometheus.Registry, name string, labels ...string) (sum float64, n int, err error) {
-	if len(labels)%2 != 0 {
-		return 0, 0, fmt.Errorf("metric %s: odd label list %q", name, labels)
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		return 0, 0, err
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				have[lp.GetName()] = lp.GetValue()
-			}
-			for i := 0; i+1 < len(labels); i += 2 {
-				if v, ok := have[labels[i]]; !ok || v != labels[i+1] {
-					continue next
-				}
-			}
-			switch {
-			case m.Counter != nil:
-				sum += m.Counter.GetValue()
-			case m.Gauge != nil:
-				sum += m.Gauge.GetValue()
-			case m.Histogram != nil:
-				sum += float64(m.Histogram.GetSampleCount())
-			default:
-				return 0, 0, fmt.Errorf("metric %s: not a counter, gauge or histogram", name)
-			}
-			n++
-		}
-	}
-	return sum, n, nil
-}
-
-func TestMetricFailsOnMissingSeries(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kreabus_test_total", Help: "test"}, []string{"code", "kind"})
-	reg.MustRegister(c)
-	c.WithLabelValues("200", "a").Add(2)
-	c.WithLabelValues("200", "b").Add(3)
-	if v, n, err := gatherSum(reg, "kreabus_test_total", "code", "200"); err != nil || v != 5 || n != 2 {
-		t.Errorf("present series: %v over %d, %v", v, n, err)
-	}
-	for _, q := range [][]string{{"kreabus_renamed_total"}, {"kreabus_test_total", "code", "500"}, {"kreabus_test_total", "outcome", "200"}} {
-		if v, n, err := gatherSum(reg, q[0], q[1:]...); err != nil || n != 0 {
-			t.Errorf("%q: %v over %d series, %v; want no series", q, v, n, err)
-		}
-	}
+	return metricstest.ValueOrZero(e.t, e.reg, name, labels...)
 }

@@ -48,10 +48,11 @@ type Program struct {
 	stop   context.CancelFunc
 	bg     sync.WaitGroup
 
-	mu        sync.Mutex
-	sub       *submitter.Submitter
-	svc       *service.Service
-	streamErr error
+	mu  sync.Mutex
+	sub *submitter.Submitter
+	svc *service.Service
+
+	streams natsconn.StreamsCheck // both streams present and usable
 }
 
 // Start validates s, connects to NATS (returning at once when NATS is down:
@@ -112,7 +113,7 @@ func (p *Program) run(ctx context.Context) {
 		err := natsconn.SetUpStreams(ctx, p.js, p.log, events.RequestsStreamConfig(o), events.JobsStreamConfig(o))
 		if err != nil {
 			if ctx.Err() == nil {
-				p.setStreamErr(err)
+				p.streams.Set(err)
 				p.fail(fmt.Errorf("streams: %w", err))
 			}
 			return
@@ -216,12 +217,6 @@ func (p *Program) fail(err error) {
 	}
 }
 
-func (p *Program) setStreamErr(err error) {
-	p.mu.Lock()
-	p.streamErr = err
-	p.mu.Unlock()
-}
-
 // Submitter returns the running submitter, nil until it is set up.
 func (p *Program) Submitter() *submitter.Submitter {
 	p.mu.Lock()
@@ -244,13 +239,7 @@ func (p *Program) Failed() <-chan error { return p.failed }
 
 // checkJetStream: NATS connected, both streams present and usable.
 func (p *Program) checkJetStream(ctx context.Context) error {
-	p.mu.Lock()
-	err := p.streamErr
-	p.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	return natsconn.CheckStreams(ctx, p.nc, p.js, events.StreamRequests, events.StreamJobs)
+	return p.streams.Check(ctx, p.nc, p.js, events.StreamRequests, events.StreamJobs)
 }
 
 // checkSubmitter: set up and not paused by account errors.

@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/kreabus/kreabus/internal/config"
 	"github.com/kreabus/kreabus/internal/natstest"
 	"github.com/kreabus/kreabus/internal/program"
@@ -70,8 +68,7 @@ func TestMainEndToEnd(t *testing.T) {
 	exit := make(chan int, 1)
 	go func() { exit <- Main(ctx, nil, lookup, &logs) }()
 
-	nc := natstest.Connect(t, ns.ClientURL())
-	js, _ := jetstream.New(nc)
+	_, js := natstest.ConnectJetStream(t, ns.ClientURL())
 	natstest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		_, err := js.Stream(ctx, events.StreamRequests)
 		return err

@@ -632,12 +632,7 @@ func TestConsumeJobsUpdatesFilter(t *testing.T) {
 }
 
 func TestConsumeJobsConnectionClosed(t *testing.T) {
-	s := natstest.RunServer(t)
-	nc := natstest.Connect(t, s.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, nc, js := natstest.JetStream(t)
 	if err := events.EnsureStreams(testCtx(t), js, events.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}

@@ -17,12 +17,7 @@ import (
 // JetStream context on it.
 func startJS(t *testing.T) jetstream.JetStream {
 	t.Helper()
-	s := natstest.RunServer(t)
-	nc := natstest.Connect(t, s.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, _, js := natstest.JetStream(t)
 	return js
 }
 
@@ -208,12 +203,7 @@ func TestEnsureStreamsReportsBoth(t *testing.T) {
 // without the RePublish (an older release) gets it, and nothing else
 // changes.
 func TestFollowSubjects(t *testing.T) {
-	s := natstest.RunServer(t)
-	nc := natstest.Connect(t, s.ClientURL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, nc, js := natstest.JetStream(t)
 	ctx := testCtx(t)
 	old := events.JobsStreamConfig(events.StreamOptions{JobsMaxAge: 48 * time.Hour})
 	old.RePublish = nil
