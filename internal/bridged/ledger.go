@@ -49,7 +49,6 @@ func (l *lateOwners) check(context.Context) error {
 // openLedger opens the ledger bucket (creating it when allowed), retrying
 // until it succeeds or ctx ends.
 func (p *Program) openLedger(ctx context.Context) {
-	defer p.bg.Done()
 	cfg := p.s.Ledger
 	cfg.Create = p.s.Streams.CreateStreams
 	cfg.ReadTimeout = p.s.Bridge.PublishTimeout
@@ -57,19 +56,19 @@ func (p *Program) openLedger(ctx context.Context) {
 		cfg.Replicas = p.s.Streams.Replicas
 	}
 	_ = retry.Do(ctx, retry.Reconnect, func(ctx context.Context) error {
-		led, err := ledger.Open(ctx, p.js, cfg, ledger.WithLogger(p.log))
+		led, err := ledger.Open(ctx, p.JetStream(), cfg, ledger.WithLogger(p.Log()))
 		if err != nil {
 			return err
 		}
 		owners := led.Owners(cfg.CacheSize)
 		if err := owners.Follow(ctx); err != nil {
 			// Every first webhook of a job reads the ledger then.
-			p.log.Warn("cannot follow job records; webhooks read the ledger", "err", err)
+			p.Log().Warn("cannot follow job records; webhooks read the ledger", "err", err)
 		}
 		p.ledger.o.Store(owners)
-		p.log.Info("ledger open", "bucket", led.Bucket(), "cache", cfg.CacheSize)
+		p.Log().Info("ledger open", "bucket", led.Bucket(), "cache", cfg.CacheSize)
 		return nil
 	}, func(err error, _ int, wait time.Duration) {
-		p.log.Warn("ledger unavailable; retrying", "err", err, "retry_in", wait)
+		p.Log().Warn("ledger unavailable; retrying", "err", err, "retry_in", wait)
 	})
 }

@@ -12,13 +12,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/kreabus/kreabus/internal/admin"
 	"github.com/kreabus/kreabus/internal/bridge"
 	"github.com/kreabus/kreabus/internal/logging"
 	"github.com/kreabus/kreabus/internal/natsconn"
@@ -27,26 +24,15 @@ import (
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
-// connectionName is the bridge's NATS connection name.
-const connectionName = "kreabus-bridge"
-
 // Program is cmd/bridge running: the bridge on its listener, its NATS
 // connection, the KREA_JOBS ensurer and the admin server. Start it, then
 // Shutdown it.
 type Program struct {
+	*program.Base
 	s      Settings
-	log    *slog.Logger
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	admin  *admin.Server
 	bridge *bridge.Bridge
 	ln     net.Listener
-
-	closed   chan struct{} // the NATS connection is closed
-	serveErr chan error
-	kick     chan struct{} // asks the ensurer to (re)ensure KREA_JOBS
-	stop     context.CancelFunc
-	bg       sync.WaitGroup
+	kick   chan struct{} // asks the ensurer to (re)ensure KREA_JOBS
 
 	ledger lateOwners // ownership, terminal state and metadata of jobs
 
@@ -67,63 +53,48 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 	if len(s.Bridge.Secret) < 32 {
 		log.Warn("KREABUS_WEBHOOK_SECRET is shorter than 32 bytes; use a long random secret")
 	}
-	p := &Program{
-		s:        s,
-		log:      log,
-		admin:    admin.New(log),
-		closed:   make(chan struct{}),
-		serveErr: make(chan error, 1),
-		kick:     make(chan struct{}, 1),
-	}
-	nc, err := natsconn.Connect(s.NATS, connectionName, log, p.admin.Registry(),
-		nats.ClosedHandler(func(*nats.Conn) { close(p.closed) }),
-		// A stalled socket must not hold a webhook past its bound.
-		nats.FlusherTimeout(s.Bridge.PublishTimeout),
-	)
+	// A stalled socket must not hold a webhook past its bound.
+	base, err := program.Open("bridge", &s.Common, log, nats.FlusherTimeout(s.Bridge.PublishTimeout))
 	if err != nil {
 		return nil, err
 	}
-	p.nc = nc
+	p := &Program{Base: base, s: s, kick: make(chan struct{}, 1)}
 	fail := func(err error) (*Program, error) {
 		if p.ln != nil {
 			_ = p.ln.Close()
 		}
-		nc.Close()
+		p.Close()
 		return nil, err
 	}
-	if p.js, err = jetstream.New(nc); err != nil {
-		return fail(err)
-	}
 	p.bridge, err = bridge.New(s.Bridge, bridge.Deps{
-		Conn:          nc,
+		Conn:          p.Conn(),
 		Logger:        log,
-		Registerer:    p.admin.Registry(),
+		Registerer:    p.Admin().Registry(),
 		Ledger:        &p.ledger,
 		StreamMissing: p.ensureSoon,
 	})
 	if err != nil {
 		return fail(err)
 	}
-	p.admin.AddCheck("jetstream", p.checkJetStream)
-	p.admin.AddCheck("ledger", p.ledger.check)
+	p.Admin().AddCheck("jetstream", p.checkJetStream)
+	p.Admin().AddCheck("ledger", p.ledger.check)
 	if p.ln, err = net.Listen("tcp", s.Bridge.Listen); err != nil {
 		return fail(fmt.Errorf("KREABUS_LISTEN: %w", err))
 	}
-	if err := p.admin.Start(s.Admin); err != nil {
-		return fail(fmt.Errorf("KREABUS_ADMIN_LISTEN: %w", err))
+	if err := p.StartAdmin(&s.Common); err != nil {
+		return fail(err)
 	}
-
-	ctx, cancel := context.WithCancel(context.Background())
-	p.stop = cancel
 	if s.Streams.CreateStreams {
 		p.ensureSoon()
-		p.bg.Add(1)
-		go p.ensureLoop(ctx)
+		p.Go(p.ensureLoop)
 	}
-	p.bg.Add(1)
-	go p.openLedger(ctx)
-	go func() { p.serveErr <- p.bridge.Serve(p.ln) }()
-	log.Info("bridge started", "listen", p.ln.Addr().String(), "admin", p.admin.Addr(),
+	p.Go(p.openLedger)
+	go func() {
+		if err := p.bridge.Serve(p.ln); err != nil {
+			p.Fail(fmt.Errorf("webhook server: %w", err))
+		}
+	}()
+	log.Info("bridge started", "listen", p.ln.Addr().String(), "admin", p.Admin().Addr(),
 		"create_streams", s.Streams.CreateStreams, "duplicate_window", s.Streams.DuplicateWindow.String())
 	return p, nil
 }
@@ -131,17 +102,8 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 // Addr is the webhook listener's address.
 func (p *Program) Addr() string { return p.ln.Addr().String() }
 
-// AdminAddr is the admin listener's address ("" when off).
-func (p *Program) AdminAddr() string { return p.admin.Addr() }
-
 // Bridge is the program's bridge.
 func (p *Program) Bridge() *bridge.Bridge { return p.bridge }
-
-// Conn is the program's NATS connection.
-func (p *Program) Conn() *nats.Conn { return p.nc }
-
-// Failed delivers the error that stopped the webhook server by itself.
-func (p *Program) Failed() <-chan error { return p.serveErr }
 
 // ensureSoon asks the ensurer to ensure KREA_JOBS; it never blocks.
 func (p *Program) ensureSoon() {
@@ -157,7 +119,6 @@ func (p *Program) ensureSoon() {
 // ensureLoop creates KREA_JOBS when missing, at start and whenever a
 // publish found no stream, at most once a second.
 func (p *Program) ensureLoop(ctx context.Context) {
-	defer p.bg.Done()
 	cfg := events.JobsStreamConfig(p.s.Streams.Options())
 	for {
 		select {
@@ -165,21 +126,21 @@ func (p *Program) ensureLoop(ctx context.Context) {
 			return
 		case <-p.kick:
 		}
-		err := natsconn.SetUpStreams(ctx, p.js, p.log, cfg)
+		err := natsconn.SetUpStreams(ctx, p.JetStream(), p.Log(), cfg)
 		switch {
 		case err == nil:
 			p.streams.Set(nil)
-			p.log.Info("stream ready", "stream", cfg.Name, "duplicate_window", cfg.Duplicates.String())
+			p.Log().Info("stream ready", "stream", cfg.Name, "duplicate_window", cfg.Duplicates.String())
 			// An event is the body plus headers: a body the server cannot
 			// take is refused with 413 (never a 503 forever), below the
 			// configured limit if need be.
 			if limit := p.bridge.MaxBody(); limit < p.s.Bridge.MaxBody {
-				p.log.Warn("KREABUS_MAX_BODY is above what the NATS server takes; lowered: larger webhooks get 413",
-					"max_body", p.s.Bridge.MaxBody, "max_payload", p.nc.MaxPayload(), "header_room", bridge.HeaderRoom, "body_limit", limit)
+				p.Log().Warn("KREABUS_MAX_BODY is above what the NATS server takes; lowered: larger webhooks get 413",
+					"max_body", p.s.Bridge.MaxBody, "max_payload", p.Conn().MaxPayload(), "header_room", bridge.HeaderRoom, "body_limit", limit)
 			}
 		case errors.Is(err, events.ErrIncompatibleStream):
 			p.streams.Set(err)
-			p.log.Error("stream unusable", "stream", cfg.Name, "err", err)
+			p.Log().Error("stream unusable", "stream", cfg.Name, "err", err)
 		default:
 			return // ctx ended
 		}
@@ -193,7 +154,7 @@ func (p *Program) ensureLoop(ctx context.Context) {
 // checkJetStream is the readiness check: NATS connected and KREA_JOBS
 // present and usable.
 func (p *Program) checkJetStream(ctx context.Context) error {
-	return p.streams.Check(ctx, p.nc, p.js, events.StreamJobs)
+	return p.streams.Check(ctx, p.Conn(), p.JetStream(), events.StreamJobs)
 }
 
 // Shutdown stops the program in order: /readyz turns 503, the webhook
@@ -201,8 +162,8 @@ func (p *Program) checkJetStream(ctx context.Context) error {
 // (pending publishes flushed) and closes, and the admin server stops. It
 // gives up waiting when ctx ends, closing whatever is left.
 func (p *Program) Shutdown(ctx context.Context) error {
-	p.admin.SetDraining()
-	p.log.Info("shutting down", "in_flight", p.bridge.InFlight(), "drain_delay", p.s.DrainDelay.String())
+	p.Admin().SetDraining()
+	p.Log().Info("shutting down", "in_flight", p.bridge.InFlight(), "drain_delay", p.s.DrainDelay.String())
 	var errs []error
 	retry.Sleep(ctx, p.s.DrainDelay)
 
@@ -216,9 +177,8 @@ func (p *Program) Shutdown(ctx context.Context) error {
 	if err := p.bridge.Shutdown(httpCtx); err != nil {
 		errs = append(errs, fmt.Errorf("webhook server: %w", err))
 	}
-	p.stop()
-	p.bg.Wait()
-	return program.Finish(ctx, "bridge", p.log, p.nc, p.closed, p.admin, errs)
+	_ = p.StopParts(context.Background()) // the parts only wait for ctx
+	return p.Finish(ctx, errs)
 }
 
 // ShutdownTimeout bounds Shutdown: KREABUS_SHUTDOWN_TIMEOUT.

@@ -14,34 +14,20 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/kreabus/kreabus/internal/admin"
-	"github.com/kreabus/kreabus/internal/logging"
 	"github.com/kreabus/kreabus/internal/mirror"
-	"github.com/kreabus/kreabus/internal/natsconn"
 	"github.com/kreabus/kreabus/internal/program"
 	"github.com/kreabus/kreabus/internal/retry"
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
-// connectionName is the mirror's NATS connection name.
-const connectionName = "kreabus-mirror"
-
 // Program is cmd/mirror running: its NATS connection, the results bucket,
 // the consumer of krea.jobs.completed and the admin server. Start it,
 // then Shutdown it.
 type Program struct {
-	s      Settings
-	log    *slog.Logger
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	admin  *admin.Server
-	closed chan struct{} // the NATS connection is closed
-	failed chan error
-	stop   context.CancelFunc
-	bg     sync.WaitGroup
+	*program.Base
+	s Settings
 
 	mu       sync.Mutex
 	mirror   *mirror.Mirror
@@ -57,38 +43,19 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
-	if log == nil {
-		log = logging.Discard
-	}
-	p := &Program{
-		s:        s,
-		log:      log,
-		admin:    admin.New(log),
-		closed:   make(chan struct{}),
-		failed:   make(chan error, 1),
-		setupErr: errors.New("starting"),
-	}
-	var err error
-	p.nc, err = natsconn.Connect(s.NATS, connectionName, log, p.admin.Registry(),
-		nats.ClosedHandler(func(*nats.Conn) { close(p.closed) }))
+	base, err := program.Open("mirror", &s.Common, log)
 	if err != nil {
 		return nil, err
 	}
-	if p.js, err = jetstream.New(p.nc); err != nil {
-		p.nc.Close()
+	p := &Program{Base: base, s: s, setupErr: errors.New("starting")}
+	p.Admin().AddCheck("mirror", p.checkReady)
+	if err := p.StartAdmin(&s.Common); err != nil {
+		p.Close()
 		return nil, err
 	}
-	p.admin.AddCheck("mirror", p.checkReady)
-	if err := p.admin.Start(s.Admin); err != nil {
-		p.nc.Close()
-		return nil, fmt.Errorf("KREABUS_ADMIN_LISTEN: %w", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	p.stop = cancel
-	p.bg.Add(1)
-	go p.setup(ctx)
-	log.Info("mirror started", "bucket", s.Mirror.Bucket, "allow_hosts", s.Mirror.AllowHosts, "allow_private", s.Mirror.AllowPrivate,
-		"max_bytes", s.Mirror.MaxBytes, "concurrency", s.Mirror.Concurrency, "admin", p.admin.Addr())
+	p.Go(p.setup)
+	p.Log().Info("mirror started", "bucket", s.Mirror.Bucket, "allow_hosts", s.Mirror.AllowHosts, "allow_private", s.Mirror.AllowPrivate,
+		"max_bytes", s.Mirror.MaxBytes, "concurrency", s.Mirror.Concurrency, "admin", p.AdminAddr())
 	return p, nil
 }
 
@@ -98,7 +65,6 @@ var setupBackoff = events.Backoff{Min: 200 * time.Millisecond, Max: 5 * time.Sec
 // setup ensures the stream and the bucket and starts the consumer,
 // retrying until it succeeds or ctx ends.
 func (p *Program) setup(ctx context.Context) {
-	defer p.bg.Done()
 	_ = retry.Do(ctx, setupBackoff, func(ctx context.Context) error {
 		err := p.trySetup(ctx)
 		if err != nil && ctx.Err() == nil {
@@ -108,7 +74,7 @@ func (p *Program) setup(ctx context.Context) {
 		}
 		return err
 	}, func(err error, _ int, wait time.Duration) {
-		p.log.Warn("mirror not consuming yet", "err", err, "retry_in", wait.String())
+		p.Log().Warn("mirror not consuming yet", "err", err, "retry_in", wait.String())
 	})
 }
 
@@ -122,17 +88,17 @@ func (p *Program) trySetup(ctx context.Context) error {
 		// A KREA_JOBS made by an older release lacks its RePublish, which
 		// the mirror's user may not add: usable all the same (the bridge
 		// and the submitter log the command that adds it).
-		if _, err = events.EnsureStream(actx, p.js, events.JobsStreamConfig(p.s.Streams.Options())); err != nil && !errors.Is(err, events.ErrNoRePublish) {
+		if _, err = events.EnsureStream(actx, p.JetStream(), events.JobsStreamConfig(p.s.Streams.Options())); err != nil && !errors.Is(err, events.ErrNoRePublish) {
 			return err
 		}
-		obs, err = events.EnsureResultsStore(actx, p.js, cfg)
+		obs, err = events.EnsureResultsStore(actx, p.JetStream(), cfg)
 	} else {
-		obs, err = p.js.ObjectStore(actx, cfg.Bucket)
+		obs, err = p.JetStream().ObjectStore(actx, cfg.Bucket)
 	}
 	if err != nil {
 		return fmt.Errorf("results bucket %s: %w", cfg.Bucket, err)
 	}
-	mr, err := mirror.New(p.s.Mirror, p.js, obs, p.log, p.admin.Registry())
+	mr, err := mirror.New(p.s.Mirror, p.JetStream(), obs, p.Log(), p.Admin().Registry())
 	if err != nil {
 		return err
 	}
@@ -142,14 +108,14 @@ func (p *Program) trySetup(ctx context.Context) error {
 		mr.Close()
 		return err
 	}
-	cons, err := p.js.CreateOrUpdateConsumer(actx, events.StreamJobs, ccfg)
+	cons, err := p.JetStream().CreateOrUpdateConsumer(actx, events.StreamJobs, ccfg)
 	if err != nil {
 		mr.Close()
 		return fmt.Errorf("consumer %q on %s: %w", p.s.Mirror.Consumer, events.StreamJobs, err)
 	}
-	c, err := events.ConsumeJobs(p.nc, cons, mr.Handle,
+	c, err := events.ConsumeJobs(p.Conn(), cons, mr.Handle,
 		events.WithConcurrency(p.s.Mirror.Concurrency),
-		events.WithErrorHandler(func(err error) { p.log.Warn("mirror consumer", "err", err) }),
+		events.WithErrorHandler(func(err error) { p.Log().Warn("mirror consumer", "err", err) }),
 	)
 	if err != nil {
 		mr.Close()
@@ -158,18 +124,16 @@ func (p *Program) trySetup(ctx context.Context) error {
 	p.mu.Lock()
 	p.mirror, p.consumer, p.setupErr = mr, c, nil
 	p.mu.Unlock()
-	p.log.Info("mirror consuming", "stream", events.StreamJobs, "consumer", p.s.Mirror.Consumer, "bucket", cfg.Bucket)
-	p.bg.Add(1)
-	go func() {
-		defer p.bg.Done()
+	p.Log().Info("mirror consuming", "stream", events.StreamJobs, "consumer", p.s.Mirror.Consumer, "bucket", cfg.Bucket)
+	p.Go(func(ctx context.Context) {
 		select {
 		case <-c.Closed():
 			if ctx.Err() == nil { // not our Shutdown: the consumer was deleted
-				p.failed <- fmt.Errorf("consumer %s on %s stopped", p.s.Mirror.Consumer, events.StreamJobs)
+				p.Fail(fmt.Errorf("consumer %s on %s stopped", p.s.Mirror.Consumer, events.StreamJobs))
 			}
 		case <-ctx.Done():
 		}
-	}()
+	})
 	return nil
 }
 
@@ -181,24 +145,18 @@ func (p *Program) checkReady(context.Context) error {
 	if err != nil {
 		return err
 	}
-	if !p.nc.IsConnected() {
+	if !p.Conn().IsConnected() {
 		return errors.New("nats not connected")
 	}
 	return nil
 }
-
-// AdminAddr is the admin listener's address ("" when off).
-func (p *Program) AdminAddr() string { return p.admin.Addr() }
-
-// Failed delivers the error of a part that stopped by itself.
-func (p *Program) Failed() <-chan error { return p.failed }
 
 // Shutdown stops the program in order: /readyz turns 503, no new job is
 // taken, the copies in flight finish (or, when ctx ends first, are
 // abandoned: their events are delivered again), the NATS connection
 // drains and the admin server stops.
 func (p *Program) Shutdown(ctx context.Context) error {
-	p.admin.SetDraining()
+	p.Admin().SetDraining()
 	p.mu.Lock()
 	c, mr := p.consumer, p.mirror
 	p.mu.Unlock()
@@ -219,12 +177,11 @@ func (p *Program) Shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("copies in flight: %w", cctx.Err()))
 		}
 	}
-	p.stop()
-	p.bg.Wait()
+	_ = p.StopParts(context.Background()) // the parts only wait for ctx
 	if mr != nil {
 		mr.Close()
 	}
-	return program.Finish(ctx, "mirror", p.log, p.nc, p.closed, p.admin, errs)
+	return p.Finish(ctx, errs)
 }
 
 // ShutdownTimeout bounds Shutdown: KREABUS_SHUTDOWN_TIMEOUT.

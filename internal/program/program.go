@@ -1,6 +1,8 @@
 // Package program is the lifecycle every kreabus command shares: load and
 // validate the settings, build the logger, start, run until a signal or a
 // failure, shut down within a bound, and map the outcome to an exit code.
+// Base (base.go) is what every running program holds: the NATS connection,
+// the admin server, its background parts and the first of them to fail.
 //
 // Settings follow one convention, in every group (a domain package's
 // Config, natsconn's, admin's, logging's, Common) and in every program's
@@ -30,8 +32,6 @@ import (
 	"log/slog"
 	"strings"
 	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/kreabus/kreabus/internal/admin"
 	"github.com/kreabus/kreabus/internal/config"
@@ -126,26 +126,6 @@ func Run(ctx context.Context, p Running) error {
 // adminStopTimeout bounds the admin server's shutdown: by then nothing
 // depends on its probes any more.
 const adminStopTimeout = time.Second
-
-// Finish is the end of every program's Shutdown, once its own parts have
-// stopped: the NATS connection drains (bounded by ctx; closed is its
-// closed handler's channel), the admin server stops, and errs, with what
-// went wrong here, are joined. "<name> stopped" is logged when nothing did.
-func Finish(ctx context.Context, name string, log *slog.Logger, nc *nats.Conn, closed <-chan struct{}, adm *admin.Server, errs []error) error {
-	if err := natsconn.Drain(ctx, nc, closed); err != nil {
-		errs = append(errs, err)
-	}
-	actx, cancel := context.WithTimeout(context.Background(), adminStopTimeout)
-	defer cancel()
-	if err := adm.Shutdown(actx); err != nil {
-		errs = append(errs, fmt.Errorf("admin server: %w", err))
-	}
-	err := errors.Join(errs...)
-	if err == nil {
-		log.Info(name + " stopped")
-	}
-	return err
-}
 
 // Main loads s (a pointer to a new settings struct) from args, env and the
 // optional YAML file, validates it, and runs the program it starts until

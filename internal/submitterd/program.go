@@ -15,12 +15,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/kreabus/kreabus/internal/admin"
 	"github.com/kreabus/kreabus/internal/ledger"
-	"github.com/kreabus/kreabus/internal/logging"
 	"github.com/kreabus/kreabus/internal/natsconn"
 	"github.com/kreabus/kreabus/internal/program"
 	"github.com/kreabus/kreabus/internal/reconciler"
@@ -29,24 +24,13 @@ import (
 	"github.com/kreabus/kreabus/pkg/events"
 )
 
-// connectionName is the submitter's NATS connection name.
-const connectionName = "kreabus-submitter"
-
 // Program is cmd/submitter running: its NATS connection, the stream
 // ensurer, the ledger with its Recorder and open-jobs list, the reconciler, the
 // submitter and the admin server.
 // Start it, then Shutdown it.
 type Program struct {
-	s     Settings
-	log   *slog.Logger
-	nc    *nats.Conn
-	js    jetstream.JetStream
-	admin *admin.Server
-
-	closed chan struct{} // the NATS connection is closed
-	failed chan error    // a part stopped by itself
-	stop   context.CancelFunc
-	bg     sync.WaitGroup
+	*program.Base
+	s Settings
 
 	mu  sync.Mutex
 	sub *submitter.Submitter
@@ -70,87 +54,68 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 	if s.Ledger.Replicas == 0 {
 		s.Ledger.Replicas = s.Streams.Replicas
 	}
-	if log == nil {
-		log = logging.Discard
-	}
-	p := &Program{
-		s:      s,
-		log:    log,
-		admin:  admin.New(log),
-		closed: make(chan struct{}),
-		failed: make(chan error, 3),
-	}
-	nc, err := natsconn.Connect(s.NATS, connectionName, log, p.admin.Registry(),
-		nats.ClosedHandler(func(*nats.Conn) { close(p.closed) }))
+	base, err := program.Open("submitter", &s.Common, log)
 	if err != nil {
 		return nil, err
 	}
-	p.nc = nc
-	if p.js, err = jetstream.New(nc); err != nil {
-		nc.Close()
+	p := &Program{Base: base, s: s}
+	p.Admin().AddCheck("jetstream", p.checkJetStream)
+	p.Admin().AddCheck("submitter", p.checkSubmitter)
+	if err := p.StartAdmin(&s.Common); err != nil {
+		p.Close()
 		return nil, err
 	}
-	p.admin.AddCheck("jetstream", p.checkJetStream)
-	p.admin.AddCheck("submitter", p.checkSubmitter)
-	if err := p.admin.Start(s.Admin); err != nil {
-		nc.Close()
-		return nil, fmt.Errorf("KREABUS_ADMIN_LISTEN: %w", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	p.stop = cancel
-	p.bg.Add(1)
-	go p.run(ctx)
-	log.Info("submitter program started", "admin", p.admin.Addr(), "create_streams", s.Streams.CreateStreams,
+	p.Go(p.run)
+	p.Log().Info("submitter program started", "admin", p.AdminAddr(), "create_streams", s.Streams.CreateStreams,
 		"api_url", s.Submitter.APIURL, "public_url", s.Submitter.PublicURL)
 	return p, nil
 }
 
 // run sets up what needs JetStream, then runs the parts until ctx ends.
 func (p *Program) run(ctx context.Context) {
-	defer p.bg.Done()
 	if p.s.Streams.CreateStreams {
 		o := p.s.Streams.Options()
-		err := natsconn.SetUpStreams(ctx, p.js, p.log, events.RequestsStreamConfig(o), events.JobsStreamConfig(o))
+		err := natsconn.SetUpStreams(ctx, p.JetStream(), p.Log(), events.RequestsStreamConfig(o), events.JobsStreamConfig(o))
 		if err != nil {
 			if ctx.Err() == nil {
 				p.streams.Set(err)
-				p.fail(fmt.Errorf("streams: %w", err))
+				p.Fail(fmt.Errorf("streams: %w", err))
 			}
 			return
 		}
 	}
-	led, err := ledger.Open(ctx, p.js, p.s.Ledger, ledger.WithLogger(p.log))
+	led, err := ledger.Open(ctx, p.JetStream(), p.s.Ledger, ledger.WithLogger(p.Log()))
 	if err != nil {
 		if ctx.Err() == nil {
-			p.fail(err)
+			p.Fail(err)
 		}
 		return
 	}
 	if err := checkLedgerTTL(led.TTL(), p.s.Reconciler.JobMaxAge); err != nil {
 		// An existing bucket keeps its own TTL.
-		p.fail(fmt.Errorf("ledger bucket %s: %w", led.Bucket(), err))
+		p.Fail(fmt.Errorf("ledger bucket %s: %w", led.Bucket(), err))
 		return
 	}
-	rec, err := ledger.NewRecorder(led, p.admin.Registry())
+	rec, err := ledger.NewRecorder(led, p.Admin().Registry())
 	if err != nil {
-		p.fail(err)
+		p.Fail(err)
 		return
 	}
 	api, err := submitter.NewAPIClient(p.s.Submitter, p.s.Submitter.Concurrency+p.s.Reconciler.Concurrency)
 	if err != nil {
-		p.fail(err)
+		p.Fail(err)
 		return
 	}
 	// One account pause for both: the requests consumer's, which every
 	// replica follows.
-	acct, err := submitter.NewAccountPause(p.s.Submitter, p.js, p.log)
+	acct, err := submitter.NewAccountPause(p.s.Submitter, p.JetStream(), p.Log())
 	if err != nil {
-		p.fail(err)
+		p.Fail(err)
 		return
 	}
 	open := led.WatchOpen(ctx)
 	rc, err := reconciler.New(p.s.Reconciler, reconciler.Deps{
-		JetStream: p.js,
+		JetStream: p.JetStream(),
 		Krea:      api,
 		Open:      open,
 		Store:     led,
@@ -158,29 +123,29 @@ func (p *Program) run(ctx context.Context) {
 		// Poll nothing before the ledger has caught up with KREA_JOBS.
 		Ready:      func() bool { return rec.Synced() && open.Ready() },
 		Pause:      acct,
-		Log:        p.log,
-		Registerer: p.admin.Registry(),
+		Log:        p.Log(),
+		Registerer: p.Admin().Registry(),
 	})
 	if err != nil {
-		p.fail(err)
+		p.Fail(err)
 		return
 	}
-	sub, err := submitter.New(p.s.Submitter, submitter.Deps{JS: p.js, Ledger: led, Client: api, Log: p.log, Registerer: p.admin.Registry(), Pause: acct})
+	sub, err := submitter.New(p.s.Submitter, submitter.Deps{JS: p.JetStream(), Ledger: led, Client: api, Log: p.Log(), Registerer: p.Admin().Registry(), Pause: acct})
 	if err != nil {
-		p.fail(err)
+		p.Fail(err)
 		return
 	}
 	svc, err := service.Start(service.Config{}, service.Deps{
-		Conn: p.nc, JS: p.js, Ledger: led, Krea: api,
-		Wait: sub.WaitAPI, Paused: sub.Paused, Log: p.log,
+		Conn: p.Conn(), JS: p.JetStream(), Ledger: led, Krea: api,
+		Wait: sub.WaitAPI, Paused: sub.Paused, Log: p.Log(),
 	})
 	if err != nil {
-		p.fail(err)
+		p.Fail(err)
 		return
 	}
 	defer func() {
 		if err := svc.Stop(); err != nil {
-			p.log.Warn("stopping the NATS service", "err", err)
+			p.Log().Warn("stopping the NATS service", "err", err)
 		}
 	}()
 	p.mu.Lock()
@@ -192,29 +157,21 @@ func (p *Program) run(ctx context.Context) {
 	wg.Go(func() { acct.Run(ctx) })
 	wg.Go(func() {
 		if err := rec.Run(ctx); err != nil {
-			p.fail(fmt.Errorf("ledger recorder: %w", err))
+			p.Fail(fmt.Errorf("ledger recorder: %w", err))
 		}
 	})
 	wg.Go(func() {
 		if err := rc.Run(ctx); err != nil {
-			p.fail(fmt.Errorf("reconciler: %w", err))
+			p.Fail(fmt.Errorf("reconciler: %w", err))
 		}
 	})
 	wg.Go(func() {
 		if err := sub.Run(ctx); err != nil {
-			p.fail(err)
+			p.Fail(err)
 		}
 	})
 	wg.Wait()
 	<-open.Done()
-}
-
-func (p *Program) fail(err error) {
-	p.log.Error("submitter program part failed", "err", err)
-	select {
-	case p.failed <- err:
-	default:
-	}
 }
 
 // Submitter returns the running submitter, nil until it is set up.
@@ -231,15 +188,9 @@ func (p *Program) Service() *service.Service {
 	return p.svc
 }
 
-// AdminAddr is the admin listener's address ("" when off).
-func (p *Program) AdminAddr() string { return p.admin.Addr() }
-
-// Failed delivers the error of a part that stopped by itself.
-func (p *Program) Failed() <-chan error { return p.failed }
-
 // checkJetStream: NATS connected, both streams present and usable.
 func (p *Program) checkJetStream(ctx context.Context) error {
-	return p.streams.Check(ctx, p.nc, p.js, events.StreamRequests, events.StreamJobs)
+	return p.streams.Check(ctx, p.Conn(), p.JetStream(), events.StreamRequests, events.StreamJobs)
 }
 
 // checkSubmitter: set up and not paused by account errors.
@@ -258,18 +209,13 @@ func (p *Program) checkSubmitter(ctx context.Context) error {
 // and acking them), the Recorder stops, the NATS connection drains and
 // closes, and the admin server stops. It gives up waiting when ctx ends.
 func (p *Program) Shutdown(ctx context.Context) error {
-	p.admin.SetDraining()
-	p.log.Info("shutting down")
-	p.stop()
+	p.Admin().SetDraining()
+	p.Log().Info("shutting down")
 	var errs []error
-	done := make(chan struct{})
-	go func() { p.bg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		errs = append(errs, fmt.Errorf("finishing requests in hand: %w", ctx.Err()))
+	if err := p.StopParts(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("finishing requests in hand: %w", err))
 	}
-	return program.Finish(ctx, "submitter", p.log, p.nc, p.closed, p.admin, errs)
+	return p.Finish(ctx, errs)
 }
 
 // drainMargin is the time the NATS drain gets beyond the shutdown timeout.
