@@ -341,6 +341,15 @@ func (c *ConsumeContext) run() {
 			releaseSlots(c.slots, n-g.N())
 			n = g.N()
 		}
+		if !c.nc.IsConnected() {
+			// Lost while waiting for a slot or the gate: a pull now would
+			// wait in the reconnect buffer (see the top of the loop).
+			releaseSlots(c.slots, n)
+			if grant != nil {
+				grant.Release(n)
+			}
+			continue
+		}
 		start := time.Now()
 		got, err := c.fetch(n, grant)
 		releaseSlots(c.slots, n-got)

@@ -888,7 +888,12 @@ func TestConsumeJobsServerRestart(t *testing.T) {
 	publishEvent(t, js, "before", krea.StatusCompleted)
 	rec.waitFor(t, 1)
 
-	subs := nc.NumSubscriptions()
+	// The subscriptions in use: the connection's own, and one pull's,
+	// sent again as soon as the last one ended (sample across that gap).
+	subs := 0
+	for end := time.Now().Add(100 * time.Millisecond); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
+		subs = max(subs, nc.NumSubscriptions())
+	}
 	p.Stop()
 	natstest.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if nc.IsConnected() {
