@@ -39,7 +39,7 @@ func TestStored(t *testing.T) {
 	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 	r := e.post(e.webhookURL(reqID), body, "traceparent", tp)
-	a := r.ok(t)
+	a := r.OK(t)
 	if a.JobID != jobID || a.Status != krea.StatusCompleted || *a.Duplicate {
 		t.Fatalf("answer %+v", a)
 	}
@@ -56,12 +56,12 @@ func TestStored(t *testing.T) {
 	}
 
 	// Krea repeats the webhook: 200 duplicate, nothing new stored.
-	a = e.post(e.webhookURL(reqID), body).ok(t)
+	a = e.post(e.webhookURL(reqID), body).OK(t)
 	if !*a.Duplicate {
 		t.Errorf("repeat not marked duplicate: %+v", a)
 	}
 	// Another terminal status for the same job: the job is terminal once.
-	a = e.post(e.webhookURL(reqID), bridgetest.JobBody(jobID, krea.StatusFailed)).ok(t)
+	a = e.post(e.webhookURL(reqID), bridgetest.JobBody(jobID, krea.StatusFailed)).OK(t)
 	if !*a.Duplicate || a.Status != krea.StatusFailed {
 		t.Errorf("second terminal status not a duplicate: %+v", a)
 	}
@@ -71,10 +71,10 @@ func TestStored(t *testing.T) {
 
 	// A non-terminal status is its own event, de-duplicated per status.
 	pbody := bridgetest.JobBody(jobID, krea.StatusProcessing)
-	if a := e.post(e.webhookURL(reqID), pbody).ok(t); *a.Duplicate {
+	if a := e.post(e.webhookURL(reqID), pbody).OK(t); *a.Duplicate {
 		t.Errorf("first processing event marked duplicate")
 	}
-	if a := e.post(e.webhookURL(reqID), pbody).ok(t); !*a.Duplicate {
+	if a := e.post(e.webhookURL(reqID), pbody).OK(t); !*a.Duplicate {
 		t.Errorf("repeated processing event not marked duplicate")
 	}
 	msgs = e.stored()
@@ -87,7 +87,7 @@ func TestStored(t *testing.T) {
 	prev, _ := events.NewTokenizer(testPrevSecret, "")
 	reqID2, jobID2 := events.NewRequestID(), uuid.NewString()
 	body2 := bridgetest.JobBody(jobID2, krea.StatusCancelled)
-	e.post(e.base+events.WebhookPathPrefix+prev.Mint(reqID2), body2, "Content-Type", "application/json; charset=utf-8").ok(t)
+	e.post(e.base+events.WebhookPathPrefix+prev.Mint(reqID2), body2, "Content-Type", "application/json; charset=utf-8").OK(t)
 	msgs = e.stored()
 	if len(msgs) != 3 {
 		t.Fatalf("%d messages stored, want 3", len(msgs))
@@ -208,14 +208,14 @@ func TestRejected(t *testing.T) {
 				}
 			}
 			r := e.do(req)
-			if r.code != c.code {
-				t.Fatalf("code %d, want %d; body %s", r.code, c.code, r.body)
+			if r.Code != c.code {
+				t.Fatalf("code %d, want %d; body %s", r.Code, c.code, r.Body)
 			}
-			if msg := r.errMsg(t); !strings.Contains(msg, c.msg) {
+			if msg := r.ErrMsg(t); !strings.Contains(msg, c.msg) {
 				t.Errorf("error %q does not mention %q", msg, c.msg)
 			}
-			if c.code == 405 && r.header.Get("Allow") != http.MethodPost {
-				t.Errorf("405 without Allow: POST (%q)", r.header.Get("Allow"))
+			if c.code == 405 && r.Header.Get("Allow") != http.MethodPost {
+				t.Errorf("405 without Allow: POST (%q)", r.Header.Get("Allow"))
 			}
 		})
 		want[fmt.Sprintf("%s/%d", c.outcome, c.code)]++
@@ -256,7 +256,7 @@ func TestBodyLimitDefault(t *testing.T) {
 	if len(at) != DefaultMaxBody {
 		t.Fatal(len(at))
 	}
-	e.post(e.webhookURL("r1"), at).ok(t)
+	e.post(e.webhookURL("r1"), at).OK(t)
 
 	over := append(append([]byte{}, at[:len(at)-2]...), `y"}`...)
 	req := httptest.NewRequest(http.MethodPost, events.WebhookPathPrefix+e.tok.Mint("r1"), io.MultiReader(bytes.NewReader(over)))
@@ -299,22 +299,22 @@ func TestStatusInjection(t *testing.T) {
 	for _, s := range bad {
 		body, _ := json.Marshal(map[string]string{"job_id": uuid.NewString(), "status": s})
 		r := e.post(e.webhookURL("inject"), body)
-		if r.code != http.StatusBadRequest {
-			t.Errorf("status %q: code %d, want 400", s, r.code)
-		} else if msg := r.errMsg(t); !strings.Contains(msg, "status") {
+		if r.Code != http.StatusBadRequest {
+			t.Errorf("status %q: code %d, want 400", s, r.Code)
+		} else if msg := r.ErrMsg(t); !strings.Contains(msg, "status") {
 			t.Errorf("status %q: error %q", s, msg)
 		}
 	}
 	for _, id := range []string{"*", ">", "a.b", uuid.NewString() + ".x", strings.ToUpper(uuid.NewString())[:35] + "*"} {
 		body, _ := json.Marshal(map[string]string{"job_id": id, "status": "completed"})
-		if r := e.post(e.webhookURL("inject"), body); r.code != http.StatusBadRequest {
-			t.Errorf("job_id %q: code %d, want 400", id, r.code)
+		if r := e.post(e.webhookURL("inject"), body); r.Code != http.StatusBadRequest {
+			t.Errorf("job_id %q: code %d, want 400", id, r.Code)
 		}
 	}
 	// The longest valid status still goes through, as one subject token.
 	longest := strings.Repeat("z", krea.MaxStatusLen)
 	body, _ := json.Marshal(map[string]string{"job_id": uuid.NewString(), "status": longest})
-	e.post(e.webhookURL("inject"), body).ok(t)
+	e.post(e.webhookURL("inject"), body).OK(t)
 	msgs := e.stored()
 	if len(msgs) != 1 || msgs[0].Subject() != "krea.jobs."+longest {
 		t.Fatalf("stored %d messages", len(msgs))
@@ -339,11 +339,11 @@ func TestUppercaseJobID(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	jobID := uuid.NewString()
 	upper := bridgetest.JobBody(strings.ToUpper(jobID), krea.StatusCompleted)
-	a := e.post(e.webhookURL("r"), upper).ok(t)
+	a := e.post(e.webhookURL("r"), upper).OK(t)
 	if a.JobID != jobID || *a.Duplicate {
 		t.Fatalf("answer %+v", a)
 	}
-	if a := e.post(e.webhookURL("r"), bridgetest.JobBody(jobID, krea.StatusCompleted)).ok(t); !*a.Duplicate {
+	if a := e.post(e.webhookURL("r"), bridgetest.JobBody(jobID, krea.StatusCompleted)).OK(t); !*a.Duplicate {
 		t.Fatalf("lowercase repeat not a duplicate")
 	}
 	msgs := e.stored()
@@ -371,10 +371,10 @@ func TestOwnership(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := e.post(e.webhookURL(reqID), bridgetest.JobBody(jobID, krea.StatusCompleted))
-	if r.code != http.StatusForbidden {
-		t.Fatalf("foreign job: code %d", r.code)
+	if r.Code != http.StatusForbidden {
+		t.Fatalf("foreign job: code %d", r.Code)
 	}
-	r.errMsg(t)
+	r.ErrMsg(t)
 
 	// A job already terminal in the ledger, past any duplicate window.
 	reqID2, jobID2 := events.NewRequestID(), uuid.NewString()
@@ -396,7 +396,7 @@ func TestOwnership(t *testing.T) {
 		}
 		return nil
 	})
-	a := e.post(e.webhookURL(reqID2), bridgetest.JobBody(jobID2, krea.StatusFailed)).ok(t)
+	a := e.post(e.webhookURL(reqID2), bridgetest.JobBody(jobID2, krea.StatusFailed)).OK(t)
 	if !*a.Duplicate {
 		t.Fatalf("terminal repeat: %+v", a)
 	}
@@ -405,7 +405,7 @@ func TestOwnership(t *testing.T) {
 	}
 	// Terminal known, but a non-terminal status is still its own event.
 	pbody := bridgetest.JobBody(jobID2, krea.StatusProcessing)
-	if a := e.post(e.webhookURL(reqID2), pbody).ok(t); *a.Duplicate {
+	if a := e.post(e.webhookURL(reqID2), pbody).OK(t); *a.Duplicate {
 		t.Fatalf("non-terminal after terminal marked duplicate")
 	}
 
@@ -415,7 +415,7 @@ func TestOwnership(t *testing.T) {
 		t.Fatal(err)
 	}
 	body3 := bridgetest.JobBody(jobID3, krea.StatusCompleted)
-	e.post(e.webhookURL(reqID3), body3).ok(t)
+	e.post(e.webhookURL(reqID3), body3).OK(t)
 	msgs := e.stored()
 	if len(msgs) != 2 {
 		t.Fatalf("%d messages stored", len(msgs))
@@ -428,14 +428,14 @@ func TestOwnership(t *testing.T) {
 		t.Errorf("the request's own job marked extra: %q", got)
 	}
 	// Its repeat is answered from the cache as a duplicate.
-	if a := e.post(e.webhookURL(reqID3), body3).ok(t); !*a.Duplicate {
+	if a := e.post(e.webhookURL(reqID3), body3).OK(t); !*a.Duplicate {
 		t.Fatalf("repeat of a stored terminal webhook: %+v", a)
 	}
 
 	// A second job of request 3 (Krea was paid twice): stored, marked.
 	extraJob := uuid.NewString()
 	bodyX := bridgetest.JobBody(extraJob, krea.StatusCompleted)
-	if a := e.post(e.webhookURL(reqID3), bodyX).ok(t); *a.Duplicate {
+	if a := e.post(e.webhookURL(reqID3), bodyX).OK(t); *a.Duplicate {
 		t.Fatalf("extra job answered duplicate")
 	}
 	msgs = e.stored()
@@ -465,10 +465,10 @@ func TestLedgerUnreadable(t *testing.T) {
 	led.err = errors.New("nats: timeout")
 	e := newEnv(t, envOptions{ledger: led})
 	r := e.post(e.webhookURL("r"), bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted))
-	if r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
-		t.Fatalf("code %d, Retry-After %q", r.code, r.header.Get("Retry-After"))
+	if r.Code != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("code %d, Retry-After %q", r.Code, r.Header.Get("Retry-After"))
 	}
-	r.errMsg(t)
+	r.ErrMsg(t)
 	if msgs := e.stored(); len(msgs) != 0 {
 		t.Fatalf("%d messages stored", len(msgs))
 	}
@@ -495,15 +495,15 @@ func TestTooManyInFlight(t *testing.T) {
 		t.Errorf("in-flight gauge %v, want 2", got)
 	}
 	r := e.post(e.webhookURL("busy"), bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted))
-	if r.code != http.StatusTooManyRequests || r.header.Get("Retry-After") != "1" {
-		t.Fatalf("code %d Retry-After %q", r.code, r.header.Get("Retry-After"))
+	if r.Code != http.StatusTooManyRequests || r.Header.Get("Retry-After") != "1" {
+		t.Fatalf("code %d Retry-After %q", r.Code, r.Header.Get("Retry-After"))
 	}
-	r.errMsg(t)
+	r.ErrMsg(t)
 	led.mu.Lock()
 	close(led.hold)
 	led.mu.Unlock()
 	for i := 0; i < 2; i++ {
-		(<-done).ok(t)
+		(<-done).OK(t)
 	}
 	if msgs := e.stored(); len(msgs) != 2 {
 		t.Fatalf("%d stored", len(msgs))
@@ -516,13 +516,13 @@ func TestNoStream(t *testing.T) {
 	e := newEnv(t, envOptions{noStream: true, cfg: Config{PublishTimeout: 20 * time.Second}})
 	start := time.Now()
 	r := e.post(e.webhookURL("r"), bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted))
-	if r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
-		t.Fatalf("code %d Retry-After %q", r.code, r.header.Get("Retry-After"))
+	if r.Code != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("code %d Retry-After %q", r.Code, r.Header.Get("Retry-After"))
 	}
 	if el := time.Since(start); el > 10*time.Second { // well before the publish timeout
 		t.Errorf("503 after %v", el)
 	}
-	r.errMsg(t)
+	r.ErrMsg(t)
 	select {
 	case <-e.missing:
 	default:
@@ -559,8 +559,8 @@ func TestNoPubAck(t *testing.T) {
 	start := time.Now()
 	r := e.post(e.webhookURL("r"), bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted))
 	el := time.Since(start)
-	if r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") != "2" {
-		t.Fatalf("code %d Retry-After %q", r.code, r.header.Get("Retry-After"))
+	if r.Code != http.StatusServiceUnavailable || r.Header.Get("Retry-After") != "2" {
+		t.Fatalf("code %d Retry-After %q", r.Code, r.Header.Get("Retry-After"))
 	}
 	if el < timeout || el > timeout+5*time.Second {
 		t.Errorf("503 after %v, want about %v", el, timeout)
@@ -734,7 +734,7 @@ func TestShutdownInFlight(t *testing.T) {
 	led.mu.Lock()
 	close(led.hold)
 	led.mu.Unlock()
-	(<-done).ok(t)
+	(<-done).OK(t)
 	if err := <-shut; err != nil {
 		t.Fatal(err)
 	}
@@ -765,8 +765,8 @@ func TestNoContentTypeStored(t *testing.T) {
 	body := bridgetest.JobBody(jobID, krea.StatusCompleted)
 	req, _ := http.NewRequest(http.MethodPost, e.webhookURL("no-ct"), bytes.NewReader(body))
 	r := e.do(req)
-	if r.code != http.StatusOK {
-		t.Fatalf("code %d %s, want 200", r.code, r.body)
+	if r.Code != http.StatusOK {
+		t.Fatalf("code %d %s, want 200", r.Code, r.Body)
 	}
 	msgs := e.stored()
 	if len(msgs) != 1 {
@@ -783,7 +783,7 @@ func TestTraceParentChecked(t *testing.T) {
 	reqID := events.NewRequestID()
 	jobID := uuid.NewString()
 	body := bridgetest.JobBody(jobID, krea.StatusCompleted)
-	e.post(e.webhookURL(reqID), body, "traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01").ok(t)
+	e.post(e.webhookURL(reqID), body, "traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01").OK(t)
 	msgs := e.stored()
 	if len(msgs) != 1 {
 		t.Fatalf("%d messages stored, want 1", len(msgs))

@@ -177,24 +177,10 @@ func (e *testEnv) webhookURL(requestID string) string {
 }
 
 // response is an answer of the bridge, read whole.
-type response struct {
-	code   int
-	header http.Header
-	body   []byte
-}
+type response = bridgetest.Response
 
 // okAnswer is the 200 body.
 type okAnswer = bridgetest.OKAnswer
-
-func (r response) errMsg(t testing.TB) string {
-	t.Helper()
-	return bridgetest.ErrMsg(t, r.body)
-}
-
-func (r response) ok(t testing.TB) okAnswer {
-	t.Helper()
-	return bridgetest.OK(t, r.code, r.body)
-}
 
 func (e *testEnv) do(req *http.Request) response {
 	e.t.Helper()
@@ -213,7 +199,7 @@ func (e *testEnv) do(req *http.Request) response {
 	if ct := res.Header.Get("Content-Type"); ct != "application/json" {
 		e.t.Errorf("%s %s: Content-Type %q", req.Method, req.URL.Path, ct)
 	}
-	return response{code: res.StatusCode, header: res.Header, body: body}
+	return response{Code: res.StatusCode, Header: res.Header, Body: body}
 }
 
 // post POSTs body to url as application/json, with extra headers as

@@ -72,15 +72,15 @@ func TestTokenFairness(t *testing.T) {
 	e.waitInFlight(3)
 
 	r := e.post(e.webhookURL(leaked), bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted))
-	if r.code != http.StatusTooManyRequests || r.header.Get("Retry-After") != "1" ||
-		r.errMsg(t) != "too many webhooks in flight for this token, retry later" {
-		t.Fatalf("offender: code %d Retry-After %q body %s", r.code, r.header.Get("Retry-After"), r.body)
+	if r.Code != http.StatusTooManyRequests || r.Header.Get("Retry-After") != "1" ||
+		r.ErrMsg(t) != "too many webhooks in flight for this token, retry later" {
+		t.Fatalf("offender: code %d Retry-After %q body %s", r.Code, r.Header.Get("Retry-After"), r.Body)
 	}
 	// Everyone else: up to the global limit, held by the leaked token's
 	// three and three more slow ones of other tokens.
 	for i := range 20 {
 		id := uuid.NewString()
-		if a := e.post(e.webhookURL(fmt.Sprintf("other-%d", i)), bridgetest.JobBody(id, krea.StatusCompleted)).ok(t); a.JobID != id || *a.Duplicate {
+		if a := e.post(e.webhookURL(fmt.Sprintf("other-%d", i)), bridgetest.JobBody(id, krea.StatusCompleted)).OK(t); a.JobID != id || *a.Duplicate {
 			t.Fatalf("other token: %+v", a)
 		}
 	}
@@ -98,14 +98,14 @@ func TestTokenSlotsReleased(t *testing.T) {
 	e := newEnv(t, envOptions{cfg: Config{MaxInFlightPerToken: 1}})
 	c := e.slowPost("r", 1000, []byte(`{`))
 	e.waitInFlight(1)
-	if r := e.post(e.webhookURL("r"), bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)); r.code != http.StatusTooManyRequests {
-		t.Fatalf("code %d, want 429", r.code)
+	if r := e.post(e.webhookURL("r"), bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)); r.Code != http.StatusTooManyRequests {
+		t.Fatalf("code %d, want 429", r.Code)
 	}
 	_ = c.Close()
 	e.waitInFlight(0)
 	for range 3 { // a 400 and two 200s, one after the other on the one slot
 		e.post(e.webhookURL("r"), []byte(`{"job_id":null}`))
-		e.post(e.webhookURL("r"), bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)).ok(t)
+		e.post(e.webhookURL("r"), bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)).OK(t)
 	}
 	for i := range e.b.tokens.shards {
 		sh := &e.b.tokens.shards[i]
@@ -140,11 +140,11 @@ func TestBodyBudget(t *testing.T) {
 		return append(b, `"}`...)
 	}
 	r := e.post(e.webhookURL("second"), pad(30<<10))
-	if r.code != http.StatusTooManyRequests || r.header.Get("Retry-After") != "1" ||
-		r.errMsg(t) != "too many webhook bytes in flight, retry later" {
-		t.Fatalf("over budget: code %d body %s", r.code, r.body)
+	if r.Code != http.StatusTooManyRequests || r.Header.Get("Retry-After") != "1" ||
+		r.ErrMsg(t) != "too many webhook bytes in flight, retry later" {
+		t.Fatalf("over budget: code %d body %s", r.Code, r.Body)
 	}
-	e.post(e.webhookURL("small"), pad(2<<10)).ok(t)
+	e.post(e.webhookURL("small"), pad(2<<10)).OK(t)
 
 	// Chunked: refused once the growing buffer meets the budget.
 	chunked := e.slowPost("chunked", -1, pad(30 << 10)[:30<<10-1])
@@ -162,7 +162,7 @@ func TestBodyBudget(t *testing.T) {
 	if got := e.b.BodyBytesInFlight(); got != 0 {
 		t.Fatalf("%d body bytes still held", got)
 	}
-	e.post(e.webhookURL("second"), pad(30<<10)).ok(t)
+	e.post(e.webhookURL("second"), pad(30<<10)).OK(t)
 	if n := len(e.stored()); n != 2 {
 		t.Errorf("%d stored, want 2", n)
 	}
@@ -185,8 +185,8 @@ func TestBodyOverMaxPayload(t *testing.T) {
 	}
 	over := body(limit + 1)
 	r := e.post(e.webhookURL("r"), over)
-	if r.code != http.StatusRequestEntityTooLarge || r.errMsg(t) != "body larger than "+strconv.Itoa(limit)+" bytes" {
-		t.Fatalf("code %d body %s", r.code, r.body)
+	if r.Code != http.StatusRequestEntityTooLarge || r.ErrMsg(t) != "body larger than "+strconv.Itoa(limit)+" bytes" {
+		t.Fatalf("code %d body %s", r.Code, r.Body)
 	}
 	c := e.slowPost("r", -1, over)
 	if _, err := io.WriteString(c, "0\r\n\r\n"); err != nil {
@@ -200,7 +200,7 @@ func TestBodyOverMaxPayload(t *testing.T) {
 	if resp.StatusCode != http.StatusRequestEntityTooLarge {
 		t.Fatalf("chunked: %d", resp.StatusCode)
 	}
-	e.post(e.webhookURL("r"), body(limit)).ok(t)
+	e.post(e.webhookURL("r"), body(limit)).OK(t)
 	if got := metricstest.Value(t, e.reg, "kreabus_bridge_webhooks_total", "outcome", OutcomeUnavailable, "code", "503"); got != 0 {
 		t.Errorf("%v answers 503", got)
 	}
@@ -277,5 +277,5 @@ func TestMaxConns(t *testing.T) {
 		}
 		return nil
 	})
-	e.post(e.webhookURL("r"), bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)).ok(t)
+	e.post(e.webhookURL("r"), bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)).OK(t)
 }

@@ -105,7 +105,7 @@ func programPost(t testing.TB, p *Program, requestID string, body []byte) respon
 	}
 	defer res.Body.Close()
 	b, _ := io.ReadAll(res.Body)
-	return response{code: res.StatusCode, header: res.Header, body: b}
+	return response{Code: res.StatusCode, Header: res.Header, Body: b}
 }
 
 // TestProgramNATSRestart stops the NATS server under the running bridge and
@@ -118,7 +118,7 @@ func TestProgramNATSRestart(t *testing.T) {
 	waitReadyz(t, p, http.StatusOK)
 
 	first := uuid.NewString()
-	programPost(t, p, "before", bridgetest.JobBody(first, krea.StatusCompleted)).ok(t)
+	programPost(t, p, "before", bridgetest.JobBody(first, krea.StatusCompleted)).OK(t)
 
 	// /readyz answers within 100 ms at the moment NATS dies and after,
 	// and turns 503.
@@ -152,10 +152,10 @@ func TestProgramNATSRestart(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		start := time.Now()
 		r := programPost(t, p, "during", bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted))
-		if r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
-			t.Fatalf("NATS down: code %d Retry-After %q body %s", r.code, r.header.Get("Retry-After"), r.body)
+		if r.Code != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" {
+			t.Fatalf("NATS down: code %d Retry-After %q body %s", r.Code, r.Header.Get("Retry-After"), r.Body)
 		}
-		r.errMsg(t)
+		r.ErrMsg(t)
 		if el := time.Since(start); el > s.Bridge.PublishTimeout+5*time.Second {
 			t.Errorf("503 after %v", el)
 		}
@@ -169,8 +169,8 @@ func TestProgramNATSRestart(t *testing.T) {
 	natstest.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
 		after = uuid.NewString()
 		r := programPost(t, p, "after", bridgetest.JobBody(after, krea.StatusCompleted))
-		if r.code != http.StatusOK {
-			return fmt.Errorf("code %d", r.code)
+		if r.Code != http.StatusOK {
+			return fmt.Errorf("code %d", r.Code)
 		}
 		return nil
 	})
@@ -203,12 +203,12 @@ func TestProgramStartsWithoutNATS(t *testing.T) {
 	s := testSettings(t, proc.URL(), map[string]string{"KREABUS_DUPLICATE_WINDOW": "90m"})
 	p, _ := startProgram(t, s)
 	waitReadyz(t, p, http.StatusServiceUnavailable)
-	if r := programPost(t, p, "r", bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)); r.code != http.StatusServiceUnavailable {
-		t.Fatalf("code %d with NATS down", r.code)
+	if r := programPost(t, p, "r", bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)); r.Code != http.StatusServiceUnavailable {
+		t.Fatalf("code %d with NATS down", r.Code)
 	}
 	proc.Start()
 	waitReadyz(t, p, http.StatusOK)
-	programPost(t, p, "r", bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)).ok(t)
+	programPost(t, p, "r", bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)).OK(t)
 
 	_, js := natstest.ConnectJetStream(t, proc.URL())
 	st, err := js.Stream(t.Context(), events.StreamJobs)
@@ -231,8 +231,8 @@ func TestProgramStreamRecreated(t *testing.T) {
 		t.Fatal(err)
 	}
 	natstest.CheckFor(t, 20*time.Second, 100*time.Millisecond, func() error {
-		if r := programPost(t, p, "r", bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)); r.code != http.StatusOK {
-			return fmt.Errorf("code %d", r.code)
+		if r := programPost(t, p, "r", bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)); r.Code != http.StatusOK {
+			return fmt.Errorf("code %d", r.Code)
 		}
 		return nil
 	})
@@ -245,8 +245,8 @@ func TestProgramCreateStreamsOff(t *testing.T) {
 	srv := natstest.RunServer(t)
 	p, _ := startProgram(t, testSettings(t, srv.ClientURL(), map[string]string{"KREABUS_CREATE_STREAMS": "false"}))
 	waitReadyz(t, p, http.StatusServiceUnavailable)
-	if r := programPost(t, p, "r", bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)); r.code != http.StatusServiceUnavailable {
-		t.Fatalf("code %d without a stream", r.code)
+	if r := programPost(t, p, "r", bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)); r.Code != http.StatusServiceUnavailable {
+		t.Fatalf("code %d without a stream", r.Code)
 	}
 	_, js := natstest.ConnectJetStream(t, srv.ClientURL())
 	if _, err := js.Stream(t.Context(), events.StreamJobs); !errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -311,7 +311,7 @@ func TestProgramShutdown(t *testing.T) {
 	}
 	rb, _ := io.ReadAll(res.Body)
 	res.Body.Close()
-	(response{code: res.StatusCode, body: rb}).ok(t)
+	(response{Code: res.StatusCode, Body: rb}).OK(t)
 
 	if err := <-done; err != nil {
 		t.Fatalf("Shutdown: %v", err)
@@ -426,8 +426,8 @@ func TestProgramDrainDelay(t *testing.T) {
 	start := time.Now()
 	go func() { done <- p.Shutdown(ctx) }()
 	waitReadyz(t, p, http.StatusServiceUnavailable)
-	if r := programPost(t, p, "during-drain", bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)); r.code != http.StatusOK {
-		t.Fatalf("webhook during the drain delay: %d %s", r.code, r.body)
+	if r := programPost(t, p, "during-drain", bridgetest.JobBody(uuid.NewString(), krea.StatusCompleted)); r.Code != http.StatusOK {
+		t.Fatalf("webhook during the drain delay: %d %s", r.Code, r.Body)
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -456,21 +456,21 @@ func TestProgramLedgerNotLoaded(t *testing.T) {
 	}
 
 	settledReq, settledJob := ledgertest.FillIDs(42)
-	if r := programPost(t, p, settledReq, bridgetest.JobBody(settledJob, krea.StatusCompleted)); r.code != http.StatusOK || !*r.ok(t).Duplicate {
-		t.Fatalf("late repeat of a settled job: %d %s", r.code, r.body)
+	if r := programPost(t, p, settledReq, bridgetest.JobBody(settledJob, krea.StatusCompleted)); r.Code != http.StatusOK || !*r.OK(t).Duplicate {
+		t.Fatalf("late repeat of a settled job: %d %s", r.Code, r.Body)
 	}
 	otherReq, _ := ledgertest.FillIDs(43)
-	if r := programPost(t, p, otherReq, bridgetest.JobBody(settledJob, krea.StatusCompleted)); r.code != http.StatusForbidden {
-		t.Fatalf("another request's job: %d %s", r.code, r.body)
+	if r := programPost(t, p, otherReq, bridgetest.JobBody(settledJob, krea.StatusCompleted)); r.Code != http.StatusForbidden {
+		t.Fatalf("another request's job: %d %s", r.Code, r.Body)
 	}
 	openReq, openJob := ledgertest.FillIDs(jobs + 3)
 	body := bridgetest.JobBody(openJob, krea.StatusCompleted)
-	if r := programPost(t, p, openReq, body); r.code != http.StatusOK || *r.ok(t).Duplicate {
-		t.Fatalf("running job's webhook: %d %s", r.code, r.body)
+	if r := programPost(t, p, openReq, body); r.Code != http.StatusOK || *r.OK(t).Duplicate {
+		t.Fatalf("running job's webhook: %d %s", r.Code, r.Body)
 	}
 	extra := uuid.NewString()
-	if r := programPost(t, p, openReq, bridgetest.JobBody(extra, krea.StatusCompleted)); r.code != http.StatusOK || *r.ok(t).Duplicate {
-		t.Fatalf("second job's webhook: %d %s", r.code, r.body)
+	if r := programPost(t, p, openReq, bridgetest.JobBody(extra, krea.StatusCompleted)); r.Code != http.StatusOK || *r.OK(t).Duplicate {
+		t.Fatalf("second job's webhook: %d %s", r.Code, r.Body)
 	}
 	msgs := natstest.StoredMsgs(t, js, events.StreamJobs)
 	if len(msgs) != 2 {

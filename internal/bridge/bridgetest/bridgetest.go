@@ -26,6 +26,25 @@ type OKAnswer struct {
 	Duplicate *bool       `json:"duplicate"`
 }
 
+// Response is an answer of the bridge, read whole.
+type Response struct {
+	Code   int
+	Header http.Header
+	Body   []byte
+}
+
+// ErrMsg is the message of the answer's {"error": "..."} body.
+func (r Response) ErrMsg(t testing.TB) string {
+	t.Helper()
+	return ErrMsg(t, r.Body)
+}
+
+// OK is the answer's 200 body; it fails the test on any other answer.
+func (r Response) OK(t testing.TB) OKAnswer {
+	t.Helper()
+	return OK(t, r.Code, r.Body)
+}
+
 // ErrMsg is the message of an error answer's body, {"error": "..."}; it
 // fails the test when the body is anything else.
 func ErrMsg(t testing.TB, body []byte) string {
