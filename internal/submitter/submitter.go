@@ -239,9 +239,9 @@ func (s *Submitter) onPause(paused bool, reason string) {
 
 // Run consumes requests until ctx ends, then stops fetching, lets the calls
 // in flight finish, publishes their events, acks their requests and returns
-// nil. It returns an error when the consumer cannot be set up (an
-// incompatible consumer, or a missing one that may not be created). Run may
-// be called once.
+// nil. It returns an error when the consumer cannot be set up, at start or
+// after it was deleted (an incompatible consumer, or a missing one that may
+// not be created). Run may be called once.
 func (s *Submitter) Run(ctx context.Context) error {
 	err := errors.New("submitter: Run called twice")
 	s.runOnce.Do(func() { err = s.run(ctx) })
@@ -311,11 +311,15 @@ func (s *Submitter) run(ctx context.Context) error {
 		}
 		// The consumer was deleted (or the connection closed): bind it
 		// again, creating it when allowed.
-		if c, err := s.ensureConsumer(ctx); err == nil {
-			cons = c
-		} else {
+		c, err := s.ensureConsumer(ctx)
+		if errors.Is(err, errConsumerSetup) {
+			// Missing with creation off, or unusable: as at start.
+			return retry.Permanent(err)
+		}
+		if err != nil {
 			return err
 		}
+		cons = c
 		return errConsumptionEnded
 	}, func(err error, _ int, wait time.Duration) {
 		if !errors.Is(err, errConsumptionEnded) {

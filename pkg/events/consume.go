@@ -129,6 +129,7 @@ type ConsumeContext struct {
 	// instead of when the lost pull's expiry comes.
 	pullMu     sync.Mutex
 	cancelPull context.CancelFunc
+	pullGen    uint64 // the connection's reconnect count when it was sent
 
 	reconnected chan struct{} // signalled by watch on every reconnect
 
@@ -264,6 +265,11 @@ var fetchErrorBackoff = Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Secon
 // run pulls one Fetch at a time, for as many messages as there are free
 // handler slots.
 func (c *ConsumeContext) run() {
+	defer func() { // last: after the workers and the watcher have ended
+		c.wg.Wait() // handlers still running when concurrency > 1
+		c.cancelBase()
+		close(c.done)
+	}()
 	if c.o.orderKey != nil && c.o.concurrency > 1 {
 		var workers sync.WaitGroup
 		c.shards = make([]chan pulled, c.o.concurrency)
@@ -284,16 +290,17 @@ func (c *ConsumeContext) run() {
 			workers.Wait()
 		}()
 	}
+	var watching sync.WaitGroup
+	// Runs first of the deferred calls, before the workers are stopped:
+	// Closed is closed last of all, below.
 	defer func() {
 		c.cancelFetch()
-		c.stop()    // when it ended by itself
-		c.wg.Wait() // handlers still running when concurrency > 1
-		c.cancelBase()
-		close(c.done)
+		c.stop() // when it ended by itself
+		watching.Wait()
 	}()
 	status := c.nc.StatusChanged(nats.CONNECTED, nats.CLOSED)
 	defer c.nc.RemoveStatusListener(status)
-	go c.watch(status)
+	watching.Go(func() { c.watch(status) })
 	if c.nc.IsClosed() {
 		c.o.onError(fmt.Errorf("events: consume %s: %w", c.name(), nats.ErrConnectionClosed))
 		c.stop()
@@ -325,6 +332,9 @@ func (c *ConsumeContext) run() {
 			g, err := c.o.gate.Acquire(c.stopCtx, n)
 			if err != nil || g == nil || g.N() < 1 || g.N() > n {
 				releaseSlots(c.slots, n)
+				if g != nil {
+					g.Release(g.N()) // refused: nothing of it is used
+				}
 				if c.stopping.Load() {
 					return
 				}
@@ -341,9 +351,11 @@ func (c *ConsumeContext) run() {
 			releaseSlots(c.slots, n-g.N())
 			n = g.N()
 		}
-		if !c.nc.IsConnected() {
-			// Lost while waiting for a slot or the gate: a pull now would
-			// wait in the reconnect buffer (see the top of the loop).
+		if c.stopping.Load() || !c.nc.IsConnected() {
+			// Stopped, or the connection lost, while waiting for a slot or
+			// the gate: a pull now would bring messages only to hand them
+			// back, or wait in the reconnect buffer (see the top of the
+			// loop).
 			releaseSlots(c.slots, n)
 			if grant != nil {
 				grant.Release(n)
@@ -431,8 +443,13 @@ func (c *ConsumeContext) fetch(n int, grant Grant) (int, error) {
 	ctx, cancel := context.WithTimeout(c.fetchCtx, fetchWait)
 	defer cancel()
 	c.pullMu.Lock()
-	c.cancelPull = cancel
+	c.cancelPull, c.pullGen = cancel, c.nc.Stats().Reconnects
 	c.pullMu.Unlock()
+	defer func() {
+		c.pullMu.Lock()
+		c.cancelPull = nil
+		c.pullMu.Unlock()
+	}()
 
 	batch, err := c.cons.Fetch(n, jetstream.FetchContext(ctx))
 	if err != nil {
@@ -501,8 +518,12 @@ func (c *ConsumeContext) watch(status <-chan nats.Status) {
 				c.stop()
 				return
 			}
+			// Only a pull sent before this reconnect was lost with the
+			// old connection; one sent since is live (cancelling it would
+			// drop what it already received).
+			reconnects := c.nc.Stats().Reconnects
 			c.pullMu.Lock()
-			if c.cancelPull != nil {
+			if c.cancelPull != nil && c.pullGen < reconnects {
 				c.cancelPull()
 			}
 			c.pullMu.Unlock()

@@ -226,6 +226,11 @@ func ConsumeJobs(nc *nats.Conn, cons jetstream.Consumer, handler JobHandler, opt
 	if err != nil {
 		return nil, err
 	}
+	if c.o.gate != nil {
+		// A malformed event is settled without reaching the JobHandler,
+		// which a gate counting on its handlers would never hear of.
+		return nil, invalidOption("WithPullGate is for Consume, not ConsumeJobs")
+	}
 	info := cons.CachedInfo()
 	if info == nil || info.Config.AckPolicy != jetstream.AckExplicitPolicy {
 		// Acks are how the handler's result settles an event.

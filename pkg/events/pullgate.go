@@ -27,8 +27,9 @@ type Grant interface {
 	Release(unused int)
 }
 
-// WithPullGate has every pull wait for g's Grant. The default pulls for
-// as many messages as there are free handlers.
+// WithPullGate has every pull of Consume wait for g's Grant (ConsumeJobs
+// refuses it: it settles malformed events without its handler). The
+// default pulls for as many messages as there are free handlers.
 func WithPullGate(g PullGate) ConsumeOpt {
 	return func(o *consumeOpts) error {
 		if g == nil {

@@ -2,6 +2,7 @@ package events_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -130,8 +131,11 @@ func TestConsumePullGateBlockedStops(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("consumption did not end while its gate blocked")
 	}
-	if _, err := events.Consume(js.Conn(), c.Consumer(), func(context.Context, jetstream.Msg) {}, events.WithPullGate(nil)); err == nil {
-		t.Fatal("a nil pull gate was accepted")
+	if _, err := events.Consume(js.Conn(), c.Consumer(), func(context.Context, jetstream.Msg) {}, events.WithPullGate(nil)); !errors.Is(err, events.ErrInvalidOption) {
+		t.Fatalf("a nil pull gate: %v, want ErrInvalidOption", err)
+	}
+	if _, err := events.ConsumeJobs(js.Conn(), c.Consumer(), func(context.Context, *events.Event) error { return nil }, events.WithPullGate(gate)); !errors.Is(err, events.ErrInvalidOption) {
+		t.Fatalf("ConsumeJobs with a pull gate: %v, want ErrInvalidOption", err)
 	}
 }
 
