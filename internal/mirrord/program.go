@@ -157,6 +157,9 @@ func (p *Program) checkReady(context.Context) error {
 // drains and the admin server stops.
 func (p *Program) Shutdown(ctx context.Context) error {
 	p.Admin().SetDraining()
+	// The set-up ends first, so no consumer starts after the one read
+	// here; the watcher of that consumer ends with it.
+	_ = p.StopParts(context.Background()) // the parts only wait for ctx
 	p.mu.Lock()
 	c, mr := p.consumer, p.mirror
 	p.mu.Unlock()
@@ -177,7 +180,6 @@ func (p *Program) Shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("copies in flight: %w", cctx.Err()))
 		}
 	}
-	_ = p.StopParts(context.Background()) // the parts only wait for ctx
 	if mr != nil {
 		mr.Close()
 	}
