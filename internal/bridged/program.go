@@ -17,7 +17,6 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/kreabus/kreabus/internal/bridge"
-	"github.com/kreabus/kreabus/internal/logging"
 	"github.com/kreabus/kreabus/internal/natsconn"
 	"github.com/kreabus/kreabus/internal/program"
 	"github.com/kreabus/kreabus/internal/retry"
@@ -47,16 +46,14 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
-	if log == nil {
-		log = logging.Discard
-	}
-	if len(s.Bridge.Secret) < 32 {
-		log.Warn("KREABUS_WEBHOOK_SECRET is shorter than 32 bytes; use a long random secret")
-	}
 	// A stalled socket must not hold a webhook past its bound.
 	base, err := program.Open("bridge", &s.Common, log, nats.FlusherTimeout(s.Bridge.PublishTimeout))
 	if err != nil {
 		return nil, err
+	}
+	log = base.Log()
+	if len(s.Bridge.Secret) < 32 {
+		log.Warn("KREABUS_WEBHOOK_SECRET is shorter than 32 bytes; use a long random secret")
 	}
 	p := &Program{Base: base, s: s, kick: make(chan struct{}, 1)}
 	fail := func(err error) (*Program, error) {
