@@ -49,12 +49,8 @@ func (l *lateOwners) check(context.Context) error {
 // openLedger opens the ledger bucket (creating it when allowed), retrying
 // until it succeeds or ctx ends.
 func (p *Program) openLedger(ctx context.Context) {
-	cfg := p.s.Ledger
-	cfg.Create = p.s.Streams.CreateStreams
+	cfg := p.s.Common.Ledger(p.s.Ledger)
 	cfg.ReadTimeout = p.s.Bridge.PublishTimeout
-	if cfg.Replicas == 0 {
-		cfg.Replicas = p.s.Streams.Replicas
-	}
 	_ = retry.Do(ctx, retry.Reconnect, func(ctx context.Context) error {
 		led, err := ledger.Open(ctx, p.JetStream(), cfg, ledger.WithLogger(p.Log()))
 		if err != nil {

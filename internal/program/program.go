@@ -35,6 +35,7 @@ import (
 
 	"github.com/kreabus/kreabus/internal/admin"
 	"github.com/kreabus/kreabus/internal/config"
+	"github.com/kreabus/kreabus/internal/ledger"
 	"github.com/kreabus/kreabus/internal/logging"
 	"github.com/kreabus/kreabus/internal/natsconn"
 )
@@ -61,6 +62,17 @@ type Common struct {
 	Log     logging.Config
 
 	ShutdownTimeout time.Duration `env:"KREABUS_SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" usage:"how long a graceful stop (SIGTERM) waits for the work in hand (webhooks, API calls, copies) to finish and NATS to drain"`
+}
+
+// Ledger is l as the program opens it: the ledger bucket is created when
+// KREABUS_CREATE_STREAMS allows, with KREABUS_STREAM_REPLICAS replicas
+// unless its own setting says otherwise.
+func (c *Common) Ledger(l ledger.Config) ledger.Config {
+	l.Create = c.Streams.CreateStreams
+	if l.Replicas == 0 {
+		l.Replicas = c.Streams.Replicas
+	}
+	return l
 }
 
 // SetDefaults gives a new Common its defaults.

@@ -50,10 +50,7 @@ func Start(s Settings, log *slog.Logger) (*Program, error) {
 	}
 	s.Submitter.Create = s.Streams.CreateStreams
 	s.Submitter.ShutdownTimeout = s.ShutdownTimeout
-	s.Ledger.Create = s.Streams.CreateStreams
-	if s.Ledger.Replicas == 0 {
-		s.Ledger.Replicas = s.Streams.Replicas
-	}
+	s.Ledger = s.Common.Ledger(s.Ledger)
 	base, err := program.Open("submitter", &s.Common, log)
 	if err != nil {
 		return nil, err
